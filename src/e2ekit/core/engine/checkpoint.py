@@ -1,0 +1,119 @@
+"""Checkpoints: atomic writes, safe loads (``weights_only=True``), full RNG capture.
+
+A checkpoint holds only tensors and plain Python containers, so it loads without
+unpickling arbitrary objects; anything else is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from e2ekit.core.errors import CheckpointError
+
+FORMAT = "e2ekit-checkpoint-v1"
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """Write to a temp file, fsync, then rename: a kill mid-save never leaves a torn file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; pickled code objects are refused."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise CheckpointError(f"{path}: no best.pt or last.pt in this folder")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: it contains pickled objects other than tensors and "
+            f"plain containers, which could run code ({first}). Re-save only state_dicts."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    return ckpt
+
+
+def model_state(ckpt: dict, prefer_ema: bool = True) -> dict[str, torch.Tensor]:
+    """The weights to use for inference: EMA weights when trained with EMA, else the raw ones."""
+    if prefer_ema and ckpt.get("ema"):
+        return ckpt["ema"]["module"]
+    if "model" in ckpt:
+        return ckpt["model"]
+    if all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return ckpt  # a bare state_dict
+    raise CheckpointError("checkpoint has no 'model' weights")
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every RNG the training loop can touch, as tensors and plain lists."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state: dict[str, Any] = {
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    nps = state["numpy"]
+    np.random.set_state((nps[0], nps[1].numpy(), *nps[2:]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tensors_to(obj: Any, fn: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _tensors_to(v, fn) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_tensors_to(v, fn) for v in obj]
+    return obj
+
+
+def rng_to_plain(state: dict[str, Any]) -> dict[str, Any]:
+    """Tensors -> (dtype, bytes), so RNG states can cross ``all_gather_object`` safely."""
+    return _tensors_to(state, lambda t: ("__tensor__", str(t.dtype), t.cpu().numpy().tobytes()))
+
+
+def rng_from_plain(state: Any) -> Any:
+    if isinstance(state, tuple) and len(state) == 3 and state[0] == "__tensor__":
+        dtype = getattr(torch, state[1].removeprefix("torch."))
+        return torch.frombuffer(bytearray(state[2]), dtype=dtype).clone()
+    if isinstance(state, dict):
+        return {k: rng_from_plain(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [rng_from_plain(v) for v in state]
+    return state

@@ -1,0 +1,89 @@
+"""Optimizers and LR schedules (warmup + constant/linear/cosine/poly) from config."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from e2ekit.core.errors import ConfigError, did_you_mean
+from e2ekit.core.registry import locate
+from e2ekit.core.schema import OptimConfig, SchedConfig
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Biases and norm weights (1-D params) get no weight decay, as BERT/timm do."""
+    if not cfg.no_decay_norm_bias or cfg.weight_decay == 0:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, groups: list[dict] | None = None
+) -> torch.optim.Optimizer:
+    """``groups`` lets a kit pass its own parameter groups (e.g. layer-wise LR decay)."""
+    groups = groups if groups is not None else param_groups(model, cfg)
+    name = cfg.type.lower()
+    if name == "adamw":
+        return torch.optim.AdamW(
+            groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+        )
+    if name == "adam":
+        return torch.optim.Adam(
+            groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+        )
+    if name == "sgd":
+        return torch.optim.SGD(
+            groups,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
+    if ":" in cfg.type:
+        return locate(cfg.type)(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ConfigError(
+        f"unknown optim.type '{cfg.type}'{did_you_mean(name, OPTIMIZERS)}; "
+        f"choose one of {', '.join(OPTIMIZERS)} or a dotted path 'pkg.mod:Optimizer'"
+    )
+
+
+def lr_factor(cfg: SchedConfig, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base LR at optimizer step ``step`` (0-based)."""
+    warmup = cfg.warmup_steps or round(cfg.warmup_ratio * total_steps)
+    total = max(total_steps, 1)
+    floor = cfg.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            start = cfg.warmup_start_factor
+            return start + (1.0 - start) * (step + 1) / warmup
+        if cfg.type == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if cfg.type == "linear":
+            decayed = 1.0 - progress
+        elif cfg.type == "cosine":
+            decayed = 0.5 * (1.0 + math.cos(math.pi * progress))
+        else:  # poly
+            decayed = (1.0 - progress) ** cfg.power
+        return floor + (1.0 - floor) * decayed
+
+    return factor
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: SchedConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total_steps))

@@ -1,0 +1,112 @@
+"""Deterministic, resumable, rank-sharded batch order.
+
+The order of epoch ``e`` depends only on (seed, e), so a resumed run skips the
+batches it already trained on and sees exactly what an uninterrupted run would.
+Each global batch of ``batch_size * world`` samples is split across ranks, so N
+ranks at batch B train on the same samples per step as one process at batch N*B.
+Indices are yielded as ``(epoch, index)`` keys so ``SeededDataset`` can give every
+sample its own random stream, independent of workers and restarts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler, get_worker_info
+
+
+class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        if num_samples <= 0:
+            raise ValueError("the dataset is empty")
+        self.n = num_samples
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.rank = rank
+        self.world = world
+        self.epoch = 0
+        self.skip = 0
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return max(1, self.n // self.global_batch) if self.n >= self.global_batch else 1
+        return -(-self.n // self.global_batch)
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch = epoch
+        self.skip = skip_batches
+
+    def _order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = self._order()
+        need = len(self) * self.global_batch
+        if need > order.numel():  # pad by wrapping so every rank gets full batches
+            reps = -(-need // order.numel())
+            order = order.repeat(reps)
+        order = order[:need].view(len(self), self.world, self.batch_size)
+        for b in range(self.skip, len(self)):
+            yield [(self.epoch, int(i)) for i in order[b, self.rank]]
+        self.skip = 0
+
+
+def sample_seed(base: int, epoch: int, index: int) -> int:
+    return (base * 1_000_003 + epoch * 7_919 + index * 104_729 + 17) % (2**31 - 1)
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so sample ``(epoch, i)`` always sees the same random numbers.
+
+    In the main process the global RNG states are restored afterwards, so data
+    augmentation never perturbs the model's random stream (dropout, init).
+    """
+
+    def __init__(self, inner: Dataset, seed: int) -> None:
+        self.inner = inner
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int] | int) -> Any:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        s = sample_seed(self.seed, epoch, index)
+        if get_worker_info() is not None:
+            random.seed(s)
+            np.random.seed(s)
+            torch.manual_seed(s)
+            return self.inner[index]
+        states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        try:
+            random.seed(s)
+            np.random.seed(s)
+            torch.manual_seed(s)
+            return self.inner[index]
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])

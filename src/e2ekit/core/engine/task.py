@@ -1,0 +1,75 @@
+"""The small interface between the engine and a kit.
+
+A kit implements one ``Task`` per problem type. In training mode its model's
+``forward(batch)`` returns a ``dict[str, Tensor]`` of losses (the engine sums them);
+``evaluate`` turns a loader into a dict of metrics. Export and serving hooks are
+here too, so every verb of the CLI works the same way for every kit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from e2ekit.core.schema import RunConfig
+
+if TYPE_CHECKING:
+    from e2ekit.core.infer import Predictor
+    from e2ekit.core.serve import Endpoint
+
+
+@dataclass
+class ExportSpec:
+    """What ``core.export.export_onnx`` needs from a kit."""
+
+    module: nn.Module
+    example_inputs: dict[str, torch.Tensor]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+    deploy: dict[str, Any]
+    parity_inputs: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    torch_builder: str | None = None
+    builder_config: dict[str, Any] | None = None
+
+
+class Task:
+    """Base class of a kit's task; override the methods the engine and CLI call."""
+
+    kit: ClassVar[str] = ""
+    schema: ClassVar[type[RunConfig]] = RunConfig
+    default_metric: ClassVar[str] = "loss"
+    metric_mode: ClassVar[str] = "min"
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+
+    # -- training ---------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def build_dataset(self, split: str) -> Dataset | None:
+        """``split`` is 'train', 'val' or 'test'; None when the split is not configured."""
+        raise NotImplementedError
+
+    def collate_fn(self, split: str) -> Callable[[list[Any]], Any] | None:
+        return None
+
+    def param_groups(self, model: nn.Module) -> list[dict] | None:
+        """Custom optimizer groups (layer-wise LR decay, frozen parts); None = default."""
+        return None
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict:
+        """Metrics of ``model`` (already in eval mode) over ``loader``."""
+        raise NotImplementedError
+
+    # -- deployment ---------------------------------------------------------------
+    def export_spec(self, model: nn.Module) -> ExportSpec:
+        raise NotImplementedError
+
+    def serve_endpoints(self, predictor: Predictor) -> list[Endpoint]:
+        raise NotImplementedError

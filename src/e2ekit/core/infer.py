@@ -1,0 +1,336 @@
+"""Inference runtime shared by every kit: load an export folder and run it.
+
+An export folder (written by :func:`e2ekit.core.export.export_onnx`) holds ``deploy.yaml``
+(model I/O contract plus the kit's pre/post-processing settings), ``model.onnx`` and,
+optionally, ``model.int8.onnx`` and ``weights.pt`` + a builder path for the PyTorch backend.
+:class:`Predictor` hides which backend runs the model so serving code and benchmarks can switch
+between onnxruntime, int8 and eager PyTorch with one argument.
+
+This module deliberately does not import torch at import time: an onnxruntime-only deployment
+should not have to pay for (or even install) PyTorch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+DEPLOY_FILE = "deploy.yaml"
+SAMPLE_INPUTS_FILE = "sample_inputs.npz"
+WEIGHTS_FILE = "weights.pt"
+FORMAT_VERSION = 1
+PRECISIONS = ("fp32", "int8")
+DEVICES = ("cpu", "cuda")
+
+
+class ExportFolderError(FileNotFoundError):
+    """An export folder is missing or incomplete (names the folder and the missing file)."""
+
+
+def _locate(path: str) -> Any:
+    """Resolve ``"package.module:attr"`` (or ``"package.module.attr"``) to the object."""
+    if ":" in path:
+        module_name, _, attr_path = path.partition(":")
+    else:
+        module_name, _, attr_path = path.rpartition(".")
+    if not module_name or not attr_path:
+        raise ValueError(f"invalid dotted path {path!r}; expected 'package.module:attr'")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr_path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def flatten_outputs(outputs: Any, output_names: Sequence[str]) -> list[Any]:
+    """Order a model's outputs (tensor, tuple/list or dict) as ``output_names``.
+
+    Shared by export and the torch backend so both agree on which value is which output;
+    dict outputs are matched by key, never by insertion order.
+    """
+    names = list(output_names)
+    if isinstance(outputs, Mapping):
+        missing = [n for n in names if n not in outputs]
+        extra = [k for k in outputs if k not in names]
+        if missing or extra:
+            raise ValueError(
+                f"model returned dict keys {list(outputs)} but output_names is {names} "
+                f"(missing: {missing}, unexpected: {extra})"
+            )
+        return [outputs[n] for n in names]
+    if isinstance(outputs, (tuple, list)):
+        if len(outputs) != len(names):
+            raise ValueError(
+                f"model returned {len(outputs)} outputs but output_names has {len(names)}: {names}"
+            )
+        return list(outputs)
+    if len(names) != 1:
+        raise ValueError(f"model returned a single tensor but output_names has {len(names)}")
+    return [outputs]
+
+
+def load_deploy(export_dir: str | Path) -> dict[str, Any]:
+    """Read and sanity-check ``deploy.yaml`` of an export folder."""
+    folder = Path(export_dir)
+    if not folder.is_dir():
+        raise ExportFolderError(f"export folder {str(folder)!r} does not exist")
+    path = folder / DEPLOY_FILE
+    if not path.is_file():
+        raise ExportFolderError(f"export folder {str(folder)!r} has no {DEPLOY_FILE}")
+    with path.open("r", encoding="utf-8") as fh:
+        deploy = yaml.safe_load(fh)
+    if not isinstance(deploy, dict) or "inputs" not in deploy or "outputs" not in deploy:
+        raise ValueError(f"{path} is not a valid e2ekit deploy file (needs 'inputs'/'outputs')")
+    version = deploy.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format_version {version!r}; this e2ekit reads version {FORMAT_VERSION}"
+        )
+    return deploy
+
+
+def load_sample_inputs(export_dir: str | Path) -> list[dict[str, np.ndarray]]:
+    """Load the input cases saved at export time (keys ``case{i}.{input_name}``)."""
+    path = Path(export_dir) / SAMPLE_INPUTS_FILE
+    if not path.is_file():
+        raise ExportFolderError(f"export folder {str(Path(export_dir))!r} has no {path.name}")
+    cases: dict[int, dict[str, np.ndarray]] = {}
+    with np.load(path, allow_pickle=False) as data:
+        for key in data.files:
+            case, _, name = key.partition(".")
+            cases.setdefault(int(case.removeprefix("case")), {})[name] = data[key]
+    return [cases[i] for i in sorted(cases)]
+
+
+def make_session(
+    model_path: str | Path, *, num_threads: int | None = None, device: str = "cpu"
+) -> Any:
+    """Create an onnxruntime session configured the way e2ekit serves models.
+
+    ``inter_op_num_threads=1`` because the graphs are sequential; parallelism comes from
+    intra-op threads (``None`` keeps onnxruntime's default, one per physical core).
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    if num_threads is not None:
+        opts.intra_op_num_threads = int(num_threads)
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            warnings.warn(
+                "device='cuda' requested but onnxruntime has no CUDAExecutionProvider; "
+                "running on CPU",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
+
+
+class Backend(ABC):
+    """One way of executing an exported model; subclass and register in ``BACKENDS``."""
+
+    def __init__(
+        self,
+        export_dir: Path,
+        deploy: dict[str, Any],
+        *,
+        num_threads: int | None,
+        precision: str,
+        device: str,
+    ) -> None:
+        self.export_dir = export_dir
+        self.deploy = deploy
+        self.num_threads = num_threads
+        self.precision = precision
+        self.device = device
+        self.output_names: list[str] = [o["name"] for o in deploy["outputs"]]
+
+    @abstractmethod
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on validated, dtype-cast inputs; return outputs keyed by output name."""
+
+
+class OnnxRuntimeBackend(Backend):
+    """onnxruntime CPU (or CUDA) session on ``model.onnx`` or the int8 model."""
+
+    def __init__(self, export_dir: Path, deploy: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(export_dir, deploy, **kwargs)
+        if self.precision == "int8":
+            model_file = deploy.get("int8_model_file")
+            if not model_file:
+                raise ExportFolderError(
+                    f"export folder {str(export_dir)!r} has no int8 model recorded in "
+                    f"{DEPLOY_FILE}; run e2ekit.core.export.quantize_int8 first"
+                )
+        else:
+            model_file = deploy.get("model_file", "model.onnx")
+        path = export_dir / model_file
+        if not path.is_file():
+            raise ExportFolderError(f"export folder {str(export_dir)!r} has no {model_file}")
+        self.model_path = path
+        self.session = make_session(path, num_threads=self.num_threads, device=self.device)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.session.run(self.output_names, feeds)
+        return dict(zip(self.output_names, values, strict=True))
+
+
+class TorchBackend(Backend):
+    """Eager PyTorch: rebuild the module from the recorded builder and ``weights.pt``.
+
+    Useful as a reference and for debugging; ``num_threads`` sets torch's process-wide
+    intra-op thread count (``torch.set_num_threads``).
+    """
+
+    def __init__(self, export_dir: Path, deploy: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(export_dir, deploy, **kwargs)
+        import torch
+
+        if self.precision != "fp32":
+            raise ValueError(f"torch backend supports precision 'fp32' only, got {self.precision}")
+        spec = deploy.get("torch")
+        if not isinstance(spec, dict) or not spec.get("builder"):
+            raise ExportFolderError(
+                f"export folder {str(export_dir)!r} has no torch builder in {DEPLOY_FILE}; "
+                "export with torch_builder=... to enable the torch backend"
+            )
+        weights = export_dir / WEIGHTS_FILE
+        if not weights.is_file():
+            raise ExportFolderError(f"export folder {str(export_dir)!r} has no {WEIGHTS_FILE}")
+        if self.num_threads is not None:
+            torch.set_num_threads(int(self.num_threads))
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' requested but torch.cuda.is_available() is False")
+        self.torch_device = torch.device(self.device)
+        builder = _locate(spec["builder"])
+        module = builder(**(spec.get("config") or {}))
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        module.load_state_dict(state, strict=True)
+        self.module = module.to(self.torch_device).eval()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        args = [
+            torch.from_numpy(np.ascontiguousarray(v)).to(self.torch_device) for v in feeds.values()
+        ]
+        with torch.inference_mode():
+            outputs = flatten_outputs(self.module(*args), self.output_names)
+        return {
+            n: o.detach().cpu().numpy() for n, o in zip(self.output_names, outputs, strict=True)
+        }
+
+
+BACKENDS: dict[str, type[Backend]] = {"onnxruntime": OnnxRuntimeBackend, "torch": TorchBackend}
+
+
+class Predictor:
+    """Run an exported model from its folder, independent of the kit that trained it.
+
+    ``run`` takes numpy arrays keyed by input name (already preprocessed as described by
+    ``deploy``) and returns numpy arrays keyed by output name.
+    """
+
+    def __init__(
+        self,
+        export_dir: str | Path,
+        backend: str = "onnxruntime",
+        num_threads: int | None = None,
+        precision: str = "fp32",
+        device: str = "cpu",
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
+        if device not in DEVICES:
+            raise ValueError(f"unknown device {device!r}; choose one of {list(DEVICES)}")
+        if num_threads is not None and int(num_threads) < 1:
+            raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
+        self.export_dir = Path(export_dir)
+        self._deploy = load_deploy(self.export_dir)
+        self._inputs: list[dict[str, Any]] = list(self._deploy["inputs"])
+        self.backend_name = backend
+        self.precision = precision
+        self.num_threads = num_threads
+        self.backend: Backend = BACKENDS[backend](
+            self.export_dir,
+            self._deploy,
+            num_threads=num_threads,
+            precision=precision,
+            device=device,
+        )
+
+    @property
+    def deploy(self) -> dict[str, Any]:
+        """The parsed ``deploy.yaml`` (I/O contract plus the kit's pre/post-processing)."""
+        return self._deploy
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i["name"] for i in self._inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o["name"] for o in self._deploy["outputs"]]
+
+    def _prepare(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Check names, ranks and static dims, cast to exported dtypes; fail with clear errors."""
+        expected = self.input_names
+        missing = [n for n in expected if n not in inputs]
+        if missing:
+            raise KeyError(f"missing model input(s) {missing}; the model expects {expected}")
+        unknown = [n for n in inputs if n not in expected]
+        if unknown:
+            raise KeyError(f"unknown model input(s) {unknown}; the model expects {expected}")
+        feeds: dict[str, np.ndarray] = {}
+        for spec in self._inputs:
+            name = spec["name"]
+            arr = np.asarray(inputs[name])
+            dtype = np.dtype(spec["dtype"])
+            if arr.dtype != dtype:
+                if not np.can_cast(arr.dtype, dtype, casting="same_kind"):
+                    raise TypeError(
+                        f"input {name!r} has dtype {arr.dtype}, which cannot be safely cast to "
+                        f"the exported dtype {dtype}"
+                    )
+                arr = arr.astype(dtype)
+            shape = spec.get("shape")
+            if shape is not None:
+                if arr.ndim != len(shape):
+                    raise ValueError(
+                        f"input {name!r} has shape {list(arr.shape)} but the model expects "
+                        f"rank {len(shape)} {shape}"
+                    )
+                for axis, (got, want) in enumerate(zip(arr.shape, shape, strict=True)):
+                    if isinstance(want, int) and got != want:
+                        raise ValueError(
+                            f"input {name!r} has size {got} on axis {axis}; the model expects "
+                            f"{want} (shape {shape})"
+                        )
+            feeds[name] = arr
+        return feeds
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Validate and cast ``inputs``, run the backend, return outputs by name."""
+        return self.backend.run(self._prepare(inputs))
+
+    __call__ = run
+
+    def __repr__(self) -> str:
+        return (
+            f"Predictor({str(self.export_dir)!r}, backend={self.backend_name!r}, "
+            f"precision={self.precision!r}, num_threads={self.num_threads})"
+        )

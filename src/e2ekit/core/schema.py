@@ -1,0 +1,114 @@
+"""Typed config sections shared by every kit; a kit's config subclasses ``RunConfig``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from e2ekit.core.serve.settings import ServeSettings
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class OptimConfig(Strict):
+    type: str = Field("adamw", description="adamw, adam, sgd, or a dotted path to a builder")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    no_decay_norm_bias: bool = Field(
+        True, description="exclude biases and norm weights from weight decay"
+    )
+
+
+class SchedConfig(Strict):
+    type: Literal["constant", "linear", "cosine", "poly"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, le=1, description="warmup as a share of all steps")
+    warmup_start_factor: float = Field(0.0, ge=0, le=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    power: float = Field(0.9, gt=0, description="exponent of the poly schedule")
+
+
+class EmaConfig(Strict):
+    enabled: bool = False
+    decay: float = Field(0.999, gt=0, lt=1)
+    warmup_steps: int = Field(0, ge=0, description="ramp decay up from 0 over these steps")
+
+
+class EarlyStopConfig(Strict):
+    patience: int = Field(0, ge=0, description="evaluations without improvement; 0 = off")
+    min_delta: float = Field(0.0, ge=0)
+
+
+class HookSpec(Strict):
+    """A user hook: ``type`` is a registered hook or a dotted path; the rest are kwargs."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+
+class TrainConfig(Strict):
+    epochs: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; wins over epochs")
+    batch_size: int = Field(32, ge=1, description="per process")
+    eval_batch_size: int | None = Field(None, ge=1)
+    num_workers: int = Field(0, ge=0)
+    shuffle: bool = True
+    drop_last: bool = True
+    grad_accum: int = Field(1, ge=1)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    amp: Literal["off", "auto", "fp16", "bf16"] = Field(
+        "off", description="auto: fp16 on CUDA, bf16 on CPUs with bf16 support, else off"
+    )
+    eval_interval: int = Field(0, ge=0, description="steps between evaluations; 0 = each epoch")
+    log_interval: int = Field(10, ge=1)
+    save_interval: int = Field(0, ge=0, description="steps between last.pt saves; 0 = at evals")
+    metric: str | None = Field(None, description="metric that selects best.pt")
+    metric_mode: Literal["max", "min"] = "max"
+    early_stop: EarlyStopConfig = EarlyStopConfig()
+    ema: EmaConfig = EmaConfig()
+    hooks: list[HookSpec] = []
+    tensorboard: bool = True
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _length(self) -> TrainConfig:
+        if self.epochs is None and self.max_steps is None:
+            self.epochs = 1
+        return self
+
+
+class ExportConfig(Strict):
+    opset: int = Field(17, ge=11)
+    quantize: bool = Field(False, description="also write an int8 dynamic-quantized model")
+    atol: float = Field(1e-4, gt=0, description="max abs diff allowed vs PyTorch")
+
+
+class InferConfig(Strict):
+    backend: Literal["onnxruntime", "torch"] = "onnxruntime"
+    num_threads: int | None = Field(None, ge=1)
+    precision: Literal["fp32", "int8"] = "fp32"
+
+
+class RunConfig(Strict):
+    """Sections every kit has; kits narrow ``model`` and ``data`` with their own schemas."""
+
+    seed: int = 42
+    deterministic: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    model: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    train: TrainConfig = TrainConfig()
+    optim: OptimConfig = OptimConfig()
+    sched: SchedConfig = SchedConfig()
+    export: ExportConfig = ExportConfig()
+    infer: InferConfig = InferConfig()
+    serve: ServeSettings = ServeSettings()

@@ -1,0 +1,207 @@
+"""The verbs every kit shares (train, eval, export, predict, serve), kit-agnostic."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from e2ekit.core.config import Provenance, apply_overrides, load_config, validate
+from e2ekit.core.engine import Trainer, eval_loader, run_evaluation
+from e2ekit.core.engine.checkpoint import load_checkpoint, model_state
+from e2ekit.core.engine.env import resolve_device, seed_everything
+from e2ekit.core.errors import CheckpointError, ConfigError, E2EError
+from e2ekit.core.kit import Kit
+from e2ekit.core.logs import jsonable, log
+from e2ekit.core.paths import resolve_config
+from e2ekit.core.schema import RunConfig, Strict
+from e2ekit.core.serve.settings import ServeSettings
+
+
+def load_run_config(kit: Kit, args: Namespace) -> tuple[RunConfig, str]:
+    """``-c`` (default: the kit's quick config) or, for --resume/--weights, the run's own."""
+    source: Path | None = None
+    if getattr(args, "resume", None):
+        source = Path(args.resume) / "config.yaml"
+        if not source.is_file():
+            raise CheckpointError(f"--resume {args.resume}: no config.yaml there (not a run dir?)")
+    elif args.config is None and getattr(args, "weights", None):
+        w = Path(args.weights)
+        run_dir = w if w.is_dir() else w.parent
+        if (run_dir / "config.yaml").is_file():
+            source = run_dir / "config.yaml"
+    if source is None:
+        source = resolve_config(kit.name, args.config)
+    cfg = load_config(source, kit.schema, args.override)
+    return cfg, source.stem if source.stem != "config" else source.parent.name
+
+
+def _load_model(kit: Kit, cfg: RunConfig, weights: str | None) -> tuple[Any, torch.nn.Module]:
+    if not weights:
+        raise E2EError("--weights is required: a checkpoint (best.pt/last.pt) or a run folder")
+    task = kit.make_task(cfg)
+    seed_everything(cfg.seed)
+    model = task.build_model()
+    ckpt = load_checkpoint(weights)
+    try:
+        model.load_state_dict(model_state(ckpt))
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(
+            f"--weights {weights} does not fit this model config: {first}"
+        ) from None
+    return task, model.eval()
+
+
+def cmd_train(kit: Kit, args: Namespace) -> dict[str, Any]:
+    cfg, name = load_run_config(kit, args)
+    out = args.resume or args.out
+    trainer = Trainer(
+        kit.make_task(cfg), out, config_name=name, resume=bool(args.resume), weights=args.weights
+    )
+    metrics = trainer.fit()
+    if trainer.is_main:
+        log.info("run folder: %s", trainer.out_dir)
+    return metrics
+
+
+def cmd_eval(kit: Kit, args: Namespace) -> dict[str, Any]:
+    cfg, _ = load_run_config(kit, args)
+    task, model = _load_model(kit, cfg, args.weights)
+    device = resolve_device(cfg.device)
+    loader = eval_loader(task, args.split)
+    if loader is None:
+        raise ConfigError(f"no '{args.split}' data configured for kit {kit.name}")
+    t0 = time.perf_counter()
+    metrics = run_evaluation(task, model.to(device), loader, device)
+    metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2) + "\n")
+    return metrics
+
+
+def default_export_dir(kit: Kit, weights: str) -> Path:
+    w = Path(weights)
+    return (w if w.is_dir() else w.parent) / "export"
+
+
+def cmd_export(kit: Kit, args: Namespace) -> dict[str, Any]:
+    from e2ekit.core.export import export_onnx, quantize_int8
+
+    cfg, _ = load_run_config(kit, args)
+    task, model = _load_model(kit, cfg, args.weights)
+    spec = task.export_spec(model)
+    out = Path(args.out) if args.out else default_export_dir(kit, args.weights)
+    report = export_onnx(
+        spec.module,
+        spec.example_inputs,
+        out,
+        output_names=spec.output_names,
+        dynamic_axes=spec.dynamic_axes,
+        deploy=spec.deploy,
+        opset=cfg.export.opset,
+        parity_inputs=spec.parity_inputs,
+        torch_builder=spec.torch_builder,
+        builder_config=spec.builder_config,
+        atol=cfg.export.atol,
+    )
+    summary = {"export_dir": str(out), "max_abs_diff": report["onnx"]["max_abs_diff"]}
+    if args.quantize or cfg.export.quantize:
+        int8 = quantize_int8(out)
+        summary["int8_max_abs_diff"] = int8["max_abs_diff"]
+        summary["int8_size_ratio"] = int8["size_ratio"]
+    return summary
+
+
+class ModulePredictor:
+    """A PyTorch module with the Predictor interface, for ``predict --weights`` without export."""
+
+    def __init__(self, spec: Any, device: torch.device) -> None:
+        self.module = spec.module.to(device).eval()
+        self.device = device
+        self.input_names = list(spec.example_inputs)
+        self.output_names = list(spec.output_names)
+        self.deploy = dict(spec.deploy)
+
+    @torch.inference_mode()
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise KeyError(f"missing model input(s) {missing}; expected {self.input_names}")
+        args = [torch.as_tensor(np.asarray(inputs[n])).to(self.device) for n in self.input_names]
+        out = self.module(*args)
+        if isinstance(out, dict):
+            out = [out[n] for n in self.output_names]
+        elif isinstance(out, torch.Tensor):
+            out = [out]
+        return {
+            n: t.detach().float().cpu().numpy() for n, t in zip(self.output_names, out, strict=True)
+        }
+
+    __call__ = run
+
+
+def make_predictor(kit: Kit, args: Namespace) -> Any:
+    """An exported model (``--model DIR``) on onnxruntime/torch, or a checkpoint (``--weights``)."""
+    if getattr(args, "model", None):
+        from e2ekit.core.infer import Predictor
+
+        backend = args.backend or "onnxruntime"
+        precision = getattr(args, "precision", None) or "fp32"
+        try:
+            return Predictor(
+                args.model, backend=backend, num_threads=args.threads, precision=precision
+            )
+        except FileNotFoundError as exc:
+            raise E2EError(str(exc)) from None
+    cfg, _ = load_run_config(kit, args)
+    task, model = _load_model(kit, cfg, args.weights)
+    return ModulePredictor(task.export_spec(model), resolve_device(cfg.device))
+
+
+def cmd_predict(kit: Kit, args: Namespace) -> dict[str, Any]:
+    if not args.input:
+        raise E2EError("--input is required: a file, a folder or a list file")
+    if not Path(args.input).exists():
+        raise E2EError(f"--input {args.input}: no such file or folder")
+    predictor = make_predictor(kit, args)
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix=f"e2ekit-{kit.name}-pred-"))
+    t0 = time.perf_counter()
+    summary = kit.predict(predictor, Path(args.input), out)
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    return summary
+
+
+class ServeOnly(Strict):
+    """``serve`` takes only ``-o serve.<key>=value`` overrides."""
+
+    serve: ServeSettings = ServeSettings()
+
+
+def cmd_serve(kit: Kit, args: Namespace) -> dict[str, Any]:
+    from e2ekit.core.serve import create_app, run_server
+
+    if not args.model:
+        raise E2EError("--model is required: an export folder (from `export`)")
+    predictor = make_predictor(kit, args)
+    tree = apply_overrides({"serve": {}}, Provenance(), list(args.override or []))
+    for key in ("host", "port"):
+        if getattr(args, key, None) is not None:
+            tree["serve"][key] = getattr(args, key)
+    settings = validate(tree, ServeOnly).serve
+    info = {
+        "kit": kit.name,
+        "model": str(Path(args.model).resolve()),
+        "backend": predictor.backend_name,
+    }
+    app = create_app(kit.endpoints(predictor), settings, model_info=info)
+    run_server(app, settings)
+    return {"served": info["model"]}

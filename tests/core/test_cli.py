@@ -1,0 +1,229 @@
+"""The CLI end to end on the toy kit: every verb, error messages, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from ..conftest import ROOT, run_subprocess
+
+TINY = str(ROOT / "configs" / "toy" / "tiny.yaml")
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from e2ekit.core.cli import main
+
+    run = tmp_path_factory.mktemp("toy") / "run"
+    assert main(["toy", "train", "-c", TINY, "--out", str(run), "-o", "train.epochs=3"]) == 0
+    return run
+
+
+def test_train_writes_the_run_folder(trained: Path) -> None:
+    names = {p.name for p in trained.iterdir()}
+    assert {
+        "config.yaml",
+        "best.pt",
+        "last.pt",
+        "metrics.json",
+        "metrics.jsonl",
+        "train.log",
+        "tb",
+    } <= names
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["best_metric"] == "accuracy" and 0 <= metrics["accuracy"] <= 1
+
+
+def test_eval_prints_metrics_last(cli, trained: Path) -> None:
+    code, out, _ = cli("toy", "eval", "--weights", trained / "best.pt")
+    assert code == 0
+    metrics = last_json(out)
+    best = json.loads((trained / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(best["accuracy"])
+
+
+def test_export_predict_and_int8(cli, trained: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    code, out, err = cli("toy", "export", "--weights", trained, "--out", export, "--quantize")
+    assert code == 0, err
+    summary = last_json(out)
+    assert summary["max_abs_diff"] < 1e-4
+    assert summary["int8_max_abs_diff"] > 0
+    report = json.loads((export / "export_report.json").read_text())
+    assert report["onnx"]["passed"] and "int8" in report
+    rows = np.random.default_rng(0).normal(size=(10, 16))
+    inp = tmp_path / "rows.csv"
+    inp.write_text("\n".join(",".join(map(str, r)) for r in rows))
+    outs = {}
+    for backend in ("onnxruntime", "torch"):
+        pred_dir = tmp_path / f"pred_{backend}"
+        code, out, err = cli(
+            "toy",
+            "predict",
+            "--model",
+            export,
+            "--backend",
+            backend,
+            "--input",
+            inp,
+            "--out",
+            pred_dir,
+        )
+        assert code == 0, err
+        lines = (pred_dir / "predictions.jsonl").read_text().splitlines()
+        assert len(lines) == 10
+        outs[backend] = np.array([json.loads(x)["scores"] for x in lines])
+    np.testing.assert_allclose(outs["onnxruntime"], outs["torch"], atol=1e-5)
+    code, out, err = cli(
+        "toy",
+        "predict",
+        "--weights",
+        trained / "best.pt",
+        "--input",
+        inp,
+        "--out",
+        tmp_path / "pred_ckpt",
+    )
+    assert code == 0, err
+    ckpt_scores = [
+        json.loads(x)["scores"]
+        for x in (tmp_path / "pred_ckpt" / "predictions.jsonl").read_text().splitlines()
+    ]
+    np.testing.assert_allclose(np.array(ckpt_scores), outs["torch"], atol=1e-5)
+
+
+def test_predict_bad_input_names_file_and_line(cli, trained: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(",".join(["0.1"] * 16) + "\n1,2,3\n")
+    out_dir = tmp_path / "pred"
+    code, _, err = cli("toy", "predict", "--weights", trained, "--input", bad, "--out", out_dir)
+    assert code == 1
+    assert f"{bad}:2" in err and "expected 16" in err
+    assert not (out_dir / "predictions.jsonl").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_answers_and_shuts_down_gracefully(cli, trained: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    assert cli("toy", "export", "--weights", trained, "--out", export)[0] == 0
+    port = _free_port()
+    env = {**os.environ, "E2EKIT_NO_PROGRESS": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "e2ekit",
+            "toy",
+            "serve",
+            "--model",
+            str(export),
+            "--port",
+            str(port),
+            "-o",
+            "serve.max_batch_size=8",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+        r = httpx.post(f"{url}/predict", json={"inputs": [[0.0] * 16, [1.0] * 16]}, timeout=10)
+        assert r.status_code == 200
+        preds = r.json()["predictions"]
+        assert len(preds) == 2 and abs(sum(preds[0]["scores"]) - 1) < 1e-4
+        bad = httpx.post(f"{url}/predict", json={"inputs": [[0.0] * 3]}, timeout=10)
+        assert bad.status_code == 422 and "expected 16" in bad.text
+        assert httpx.get(f"{url}/health", timeout=5).json()["kit"] == "toy"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    # uvicorn re-raises the caught SIGTERM after its graceful shutdown completes.
+    assert proc.returncode in (0, -signal.SIGTERM), output[-2000:]
+    assert "serving on" in output and "serve: stopped" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["tyo", "train"], "did you mean 'toy'"),
+        (["toy", "trian"], "did you mean 'train'"),
+        (["toy", "train", "--otu", "x"], "did you mean '--out'"),
+        (["confgs"], "did you mean 'configs'"),
+        (["seg", "train"], "not in this build yet"),
+    ],
+)
+def test_unknown_kit_verb_flag_suggest(cli, args: list[str], needle: str) -> None:
+    code, _, err = cli(*args)
+    assert code != 0
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("train.batch_szie=3", "did you mean 'train.batch_size'"),
+        ("optim.lr=fast", "'optim.lr'"),
+        ("model.hiden=3", "did you mean 'hidden'"),
+    ],
+)
+def test_config_errors_are_one_line_and_create_nothing(
+    cli, tmp_path: Path, override: str, needle: str
+) -> None:
+    out = tmp_path / "run"
+    code, _, err = cli("toy", "train", "-c", TINY, "-o", override, "--out", out)
+    assert code == 1
+    assert needle in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_missing_base_file_creates_nothing(cli, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("_base_: ../nope.yaml\n")
+    out = tmp_path / "run"
+    code, _, err = cli("toy", "train", "-c", cfg, "--out", out)
+    assert code == 1 and "nope.yaml" in err and str(cfg) in err
+    assert not out.exists()
+
+
+def test_configs_lists_shipped(cli) -> None:
+    code, out, _ = cli("configs", "toy")
+    assert code == 0
+    assert "toy/quick" in out and "toy/tiny" in out
+
+
+def test_python_dash_m_and_help() -> None:
+    proc = run_subprocess(["--help"])
+    assert proc.returncode == 0 and "e2ekit <kit> <verb>" in proc.stdout
