@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
-from torch.utils.data import DataLoader
 
 from e2ekit.core.engine import ExportSpec, Task, to_device
 from e2ekit.core.registry import MODELS
@@ -59,7 +59,7 @@ class ToyTask(Task):
         seed = d.seed * 2 + (split == "val")
         return TabularDataset(*make_blobs(n, d.num_features, d.num_classes, seed, d.noise))
 
-    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict:
+    def evaluate(self, model: nn.Module, loader: Iterable[Any], device: torch.device) -> dict:
         correct, total, loss_sum = 0, 0, 0.0
         for batch in loader:
             batch = to_device(batch, device)

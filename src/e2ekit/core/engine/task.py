@@ -8,13 +8,13 @@ here too, so every verb of the CLI works the same way for every kit.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from e2ekit.core.schema import RunConfig
 
@@ -63,8 +63,9 @@ class Task:
         """Custom optimizer groups (layer-wise LR decay, frozen parts); None = default."""
         return None
 
-    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict:
-        """Metrics of ``model`` (already in eval mode) over ``loader``."""
+    def evaluate(self, model: nn.Module, loader: Iterable[Any], device: torch.device) -> dict:
+        """Metrics of ``model`` (already in eval mode, under inference_mode) over ``loader``
+        (batches of the 'val' split, wrapped in a progress bar)."""
         raise NotImplementedError
 
     # -- deployment ---------------------------------------------------------------

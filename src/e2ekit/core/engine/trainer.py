@@ -83,10 +83,12 @@ def eval_loader(task: Task, split: str = "val", batch_size: int | None = None) -
 def run_evaluation(task: Task, model: nn.Module, loader: DataLoader, device: torch.device) -> dict:
     was_training = model.training
     model.eval()
+    bar = progress(loader, total=len(loader), desc="eval", unit="batch")
     try:
         with torch.inference_mode():
-            metrics = task.evaluate(model, loader, device)
+            metrics = task.evaluate(model, bar, device)
     finally:
+        bar.close()
         model.train(was_training)
     return {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()}
 
