@@ -15,6 +15,18 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 os.environ.setdefault("E2EKIT_NO_PROGRESS", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _data_home(tmp_path_factory: pytest.TempPathFactory):
+    """Generated built-in data goes to a temp folder, never to the user's cache."""
+    old = os.environ.get("E2EKIT_DATA")
+    os.environ["E2EKIT_DATA"] = str(tmp_path_factory.mktemp("e2ekit_data"))
+    yield
+    if old is None:
+        os.environ.pop("E2EKIT_DATA", None)
+    else:
+        os.environ["E2EKIT_DATA"] = old
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT

@@ -29,7 +29,9 @@ def log(message: str) -> None:
 class MLP(nn.Module):
     """Tabular/embedding-head sized MLP: 256 -> 1024 -> 1024 -> 1024 -> 16 with GELU."""
 
-    def __init__(self, in_dim: int = 256, hidden: int = 1024, depth: int = 3, out: int = 16):
+    def __init__(
+        self, in_dim: int = 256, hidden: int = 1024, depth: int = 3, out: int = 16
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = in_dim
@@ -46,7 +48,7 @@ class MLP(nn.Module):
 class ConvNet(nn.Module):
     """Small image classifier: 3 stride-2 conv-bn-relu blocks, global pool, linear head."""
 
-    def __init__(self, channels: Sequence[int] = (32, 64, 128), num_classes: int = 10):
+    def __init__(self, channels: Sequence[int] = (32, 64, 128), num_classes: int = 10) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
         width = 3
@@ -92,6 +94,13 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def warn_if_busy() -> None:
+    """Other work on a small machine skews every number (torch eager most): say so."""
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cpus:
+        log(f"warning: 1-min load average is {load:.1f} on {cpus} CPUs; results will be noisy")
+
+
 def environment(threads: int) -> dict[str, Any]:
     """What the numbers depend on, recorded next to them."""
     import onnxruntime
@@ -103,4 +112,6 @@ def environment(threads: int) -> dict[str, Any]:
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
         "python": platform.python_version(),
+        # Other work on the machine skews results (torch eager most): record the load.
+        "loadavg_1m_start": os.getloadavg()[0],
     }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _shared import MLP, ConvNet, environment, export_model, log, median, randomize_bn
+from _shared import MLP, ConvNet, environment, export_model, log, median, randomize_bn, warn_if_busy
 from torch import nn
 
 from e2ekit.core.export import quantize_int8
@@ -38,8 +39,8 @@ Runner = Callable[[], Any]
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for both runtimes")
-    p.add_argument("--repeats", type=int, default=5, help="timed blocks per backend and case")
-    p.add_argument("--block-s", type=float, default=0.25, help="target seconds per timed block")
+    p.add_argument("--repeats", type=int, default=7, help="timed blocks per backend and case")
+    p.add_argument("--block-s", type=float, default=0.2, help="target seconds per timed block")
     p.add_argument("--pause-s", type=float, default=0.05, help="idle time between blocks")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     p.add_argument("--models", nargs="+", choices=["mlp", "conv"], default=["mlp", "conv"])
@@ -78,7 +79,9 @@ def time_block(run: Runner, iterations: int) -> float:
     return time.perf_counter() - start
 
 
-def runners(module: nn.Module, predictors: dict[str, Predictor], x: np.ndarray) -> dict:
+def runners(
+    module: nn.Module, predictors: dict[str, Predictor], x: np.ndarray
+) -> dict[str, Runner]:
     """Zero-argument callables, one per backend, all on the same input array."""
     x_torch = torch.from_numpy(x)  # shares memory with x: same bytes for every backend
     feeds = {"x": x}
@@ -101,14 +104,14 @@ def bench_case(run_by_backend: dict[str, Runner], batch: int, args: argparse.Nam
     ratios: dict[str, list[float]] = {"ort_fp32_vs_torch": [], "ort_int8_vs_torch": []}
     for rep in range(args.repeats):
         order = BACKENDS[rep % len(BACKENDS) :] + BACKENDS[: rep % len(BACKENDS)]
-        this: dict[str, float] = {}
+        now: dict[str, float] = {}
         for backend in order:
             time.sleep(args.pause_s)  # let the other runtime's spinning threads go idle
             seconds = time_block(run_by_backend[backend], iterations[backend])
-            this[backend] = batch * iterations[backend] / seconds
-            rates[backend].append(this[backend])
-        ratios["ort_fp32_vs_torch"].append(this["ort_fp32"] / this["torch"])
-        ratios["ort_int8_vs_torch"].append(this["ort_int8"] / this["torch"])
+            now[backend] = batch * iterations[backend] / seconds
+            rates[backend].append(now[backend])
+        ratios["ort_fp32_vs_torch"].append(now["ort_fp32"] / now["torch"])
+        ratios["ort_int8_vs_torch"].append(now["ort_int8"] / now["torch"])
     return {
         "rows_per_s": {b: round(median(v), 1) for b, v in rates.items()},
         **{k: round(median(v), 3) for k, v in ratios.items()},
@@ -116,6 +119,7 @@ def bench_case(run_by_backend: dict[str, Runner], batch: int, args: argparse.Nam
 
 
 def bench_model(name: str, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Export and quantize one model as a kit does, then time every batch size."""
     torch.manual_seed(args.seed)
     module, row_shape = build(name, args.image_size)
     module.eval()
@@ -157,6 +161,7 @@ def bench_model(name: str, workdir: Path, args: argparse.Namespace) -> dict[str,
 
 def main() -> None:
     args = parse_args()
+    warn_if_busy()
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
     out: dict[str, Any] = {
@@ -169,6 +174,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="e2ekit-bench-infer-") as tmp:
         for name in args.models:
             out["models"][name] = bench_model(name, Path(tmp), args)
+    out["loadavg_1m_end"] = os.getloadavg()[0]
     out["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(out), flush=True)
 

@@ -8,11 +8,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import yaml
 from torch import nn
 
+import e2ekit.core.export as export_mod
 from e2ekit.core.export import ExportError, export_onnx, quantize_int8
 from e2ekit.core.infer import ExportFolderError, Predictor, load_sample_inputs
 
@@ -67,6 +69,23 @@ class CheatsInOnnx(nn.Module):
         if torch.onnx.is_in_onnx_export():
             return y + 1.0
         return y
+
+
+class SegNet(nn.Module):
+    """Segmentation head returning softmax probs (B,K,H,W); ``scale`` separates the classes."""
+
+    def __init__(self, channels: int = 8, classes: int = 4, scale: float = 1.0) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(channels, classes, 1)
+        self.scale = scale
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.head(self.body(image)) * self.scale, dim=1)
+
+
+def build_seg(**config: float) -> SegNet:
+    return SegNet(**config)
 
 
 def build_mlp(**config: int) -> MLP:
@@ -333,3 +352,144 @@ def test_predictor_errors(mlp_export, tmp_path: Path) -> None:
         pred.run({"x": np.zeros((2, 63), np.float32)})
     with pytest.raises(TypeError, match="cannot be safely cast"):
         pred.run({"x": np.zeros((2, 64), np.complex64)})
+
+
+# --------------------------------------------------------------------------- argmax outputs
+
+SEG_CONFIG = {"channels": 8, "classes": 4, "scale": 50.0}
+
+
+def _export_seg(out: Path, **kwargs) -> tuple[SegNet, dict]:
+    torch.manual_seed(2)
+    model = SegNet(**SEG_CONFIG)
+    report = export_onnx(
+        model,
+        {"image": torch.randn(2, 3, 32, 32)},
+        out,
+        output_names=["probs"],
+        dynamic_axes={
+            "image": {0: "batch", 2: "height", 3: "width"},
+            "probs": {0: "batch", 2: "height", 3: "width"},
+            "label_map": {0: "batch", 1: "height", 2: "width"},
+        },
+        deploy={"kit": "seg"},
+        parity_inputs=[{"image": torch.randn(3, 3, 24, 40)}],
+        torch_builder=f"{__name__}:build_seg",
+        builder_config=SEG_CONFIG,
+        argmax={"probs": "label_map"},
+        **kwargs,
+    )
+    return model.eval(), report
+
+
+@pytest.fixture(scope="module")
+def seg_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[SegNet, dict, Path]:
+    out = tmp_path_factory.mktemp("seg") / "export"
+    model, report = _export_seg(out)
+    return model, report, out
+
+
+def test_argmax_export_contract_and_report(seg_export) -> None:
+    _, report, out = seg_export
+    rep = report["onnx"]
+    assert rep["passed"] and rep["max_abs_diff"] < ATOL
+    assert rep["per_output"]["probs"]["shapes"] == [[2, 4, 32, 32], [3, 4, 24, 40]]
+    assert report["argmax"] == {
+        "label_map": {
+            "from": "probs",
+            "axis": 1,
+            "mismatch_fraction": 0.0,
+            "elements": 2 * 32 * 32 + 3 * 24 * 40,
+            "max_abs_diff_before_argmax": rep["per_output"]["probs"]["max_abs_diff"],
+        }
+    }
+    assert json.loads((out / "export_report.json").read_text()) == report
+
+    deploy = yaml.safe_load((out / "deploy.yaml").read_text())
+    assert deploy["inputs"] == [
+        {"name": "image", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}
+    ]
+    assert deploy["outputs"] == [
+        {"name": "label_map", "dtype": "int64", "shape": ["batch", "height", "width"]}
+    ]
+    assert deploy["torch"] == {
+        "builder": f"{__name__}:build_seg",
+        "config": SEG_CONFIG,
+        "module_outputs": ["probs"],
+        "argmax": {"probs": "label_map"},
+        "argmax_axis": 1,
+    }
+    graph = onnx.load(str(out / "model.onnx")).graph
+    assert [o.name for o in graph.output] == ["label_map"]
+    last = graph.node[-1]
+    assert last.op_type == "ArgMax" and list(last.input) == ["probs"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in last.attribute}
+    assert attrs == {"axis": 1, "keepdims": 0}
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_argmax_predictor_backends(seg_export, backend: str) -> None:
+    model, _, out = seg_export
+    pred = Predictor(out, backend=backend)
+    assert pred.output_names == ["label_map"]
+    image = np.random.default_rng(6).standard_normal((2, 3, 20, 28)).astype(np.float32)
+    got = pred({"image": image})
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(image)).argmax(dim=1).numpy()
+    assert list(got) == ["label_map"]
+    assert got["label_map"].dtype == np.int64 and got["label_map"].shape == (2, 20, 28)
+    np.testing.assert_array_equal(got["label_map"], ref)
+
+
+def test_argmax_quantize_int8(tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    _export_seg(out)
+    section = quantize_int8(out)
+    assert (out / "model.int8.onnx").is_file()
+    assert section["max_abs_diff"] is None and section["mean_abs_diff"] is None
+    frac = section["per_output"]["label_map"]["mismatch_fraction"]
+    assert math.isfinite(frac) and 0.0 <= frac <= 1.0
+    assert set(section["per_output"]["label_map"]) == {"mismatch_fraction"}
+    assert section["passed"] and section["size_ratio"] > 0
+    assert yaml.safe_load((out / "deploy.yaml").read_text())["int8_model_file"] == "model.int8.onnx"
+    got = Predictor(out, precision="int8")({"image": np.zeros((1, 3, 16, 16), np.float32)})
+    assert got["label_map"].dtype == np.int64 and got["label_map"].shape == (1, 16, 16)
+
+    quantize_int8(out, atol=1.0)  # mismatch_fraction <= 1 always holds
+    with pytest.raises(ExportError, match="mismatch_fraction"):
+        quantize_int8(out, atol=-1.0)
+    assert not (out / "model.int8.onnx").exists()
+
+
+def test_argmax_mismatch_fails_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(export_mod, "ARGMAX_MISMATCH_TOL", -1.0)
+    out = tmp_path / "export"
+    with pytest.raises(ExportError, match=r"'label_map' mismatch_fraction=0\.0") as info:
+        _export_seg(out)
+    assert not out.exists()
+    failed = info.value.artifacts_dir
+    assert failed is not None and (failed / "model.onnx").is_file()
+    report = json.loads((failed / "export_report.json").read_text())
+    assert report["onnx"]["passed"] and report["argmax"]["label_map"]["mismatch_fraction"] == 0
+
+
+def test_argmax_rejects_bad_arguments(tmp_path: Path) -> None:
+    def export(**kwargs) -> None:
+        base = {
+            "output_names": ["probs"],
+            "dynamic_axes": {"label_map": {0: "batch"}},
+            "deploy": {},
+        }
+        export_onnx(SegNet(), {"image": torch.randn(1, 3, 8, 8)}, tmp_path / "a", **base, **kwargs)
+
+    with pytest.raises(ValueError, match="not in output_names"):
+        export(argmax={"logits": "label_map"})
+    with pytest.raises(ValueError, match="already input/output names"):
+        export(argmax={"probs": "image"})
+    with pytest.raises(ValueError, match="already input/output names"):
+        export(argmax={"probs": "probs"})
+    with pytest.raises(ValueError, match="neither inputs nor outputs"):
+        export()  # dynamic_axes names label_map, which only an argmax output may define
+    with pytest.raises(ValueError, match="out of range"):
+        export(argmax={"probs": "label_map"}, argmax_axis=4)
+    assert list(tmp_path.iterdir()) == []

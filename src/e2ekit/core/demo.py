@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from e2ekit.core.errors import E2EError
-from e2ekit.core.kit import available_kits, get_kit
+from e2ekit.core.kit import PUBLIC_KITS, available_kits, get_kit
 from e2ekit.core.logs import log
 
 
@@ -123,7 +123,10 @@ def _cell(value: Any) -> str:
 def run_demo(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="e2ekit demo")
     parser.add_argument("--out", default="runs/demo", help="where the demo runs go")
-    parser.add_argument("--kits", default=",".join(available_kits()), help="comma-separated kits")
+    public = [k for k in available_kits() if k in PUBLIC_KITS]
+    parser.add_argument(
+        "--kits", default=",".join(public or available_kits()), help="comma-separated kits"
+    )
     args = parser.parse_args(argv)
     root = Path(args.out)
     rows = [demo_kit(name, root) for name in args.kits.split(",") if name]

@@ -191,7 +191,9 @@ class TorchBackend(Backend):
     """Eager PyTorch: rebuild the module from the recorded builder and ``weights.pt``.
 
     Useful as a reference and for debugging; ``num_threads`` sets torch's process-wide
-    intra-op thread count (``torch.set_num_threads``).
+    intra-op thread count (``torch.set_num_threads``). When the export appended argmax
+    outputs, ``deploy["torch"]`` records the module's own outputs (``module_outputs``) and
+    the ``argmax`` mapping, so this backend returns the same outputs as the ONNX model.
     """
 
     def __init__(self, export_dir: Path, deploy: dict[str, Any], **kwargs: Any) -> None:
@@ -219,6 +221,17 @@ class TorchBackend(Backend):
         state = torch.load(weights, map_location="cpu", weights_only=True)
         module.load_state_dict(state, strict=True)
         self.module = module.to(self.torch_device).eval()
+        # Older deploy folders lack these keys: the module's outputs are the served outputs.
+        self.argmax: dict[str, str] = dict(spec.get("argmax") or {})
+        self.argmax_axis = int(spec.get("argmax_axis", 1))
+        self.module_outputs: list[str] = list(spec.get("module_outputs") or self.output_names)
+        produced = [self.argmax.get(n, n) for n in self.module_outputs]
+        missing = [n for n in self.output_names if n not in produced]
+        if missing:
+            raise ValueError(
+                f"{DEPLOY_FILE} torch section yields outputs {produced} but the model's "
+                f"outputs are {self.output_names} (missing: {missing})"
+            )
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -227,10 +240,14 @@ class TorchBackend(Backend):
             torch.from_numpy(np.ascontiguousarray(v)).to(self.torch_device) for v in feeds.values()
         ]
         with torch.inference_mode():
-            outputs = flatten_outputs(self.module(*args), self.output_names)
-        return {
-            n: o.detach().cpu().numpy() for n, o in zip(self.output_names, outputs, strict=True)
-        }
+            outputs = flatten_outputs(self.module(*args), self.module_outputs)
+            named = {}
+            for n, o in zip(self.module_outputs, outputs, strict=True):
+                if n in self.argmax:
+                    named[self.argmax[n]] = o.argmax(dim=self.argmax_axis)
+                else:
+                    named[n] = o
+        return {n: named[n].detach().cpu().numpy() for n in self.output_names}
 
 
 BACKENDS: dict[str, type[Backend]] = {"onnxruntime": OnnxRuntimeBackend, "torch": TorchBackend}

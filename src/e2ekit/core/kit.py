@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 # kit name -> "module:attribute" of its Kit instance; None = announced, not built yet.
 KITS: dict[str, str | None] = {
     "text": None,
-    "seg": None,
+    "seg": "e2ekit.seg.kit:KIT",
     "det": None,
     "ctr": None,
     "toy": "e2ekit.toy.kit:KIT",

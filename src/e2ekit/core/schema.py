@@ -76,6 +76,7 @@ class TrainConfig(Strict):
     early_stop: EarlyStopConfig = EarlyStopConfig()
     ema: EmaConfig = EmaConfig()
     hooks: list[HookSpec] = []
+    channels_last: bool = Field(False, description="NHWC memory format (faster convs on CPU)")
     tensorboard: bool = True
     progress: bool = True
 

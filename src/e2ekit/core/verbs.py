@@ -112,6 +112,7 @@ def cmd_export(kit: Kit, args: Namespace) -> dict[str, Any]:
         torch_builder=spec.torch_builder,
         builder_config=spec.builder_config,
         atol=cfg.export.atol,
+        **({"argmax": spec.argmax} if spec.argmax else {}),
     )
     summary = {"export_dir": str(out), "max_abs_diff": report["onnx"]["max_abs_diff"]}
     if args.quantize or cfg.export.quantize:
@@ -128,8 +129,11 @@ class ModulePredictor:
         self.module = spec.module.to(device).eval()
         self.device = device
         self.input_names = list(spec.example_inputs)
-        self.output_names = list(spec.output_names)
+        self.module_outputs = list(spec.output_names)
+        self.argmax = dict(spec.argmax or {})
+        self.output_names = [self.argmax.get(n, n) for n in self.module_outputs]
         self.deploy = dict(spec.deploy)
+        self.backend_name = "torch-checkpoint"
 
     @torch.inference_mode()
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

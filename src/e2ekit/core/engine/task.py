@@ -35,6 +35,7 @@ class ExportSpec:
     parity_inputs: list[dict[str, torch.Tensor]] = field(default_factory=list)
     torch_builder: str | None = None
     builder_config: dict[str, Any] | None = None
+    argmax: dict[str, str] | None = None  # float output -> int class-id output appended in ONNX
 
 
 class Task:

@@ -118,6 +118,8 @@ class Trainer:
         seed_everything(self.cfg.seed)
 
         self.model = task.build_model().to(self.device)
+        if self.tc.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         train_ds = task.build_dataset("train")
         if train_ds is None:
             raise ConfigError("no training data: set the data keys of the train split")

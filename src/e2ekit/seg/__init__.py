@@ -1,0 +1,1 @@
+"""Segmentation kit: PaddleSeg-style data, augmentations, models, losses and metrics."""

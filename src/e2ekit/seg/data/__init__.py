@@ -1,0 +1,1 @@
+"""Segmentation data: readers, label validation, synthetic data, augmentations."""

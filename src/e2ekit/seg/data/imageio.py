@@ -1,0 +1,212 @@
+"""Image and label file I/O for segmentation, with errors that name the file.
+
+Images are decoded by torchvision's native decoders (JPEG/PNG/WebP/GIF) and fall
+back to Pillow for the rest (BMP, TIFF, ...), always as 3-channel uint8 (3,H,W):
+grayscale images are repeated to RGB so every model sees 3 channels.
+
+Labels are single-channel PNGs of class ids, read with Pillow because it keeps a
+palette ('P') image's indices, which ARE the class ids in the VOC convention
+(torchvision would expand the palette to colours). A colour-coded RGB label is
+rejected: its colours are not class ids, and guessing a mapping would silently
+train on the wrong classes.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.io import ImageReadMode, decode_image, read_file
+
+from e2ekit.core.errors import DataError
+
+__all__ = [
+    "colorize",
+    "decode_image_bytes",
+    "encode_png",
+    "get_palette",
+    "overlay",
+    "read_image",
+    "read_label",
+]
+
+# torchvision 0.29 warns on every decode that TorchCodec will take over image I/O; the
+# decoders still work and are the fastest available here, so keep logs readable.
+warnings.filterwarnings(
+    "ignore",
+    message="The image decoding and encoding capabilities of TorchVision",
+    category=DeprecationWarning,
+)
+
+# Pillow modes whose pixel values are the class ids themselves.
+_ID_MODES = {"L", "P", "I", "I;16", "I;16L", "I;16B", "1"}
+
+
+def _pil_to_rgb_tensor(im: Image.Image) -> torch.Tensor:
+    arr = np.array(im.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()  # (3, H, W)
+
+
+def _decode(data: torch.Tensor, raw: bytes | None, what: str) -> torch.Tensor:
+    """torchvision first (fast, native), Pillow for formats torchvision lacks."""
+    try:
+        img = decode_image(data, mode=ImageReadMode.RGB)
+    except RuntimeError as tv_exc:
+        buf = raw if raw is not None else data.numpy().tobytes()
+        try:
+            with Image.open(io.BytesIO(buf)) as im:
+                return _pil_to_rgb_tensor(im)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise DataError(
+                f"cannot decode image {what}: {exc or tv_exc} (is it a JPEG/PNG/BMP/TIFF file?)"
+            ) from None
+    if img.ndim == 4:  # an animated GIF: (N, 3, H, W) -> its first frame
+        img = img[0]
+    if img.dtype == torch.uint16:  # a 16-bit PNG: keep the high byte
+        img = (img.to(torch.int32) >> 8).to(torch.uint8)
+    return img
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """An image file as uint8 (3, H, W) RGB; a missing or corrupt file is a DataError."""
+    path = Path(path)
+    try:
+        data = read_file(str(path))
+    except (RuntimeError, OSError):
+        if not path.is_file():
+            raise DataError(f"image file not found: {path}") from None
+        raise DataError(f"cannot read image file {path}") from None
+    if data.numel() == 0:
+        raise DataError(f"image file is empty: {path}")
+    return _decode(data, None, str(path))
+
+
+def decode_image_bytes(data: bytes) -> torch.Tensor:
+    """Encoded image bytes (an upload, a request body) as uint8 (3, H, W) RGB."""
+    if not data:
+        raise DataError("cannot decode image: no bytes received")
+    tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return _decode(tensor, bytes(data), f"({len(data)} bytes)")
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """A label PNG as an (H, W) array of class ids (uint8, uint16 or int32, as stored).
+
+    The dtype is kept narrow on purpose: validation counts values with
+    ``np.bincount`` and datasets remap with a lookup table, both fastest on
+    uint8/uint16.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"label file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode not in _ID_MODES:
+                if mode in ("RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "HSV", "LAB"):
+                    raise DataError(
+                        f"label {path} is a {mode} image; a label must be a single-channel PNG "
+                        "of class ids (mode L or P): convert a colour-coded label to ids by "
+                        "mapping each palette colour to its class index"
+                    )
+                raise DataError(
+                    f"label {path} has unsupported image mode {mode}; save it as a "
+                    "single-channel 8- or 16-bit PNG of class ids"
+                )
+            arr = np.array(im)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"cannot decode label file {path}: {exc}") from None
+    if arr.ndim != 2:
+        raise DataError(f"label {path} has shape {arr.shape}; expected (H, W) class ids")
+    if arr.dtype == np.bool_:  # mode '1': black/white -> 0/1
+        arr = arr.astype(np.uint8)
+    elif arr.dtype.byteorder == ">":  # 'I;16B' -> native uint16
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
+def encode_png(array: np.ndarray | torch.Tensor, compress_level: int = 6) -> bytes:
+    """PNG bytes of an (H, W) id map (uint8/uint16) or an RGB image (H,W,3) or (3,H,W)."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+        if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+            array = array.transpose(1, 2, 0)  # (C,H,W) -> (H,W,C)
+    arr = np.asarray(array)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        if arr.dtype == np.uint8:
+            im = Image.fromarray(arr, mode="L")
+        else:
+            if arr.size and (arr.min() < 0 or arr.max() > 65535):
+                raise ValueError("a PNG label holds values 0..65535 only")
+            im = Image.fromarray(arr.astype(np.uint16))
+    elif arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        im = Image.fromarray(np.ascontiguousarray(arr.astype(np.uint8)))
+    else:
+        raise ValueError(f"cannot encode an array of shape {arr.shape} as PNG")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def get_palette(n: int = 256) -> np.ndarray:
+    """(n, 3) uint8 colours, visually distinct for neighbouring class ids.
+
+    The bits of each class id are spread over the high bits of R, G and B (the
+    scheme PASCAL VOC and PaddleSeg use), so class 0 is black, 1 dark red, 2
+    dark green, and ids differing in a low bit differ strongly in colour.
+    """
+    ids = np.arange(n, dtype=np.int64)
+    pal = np.zeros((n, 3), dtype=np.int64)
+    for shift in range(8):
+        for ch in range(3):
+            bit = (ids >> (3 * shift + ch)) & 1
+            pal[:, ch] |= bit << (7 - shift)
+    return pal.astype(np.uint8)
+
+
+def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def colorize(label: np.ndarray | torch.Tensor, palette: np.ndarray | None = None) -> np.ndarray:
+    """An (H, W) id map as an (H, W, 3) uint8 RGB picture (ids beyond the palette wrap)."""
+    lab = _to_numpy(label).astype(np.int64)
+    if palette is None:
+        palette = get_palette(max(256, int(lab.max()) + 1 if lab.size else 256))
+    pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    return pal[np.mod(lab, len(pal))]
+
+
+def overlay(
+    image: np.ndarray | torch.Tensor,
+    label: np.ndarray | torch.Tensor,
+    alpha: float = 0.5,
+    palette: np.ndarray | None = None,
+    ignore_index: int | None = 255,
+) -> np.ndarray:
+    """The image blended with its colourised label, (H, W, 3) uint8; ignored pixels unblended.
+
+    ``image`` is uint8 (H, W, 3) or (3, H, W) (a float image in [0, 1] is scaled).
+    """
+    img = _to_numpy(image)
+    if img.ndim == 3 and img.shape[0] == 3 and img.shape[-1] != 3:
+        img = img.transpose(1, 2, 0)  # (3,H,W) -> (H,W,3)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.dtype != np.uint8:
+        img = np.clip(img * 255.0 if img.max() <= 1.0 else img, 0, 255).astype(np.uint8)
+    lab = _to_numpy(label)
+    if lab.shape != img.shape[:2]:
+        raise ValueError(f"label shape {lab.shape} does not match image {img.shape[:2]}")
+    colour = colorize(lab, palette).astype(np.float32)
+    out = (1.0 - alpha) * img.astype(np.float32) + alpha * colour
+    if ignore_index is not None:
+        keep = lab == ignore_index
+        out[keep] = img[keep]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)

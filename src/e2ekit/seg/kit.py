@@ -1,0 +1,132 @@
+"""Seg kit wiring: task factory, predict over files/folders/lists, ``POST /predict``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from e2ekit.core.errors import DataError
+from e2ekit.core.kit import Kit
+from e2ekit.core.progress import progress
+from e2ekit.core.serve import BadRequest, Endpoint
+from e2ekit.seg.config import SegConfig
+from e2ekit.seg.data.imageio import decode_image_bytes, encode_png, read_image
+from e2ekit.seg.predict import (
+    SegRunner,
+    iterate_predictions,
+    list_inputs,
+    resize_back,
+    rle_encode,
+    write_outputs,
+)
+from e2ekit.seg.task import SegTask
+
+MAX_PIXELS = 4096 * 4096
+
+
+class PredictRequest(BaseModel):
+    image: str = Field(..., description="base64-encoded image file (PNG, JPEG, ...)")
+    format: Literal["png", "rle", "both"] = Field("png", description="mask encoding to return")
+
+
+class SegKit(Kit):
+    name = "seg"
+    schema = SegConfig
+    description = "image segmentation (PaddleSeg-style)"
+
+    def make_task(self, cfg: SegConfig) -> SegTask:  # type: ignore[override]
+        return SegTask(cfg)
+
+    def predict(self, predictor: Any, input_path: Path, out_dir: Path) -> dict[str, Any]:
+        runner = SegRunner(predictor)
+        files = list_inputs(input_path)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ignore = predictor.deploy.get("ignore_index")
+        counts = np.zeros(int(predictor.deploy["num_classes"]), dtype=np.int64)
+        with open(out_dir / ".predictions.jsonl.tmp", "w", encoding="utf-8") as fh:
+            wrap = lambda xs: progress(xs, desc="predict", unit="img")  # noqa: E731
+            for path, image, label in iterate_predictions(runner, files, wrap):
+                write_outputs(out_dir, path.stem, image, label, ignore)
+                present = np.bincount(label.reshape(-1), minlength=len(counts))[: len(counts)]
+                counts += present
+                fh.write(
+                    json.dumps(
+                        {
+                            "image": str(path),
+                            "label": f"label/{path.stem}.png",
+                            "classes": np.flatnonzero(present).tolist(),
+                        }
+                    )
+                    + "\n"
+                )
+        (out_dir / ".predictions.jsonl.tmp").replace(out_dir / "predictions.jsonl")
+        return {
+            "images": len(files),
+            "output": str(out_dir),
+            "pixel_share": (counts / max(counts.sum(), 1)).round(4).tolist(),
+        }
+
+    def endpoints(self, predictor: Any) -> list[Endpoint]:
+        runner = SegRunner(predictor)
+
+        def to_items(req: PredictRequest) -> list[dict[str, Any]]:
+            try:
+                raw = base64.b64decode(req.image, validate=True)
+            except (binascii.Error, ValueError):
+                raise BadRequest("'image' is not valid base64", 422) from None
+            try:
+                image = decode_image_bytes(raw)
+            except DataError as exc:
+                raise BadRequest(f"'image' could not be decoded: {exc}", 422) from None
+            h, w = image.shape[-2:]
+            if h * w > MAX_PIXELS:
+                raise BadRequest(f"image is {w}x{h}; at most {MAX_PIXELS} pixels", 413)
+            return [{"x": runner.preprocess(image), "size": (h, w)}]
+
+        def run_batch(items: list[dict[str, Any]]) -> list[np.ndarray]:
+            results: list[np.ndarray | None] = [None] * len(items)
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for i, item in enumerate(items):  # same-size images share one model call
+                groups.setdefault(tuple(item["x"].shape), []).append(i)
+            for idx in groups.values():
+                labels = runner.label_maps(torch.stack([items[i]["x"] for i in idx]))
+                for i, lab in zip(idx, labels, strict=True):
+                    results[i] = resize_back(lab, items[i]["size"])
+            return results  # type: ignore[return-value]
+
+        def to_response(req: PredictRequest, results: list[np.ndarray]) -> dict[str, Any]:
+            label = results[0]
+            body: dict[str, Any] = {
+                "height": int(label.shape[0]),
+                "width": int(label.shape[1]),
+                "classes": np.unique(label).tolist(),
+            }
+            if req.format in ("png", "both"):
+                body["mask_png"] = base64.b64encode(encode_png(label.astype(np.uint8))).decode()
+            if req.format in ("rle", "both"):
+                body["rle"] = rle_encode(label)
+            return body
+
+        return [Endpoint("/predict", PredictRequest, to_items, run_batch, to_response)]
+
+    def demo_input(self, cfg: SegConfig, folder: Path) -> Path:  # type: ignore[override]
+        task = SegTask(cfg)
+        root = task.data_root()
+        first = (root / (cfg.data.val_list or "val.txt")).read_text().split()[0]
+        return root / first
+
+    def demo_request(self, deploy: dict[str, Any]) -> dict[str, Any]:
+        rng = np.random.default_rng(0)
+        image = rng.integers(0, 255, size=(96, 128, 3), dtype=np.uint8)
+        return {"image": base64.b64encode(encode_png(image)).decode(), "format": "rle"}
+
+
+KIT = SegKit()
+__all__ = ["KIT", "SegKit", "read_image"]
