@@ -19,6 +19,9 @@ class BuiltinData(Strict):
     num_val: int = Field(80, ge=1)
     size: tuple[int, int] = (128, 128)
     seed: int = 0
+    hue_overlap: float = Field(
+        0.2, ge=0, description="how far class colours overlap; higher = shape must decide"
+    )
 
 
 class SegData(Strict):

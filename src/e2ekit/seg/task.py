@@ -122,6 +122,7 @@ class SegTask(Task):
                 "size": list(b.size),
                 "num_classes": d.num_classes,
                 "seed": b.seed,
+                "hue_overlap": b.hue_overlap,
             }
             return builtin_root(params)
         root = Path(d.root)

@@ -1,13 +1,13 @@
 """A built-in synthetic segmentation dataset of textured shapes (``data.root: builtin:shapes``).
 
 Each image holds a few filled shapes on a textured background; the class of a
-pixel is the kind of shape covering it (0 = background). Colours and textures
-are drawn from one distribution for every class, so colour says nothing about
-the class: a model has to learn shape, as on real data. Shapes overlap and
-occlude each other, run off the image edges, and the image gets Gaussian noise,
-which keeps the task from being trivial while a small CNN still learns it on a
-CPU in minutes. Generation is vectorised numpy (one full-image mask per shape)
-and deterministic per (seed, split, index).
+pixel is the kind of shape covering it (0 = background). Textures are shared by
+all classes and each class's hue band overlaps its neighbours' (``hue_overlap``),
+so colour only narrows the choice and shape has to settle the rest (with
+``hue_overlap >= num_classes - 2`` colour says nothing at all). Shapes overlap
+and occlude each other, run off the image edges, and the image gets Gaussian
+noise. Generation is vectorised numpy (one full-image mask per shape) and
+deterministic per (seed, split, index).
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ SHAPE_KINDS = ("circle", "rectangle", "triangle", "ring", "cross", "star")
 
 DEFAULTS: dict[str, Any] = {
     "name": "shapes",
-    "num_train": 400,
-    "num_val": 80,
+    "num_train": 1000,
+    "num_val": 100,
     "size": [128, 128],
     "num_classes": 4,
     "seed": 0,
+    "hue_overlap": 0.2,
 }
 
 _SPLIT_CODE = {"train": 1, "val": 2}
@@ -127,20 +128,30 @@ def _shape_mask(
     raise ValueError(f"unknown shape kind {kind}")
 
 
-def _class_colour(rng: np.random.Generator, cls: int, num_classes: int) -> np.ndarray:
+def _class_colour(
+    rng: np.random.Generator, cls: int, num_classes: int, hue_overlap: float
+) -> np.ndarray:
     """An RGB colour whose hue leans to the class but overlaps its neighbours' hues.
 
-    Hue bands are 1.3x the spacing between class centres, so about half of each band
-    is shared with the next class: colour narrows the choice, shape has to settle it.
+    Each class draws its hue from a band ``1 + hue_overlap`` times the spacing
+    between class centres, so band edges are shared with the neighbouring classes
+    (and a texture's second colour strays further): colour narrows the choice,
+    shape has to settle it. ``hue_overlap >= num_classes - 2`` removes the colour
+    cue entirely (every class spans every hue).
     """
     spacing = 1.0 / (num_classes - 1)
-    hue = ((cls - 1) * spacing + rng.uniform(-0.65, 0.65) * spacing) % 1.0
+    half = 0.5 * (1.0 + hue_overlap) * spacing
+    hue = ((cls - 1) * spacing + rng.uniform(-half, half)) % 1.0
     rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.45, 1.0), rng.uniform(0.35, 1.0))
     return np.array(rgb) * 255.0
 
 
 def render_sample(
-    rng: np.random.Generator, size: tuple[int, int], num_classes: int, first_class: int = 1
+    rng: np.random.Generator,
+    size: tuple[int, int],
+    num_classes: int,
+    first_class: int = 1,
+    hue_overlap: float = 0.2,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One (H, W, 3) uint8 image and its (H, W) uint8 label of shape kinds."""
     h, w = size
@@ -162,7 +173,7 @@ def render_sample(
         placed.append((cy, cx, r))
         mask = _shape_mask(SHAPE_KINDS[cls - 1], rng, yy, xx, cy, cx, r)
         for _ in range(8):  # a colour that stands out from the background
-            colour = _class_colour(rng, cls, num_classes)
+            colour = _class_colour(rng, cls, num_classes, hue_overlap)
             if np.abs(colour - bg).mean() > 55:
                 break
         image[mask] = _paint(rng, yy, xx, colour, spread=45.0, mask=mask)
@@ -185,11 +196,12 @@ def _check(num_classes: int, size: Any) -> tuple[int, int]:
 
 def make_synthetic(
     root: str | Path,
-    num_train: int = 400,
-    num_val: int = 80,
+    num_train: int = 1000,
+    num_val: int = 100,
     size: tuple[int, int] | int = (128, 128),
     num_classes: int = 4,
     seed: int = 0,
+    hue_overlap: float = 0.2,
 ) -> dict[str, Any]:
     """Write ``images/``, ``labels/``, ``train.txt``, ``val.txt``, ``meta.json`` under ``root``.
 
@@ -205,7 +217,9 @@ def make_synthetic(
         lines = []
         for i in range(int(count)):
             rng = np.random.default_rng([int(seed), _SPLIT_CODE[split], i])
-            image, label = render_sample(rng, (h, w), num_classes, 1 + i % (num_classes - 1))
+            image, label = render_sample(
+                rng, (h, w), num_classes, 1 + i % (num_classes - 1), hue_overlap
+            )
             stem = f"{split}_{i:05d}.png"
             (root / "images" / stem).write_bytes(encode_png(image, compress_level=1))
             (root / "labels" / stem).write_bytes(encode_png(label))
@@ -221,6 +235,7 @@ def make_synthetic(
         "num_train": int(num_train),
         "num_val": int(num_val),
         "seed": int(seed),
+        "hue_overlap": float(hue_overlap),
         "generator_version": GENERATOR_VERSION,
     }
     (root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -265,6 +280,7 @@ def builtin_root(params: dict[str, Any] | None = None) -> Path:
         num_val=int(full["num_val"]),
         num_classes=int(full["num_classes"]),
         seed=int(full["seed"]),
+        hue_overlap=float(full["hue_overlap"]),
     )
     key = json.dumps({**full, "generator_version": GENERATOR_VERSION}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
@@ -282,6 +298,7 @@ def builtin_root(params: dict[str, Any] | None = None) -> Path:
             size=(h, w),
             num_classes=full["num_classes"],
             seed=full["seed"],
+            hue_overlap=full["hue_overlap"],
         )
         if final.exists() and not (final / "meta.json").is_file():
             shutil.rmtree(final, ignore_errors=True)  # a broken copy left by a crash
