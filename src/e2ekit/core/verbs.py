@@ -94,26 +94,13 @@ def default_export_dir(kit: Kit, weights: str) -> Path:
 
 
 def cmd_export(kit: Kit, args: Namespace) -> dict[str, Any]:
-    from e2ekit.core.export import export_onnx, quantize_int8
+    from e2ekit.core.export import quantize_int8
 
     cfg, _ = load_run_config(kit, args)
     task, model = _load_model(kit, cfg, args.weights)
     spec = task.export_spec(model)
     out = Path(args.out) if args.out else default_export_dir(kit, args.weights)
-    report = export_onnx(
-        spec.module,
-        spec.example_inputs,
-        out,
-        output_names=spec.output_names,
-        dynamic_axes=spec.dynamic_axes,
-        deploy=spec.deploy,
-        opset=cfg.export.opset,
-        parity_inputs=spec.parity_inputs,
-        torch_builder=spec.torch_builder,
-        builder_config=spec.builder_config,
-        atol=cfg.export.atol,
-        **({"argmax": spec.argmax} if spec.argmax else {}),
-    )
+    report = spec.export(out, opset=cfg.export.opset, atol=cfg.export.atol)
     summary = {"export_dir": str(out), "max_abs_diff": report["onnx"]["max_abs_diff"]}
     if args.quantize or cfg.export.quantize:
         int8 = quantize_int8(out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -36,6 +37,25 @@ class ExportSpec:
     torch_builder: str | None = None
     builder_config: dict[str, Any] | None = None
     argmax: dict[str, str] | None = None  # float output -> int class-id output appended in ONNX
+
+    def export(self, out_dir: str | Path, opset: int = 17, atol: float = 1e-4) -> dict[str, Any]:
+        """Export to ``out_dir`` with ``core.export.export_onnx``; returns the parity report."""
+        from e2ekit.core.export import export_onnx
+
+        return export_onnx(
+            self.module,
+            self.example_inputs,
+            out_dir,
+            output_names=self.output_names,
+            dynamic_axes=self.dynamic_axes,
+            deploy=self.deploy,
+            opset=opset,
+            parity_inputs=self.parity_inputs,
+            torch_builder=self.torch_builder,
+            builder_config=self.builder_config,
+            atol=atol,
+            **({"argmax": self.argmax} if self.argmax else {}),
+        )
 
 
 class Task:
