@@ -52,6 +52,8 @@ sys.path.insert(0, str(HERE))
 
 from _paddle_env import DEFAULT_VENV, ensure_venv  # noqa: E402
 
+from e2ekit.core.engine.amp import cpu_has_bf16  # noqa: E402
+
 NETS: dict[str, dict[str, Any]] = {
     "unet": {"type": "unet"},
     "deeplabv3p": {"type": "deeplabv3p", "backbone": {"type": "resnet50", "output_stride": 8}},
@@ -102,6 +104,12 @@ def parse_args() -> argparse.Namespace:
         "--paddle-train-mkldnn",
         action="store_true",
         help="FLAGS_use_mkldnn in paddle dygraph training (PaddleSeg's trainer leaves it off)",
+    )
+    p.add_argument(
+        "--bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="also time our step with train.amp=bf16 (auto: when the CPU has native bf16)",
     )
     p.add_argument("--no-int8", action="store_true", help="skip the int8 probe")
     p.add_argument("--no-infer", action="store_true", help="training only")
@@ -205,7 +213,9 @@ class PaddleClient:
 # --------------------------------------------------------------------------- ours / plain
 
 
-def make_trainer(net: str, channels_last: bool, args: argparse.Namespace, out_dir: Path):
+def make_trainer(
+    net: str, channels_last: bool, args: argparse.Namespace, out_dir: Path, amp: str = "off"
+):
     """A real engine Trainer for a SegTask; only its step methods are used (no fit())."""
     from e2ekit.core.config import validate
     from e2ekit.core.engine.trainer import Trainer
@@ -227,7 +237,7 @@ def make_trainer(net: str, channels_last: bool, args: argparse.Namespace, out_di
         "train": {
             "batch_size": args.batch,
             "max_steps": 1_000_000,
-            "amp": "off",
+            "amp": amp,
             "channels_last": channels_last,
             "tensorboard": False,
             "progress": False,
@@ -316,6 +326,9 @@ def explore_variants(
             engine("fused_ce", "fused", plain_ce=True), batch
         ),
         "plain_cl": plain_step(plain, plain_optimizer(plain, args), batch["image"], batch["label"]),
+        "engine_nchw_amp_bf16": engine_step(
+            make_trainer(net, False, args, tmp / "explore_bf16_nchw", amp="bf16"), batch
+        ),
     }
 
 
@@ -340,6 +353,10 @@ def bench_train(
     }
     plain = copy.deepcopy(trainers["ours_nchw"].model.net).train()
     steps = {k: engine_step(tr, batch) for k, tr in trainers.items()}
+    if args.bf16 == "on" or (args.bf16 == "auto" and cpu_has_bf16()):
+        # Not "ours" (numerics differ from the fp32 peers): what train.amp=bf16 would give.
+        tr = make_trainer(net, True, args, tmp / f"{net}_{size}_bf16", amp="bf16")
+        steps["ours_amp_bf16"] = engine_step(tr, batch)
     steps["plain"] = plain_step(plain, plain_optimizer(plain, args), x, y)
     if args.explore:
         steps.update(explore_variants(trainers["ours_channels_last"], net, batch, args, tmp))
@@ -380,6 +397,9 @@ def bench_train(
         train_ours_vs_plain=ratio(per_iter, "ours", "plain"),
         train_channels_last_vs_nchw=ratio(per_iter, "ours_channels_last", "ours_nchw"),
     )
+    if "ours_amp_bf16" in per_iter:
+        out["train_bf16_vs_ours"] = ratio(per_iter, "ours_amp_bf16", "ours")
+        out["train_bf16_vs_paddle"] = ratio(per_iter, "ours_amp_bf16", "paddle")
     if args.explore:
         base = "ours_channels_last"
         out["explore_vs_ours_channels_last"] = {
@@ -536,7 +556,8 @@ def main() -> None:
         "num_classes": NUM_CLASSES,
         "optim": OPTIM[args.optim],
         "repeats": args.repeats,
-        "amp": "off",
+        "amp": "off (ours_amp_bf16: train.amp=bf16, channels_last)",
+        "cpu_native_bf16": cpu_has_bf16(),
         "torch_mkldnn": torch.backends.mkldnn.is_available(),
         "ort": "Predictor: intra_op threads, inter_op 1, ORT_ENABLE_ALL",
     }
