@@ -13,7 +13,6 @@ Commands (``cmd`` key):
   PaddleSeg's export.py), one ``paddle.inference`` predictor per batch size with oneDNN
   (``enable_mkldnn``, ``set_cpu_math_library_num_threads``); answers the mode that ran.
 - ``infer``: batch, calls -> seconds for that many predictor runs on a fixed input.
-- ``labels``: batch -> the argmax map of the fixed input (for cross-checks).
 - ``close``: drop the model; ``quit``: exit.
 """
 

@@ -130,6 +130,8 @@ def alternate(blocks: dict[str, Block], iters: dict[str, int], args: argparse.Na
         for name in names[k:] + names[:k]:
             time.sleep(args.pause_s)  # the other runtimes' spinning threads go idle
             per_iter[name].append(blocks[name](iters[name]) / iters[name])
+        cells = " ".join(f"{n}={v[-1]:.3g}" for n, v in per_iter.items())
+        log(f"  repeat {rep + 1}: s/iter {cells} (load {os.getloadavg()[0]:.1f})")
     return per_iter
 
 
