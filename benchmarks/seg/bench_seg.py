@@ -419,7 +419,7 @@ def bench_infer(
     tmp: Path,
     paddle: PaddleClient | None,
 ) -> dict[str, Any]:
-    from e2ekit.core.export import export_onnx, quantize_int8
+    from e2ekit.core.export import quantize_int8
     from e2ekit.core.infer import Predictor
 
     cfg = trainer.task.cfg
@@ -428,20 +428,7 @@ def bench_infer(
     export_dir = tmp / f"export_{net}_{size}"
     log(f"[{net} {size}] export_onnx (kit export spec, output {cfg.export.output})")
     start = time.perf_counter()
-    report = export_onnx(
-        spec.module,
-        spec.example_inputs,
-        export_dir,
-        output_names=spec.output_names,
-        dynamic_axes=spec.dynamic_axes,
-        deploy=spec.deploy,
-        opset=cfg.export.opset,
-        parity_inputs=spec.parity_inputs,
-        torch_builder=spec.torch_builder,
-        builder_config=spec.builder_config,
-        atol=cfg.export.atol,
-        **({"argmax": spec.argmax} if spec.argmax else {}),
-    )
+    report = spec.export(export_dir, opset=cfg.export.opset, atol=cfg.export.atol)
     out: dict[str, Any] = {
         "export_s": round(time.perf_counter() - start, 1),
         "parity_max_abs_diff": report["onnx"]["max_abs_diff"],
