@@ -246,6 +246,33 @@ def test_sampler_shards_global_batches_and_skips() -> None:
     assert tail == list(one)[3:]
 
 
+def test_sampler_length_buckets_are_tight_random_and_resumable() -> None:
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(5, 200, (640,), generator=gen).tolist()
+    plain = ResumableBatchSampler(640, 8, seed=1)
+    bucketed = ResumableBatchSampler(640, 8, seed=1, lengths=lengths, bucket=10)
+
+    def spread(sampler: ResumableBatchSampler) -> float:
+        return sum(
+            max(lengths[i] for _, i in b) - min(lengths[i] for _, i in b) for b in sampler
+        ) / len(sampler)
+
+    assert spread(bucketed) < spread(plain) / 4  # little padding per batch
+    epoch0 = [i for b in bucketed for _, i in b]
+    assert sorted(epoch0) == list(range(640))  # every sample once
+    assert [len(b) for b in bucketed] == [8] * 80
+    bucketed.set_epoch(1)
+    epoch1 = list(bucketed)
+    assert [i for b in epoch1 for _, i in b] != epoch0  # reshuffled per epoch
+    bucketed.set_epoch(1, skip_batches=5)
+    assert list(bucketed) == epoch1[5:]  # exact resume
+    r0 = ResumableBatchSampler(640, 4, seed=1, rank=0, world=2, lengths=lengths, bucket=10)
+    r1 = ResumableBatchSampler(640, 4, seed=1, rank=1, world=2, lengths=lengths, bucket=10)
+    bucketed.set_epoch(0)
+    for b, x, y in zip(bucketed, r0, r1, strict=True):
+        assert sorted(b) == sorted(x + y)
+
+
 def test_ema_tracks_weights() -> None:
     net = torch.nn.Linear(2, 1)
     ema = ModelEMA(net, decay=0.5)

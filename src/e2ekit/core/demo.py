@@ -98,7 +98,7 @@ def demo_kit(name: str, root: Path) -> dict[str, Any]:
         "eval": evaluation.get(metric),
         "onnx_diff": export["max_abs_diff"],
         "int8_diff": export.get("int8_max_abs_diff"),
-        "predicted": pred.get("rows", pred.get("images", "")),
+        "predicted": pred.get("rows", pred.get("images", pred.get("items", ""))),
         "http": served["status"],
         "http_ms": served["latency_ms"],
         "seconds": round(time.perf_counter() - t0, 1),

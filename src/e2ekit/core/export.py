@@ -39,7 +39,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -327,6 +327,7 @@ def export_onnx(
     atol: float = 1e-4,
     argmax: dict[str, str] | None = None,
     argmax_axis: int = 1,
+    assets: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
     """Export ``module`` to ``out_dir`` and prove the ONNX model matches PyTorch.
 
@@ -341,6 +342,9 @@ def export_onnx(
     in the graph by ``ArgMax(axis=argmax_axis, keepdims=0)``; the new output replaces the
     float one in the served model. ``dynamic_axes`` may name the new output (its axes index
     the argmax output); the float output's own dynamic axes drive the export.
+
+    ``assets(folder)`` writes a kit's extra files (a tokenizer, a vocabulary) beside the
+    model, so they are published with it all-or-nothing.
     """
     parity_inputs = list(parity_inputs or [])
     _validate_args(
@@ -380,6 +384,8 @@ def export_onnx(
             argmax=dict(argmax or {}),
             argmax_axis=argmax_axis,
         )
+        if assets is not None:
+            assets(tmp_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise

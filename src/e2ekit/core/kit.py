@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 # kit name -> "module:attribute" of its Kit instance; None = announced, not built yet.
 KITS: dict[str, str | None] = {
-    "text": None,
+    "text": "e2ekit.text.kit:KIT",
     "seg": "e2ekit.seg.kit:KIT",
     "det": None,
     "ctr": None,

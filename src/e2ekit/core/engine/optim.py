@@ -29,6 +29,38 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     ]
 
 
+def layer_decay_groups(
+    model: nn.Module,
+    cfg: OptimConfig,
+    layer_of: Callable[[str], int],
+    num_layers: int,
+    decay: float,
+    head_lr: float | None = None,
+) -> list[dict]:
+    """Layer-wise LR decay (ELECTRA/ERNIE/BEiT): layer ``i`` of ``num_layers`` trains at
+    ``lr * decay ** (num_layers - i)``; ``layer_of`` maps a parameter name to its layer,
+    0 for embeddings and ``num_layers`` (or more) for the task head.
+    """
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        layer = min(layer_of(name), num_layers)
+        no_wd = cfg.no_decay_norm_bias and p.ndim <= 1
+        key = (layer, no_wd)
+        if key not in groups:
+            lr = cfg.lr * decay ** (num_layers - layer)
+            if layer == num_layers and head_lr is not None:
+                lr = head_lr
+            groups[key] = {
+                "params": [],
+                "lr": lr,
+                "weight_decay": 0.0 if no_wd else cfg.weight_decay,
+            }
+        groups[key]["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
 def build_optimizer(
     model: nn.Module, cfg: OptimConfig, groups: list[dict] | None = None
 ) -> torch.optim.Optimizer:

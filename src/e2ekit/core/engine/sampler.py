@@ -6,12 +6,16 @@ Each global batch of ``batch_size * world`` samples is split across ranks, so N
 ranks at batch B train on the same samples per step as one process at batch N*B.
 Indices are yielded as ``(epoch, index)`` keys so ``SeededDataset`` can give every
 sample its own random stream, independent of workers and restarts.
+
+With ``lengths`` (text), the shuffled order is cut into windows of ``bucket`` global
+batches, each window is sorted by length and the batches are shuffled again: batches
+hold similar lengths (little padding) while the epoch stays random and resumable.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +34,8 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
         seed: int = 0,
         rank: int = 0,
         world: int = 1,
+        lengths: Sequence[int] | None = None,
+        bucket: int = 0,
     ) -> None:
         if num_samples <= 0:
             raise ValueError("the dataset is empty")
@@ -42,6 +48,10 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
         self.world = world
         self.epoch = 0
         self.skip = 0
+        if lengths is not None and len(lengths) != num_samples:
+            raise ValueError(f"lengths has {len(lengths)} entries for {num_samples} samples")
+        self.lengths = torch.as_tensor(list(lengths)) if lengths is not None and bucket else None
+        self.bucket = bucket
 
     @property
     def global_batch(self) -> int:
@@ -62,13 +72,26 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.n, generator=g)
 
+    def _bucketed(self, order: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7_777)
+        window = self.bucket * self.global_batch
+        parts = []
+        for chunk in order.split(window):
+            keys = self.lengths[chunk]  # type: ignore[index]
+            parts.append(chunk[torch.sort(keys, stable=True).indices])
+        batches = torch.cat(parts).view(-1, self.global_batch)
+        return batches[torch.randperm(len(batches), generator=g)].reshape(-1)
+
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         order = self._order()
         need = len(self) * self.global_batch
         if need > order.numel():  # pad by wrapping so every rank gets full batches
             reps = -(-need // order.numel())
             order = order.repeat(reps)
-        order = order[:need].view(len(self), self.world, self.batch_size)
+        order = order[:need]
+        if self.lengths is not None and self.shuffle:
+            order = self._bucketed(order)
+        order = order.view(len(self), self.world, self.batch_size)
         for b in range(self.skip, len(self)):
             yield [(self.epoch, int(i)) for i in order[b, self.rank]]
         self.skip = 0

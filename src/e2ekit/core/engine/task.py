@@ -8,7 +8,7 @@ here too, so every verb of the CLI works the same way for every kit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -37,6 +37,7 @@ class ExportSpec:
     torch_builder: str | None = None
     builder_config: dict[str, Any] | None = None
     argmax: dict[str, str] | None = None  # float output -> int class-id output appended in ONNX
+    assets: Callable[[Path], None] | None = None  # writes extra files (tokenizer) into the export
 
     def export(self, out_dir: str | Path, opset: int = 17, atol: float = 1e-4) -> dict[str, Any]:
         """Export to ``out_dir`` with ``core.export.export_onnx``; returns the parity report."""
@@ -54,6 +55,7 @@ class ExportSpec:
             torch_builder=self.torch_builder,
             builder_config=self.builder_config,
             atol=atol,
+            assets=self.assets,
             **({"argmax": self.argmax} if self.argmax else {}),
         )
 
@@ -79,6 +81,12 @@ class Task:
 
     def collate_fn(self, split: str) -> Callable[[list[Any]], Any] | None:
         return None
+
+    def sample_lengths(self, dataset: Dataset) -> Sequence[int] | None:
+        """Per-sample lengths for length-bucketed batching (text); None = no bucketing."""
+        return None
+
+    bucket: int = 0  # windows of this many global batches are sorted by length
 
     def param_groups(self, model: nn.Module) -> list[dict] | None:
         """Custom optimizer groups (layer-wise LR decay, frozen parts); None = default."""

@@ -70,9 +70,17 @@ def eval_loader(task: Task, split: str = "val", batch_size: int | None = None) -
     if ds is None:
         return None
     tc = task.cfg.train
+    size = batch_size or tc.eval_batch_size or tc.batch_size
+    lengths = task.sample_lengths(ds)
+    if lengths is not None:  # length-sorted batches: the task's evaluate must not rely on order
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        return DataLoader(
+            ds, batch_sampler=batches, num_workers=tc.num_workers, collate_fn=task.collate_fn(split)
+        )
     return DataLoader(
         ds,
-        batch_size=batch_size or tc.eval_batch_size or tc.batch_size,
+        batch_size=size,
         shuffle=False,
         num_workers=tc.num_workers,
         collate_fn=task.collate_fn(split),
@@ -131,6 +139,8 @@ class Trainer:
             seed=self.cfg.seed,
             rank=self.rank,
             world=self.world,
+            lengths=task.sample_lengths(train_ds),
+            bucket=task.bucket,
         )
         # A private generator keeps DataLoader worker seeding off the global RNG stream.
         self.loader = DataLoader(

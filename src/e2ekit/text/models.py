@@ -1,0 +1,124 @@
+"""Encoder + task head: one module per task type, one forward contract for the engine.
+
+``scores(input_ids, attention_mask, token_type_ids)`` is what gets exported (logits,
+token emissions, or start/end logits); ``forward(batch)`` adds the loss in training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def first_subtoken_index(first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of word-initial sub-tokens, left-aligned: (B, W) indices and (B, W) mask."""
+    counts = first.sum(dim=1)
+    width = max(int(counts.max()), 1) if first.numel() else 1
+    # stable sort puts the True positions first, in order
+    idx = torch.sort((~first).to(torch.int8), dim=1, stable=True).indices[:, :width]
+    mask = torch.arange(width, device=first.device)[None, :] < counts[:, None]
+    return idx, mask
+
+
+class TextModel(nn.Module):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        task_type: str,
+        num_labels: int,
+        *,
+        pooling: str = "mean",
+        dropout: float | None = None,
+        crf: bool = False,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.task_type = task_type
+        self.pooling = pooling
+        cfg = encoder.config
+        hidden = cfg.hidden_size
+        p = dropout if dropout is not None else getattr(cfg, "hidden_dropout_prob", 0.1)
+        self.dropout = nn.Dropout(p)
+        out = 2 if task_type == "mrc" else num_labels
+        self.head = nn.Linear(hidden, out)
+        nn.init.normal_(self.head.weight, std=getattr(cfg, "initializer_range", 0.02))
+        nn.init.zeros_(self.head.bias)
+        self.crf: nn.Module | None = None
+        if crf:
+            if task_type != "ner":
+                raise ValueError("model.crf is only for task.type: ner")
+            from e2ekit.text.crf import CRF
+
+            self.crf = CRF(num_labels)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.encoder.config.num_hidden_layers)
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 0) > 1:
+            kwargs["token_type_ids"] = token_type_ids
+        return self.encoder(**kwargs).last_hidden_state  # (B, L, H)
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, H)
+
+    def scores(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        if self.task_type in ("cls", "pair"):
+            return self.head(self.dropout(self.pool(hidden, attention_mask)))  # (B, K)
+        logits = self.head(self.dropout(hidden))  # (B, L, K) or (B, L, 2)
+        if self.task_type == "mrc":
+            start, end = logits.unbind(dim=-1)
+            return start, end  # (B, L) each
+        return logits
+
+    def forward(self, batch: dict[str, Any]) -> Any:
+        out = self.scores(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        if not self.training:
+            return out
+        if self.task_type in ("cls", "pair"):
+            return {"loss": F.cross_entropy(out.float(), batch["label"])}
+        if self.task_type == "mrc":
+            start, end = out
+            loss = F.cross_entropy(start.float(), batch["start_position"]) + F.cross_entropy(
+                end.float(), batch["end_position"]
+            )
+            return {"loss": loss / 2}
+        labels = batch["labels"]
+        if self.crf is None:
+            return {"loss": F.cross_entropy(out.flatten(0, 1).float(), labels.flatten())}
+        idx, mask = first_subtoken_index(labels != -100)
+        emissions = out.float().gather(1, idx[..., None].expand(-1, -1, out.shape[-1]))
+        tags = labels.gather(1, idx).masked_fill(~mask, 0)
+        return {"loss": self.crf(emissions, tags, mask)}
+
+
+class TextInference(nn.Module):
+    """Export wrapper with explicit tensor inputs (ONNX graphs take no dicts)."""
+
+    def __init__(self, model: TextModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> Any:
+        return self.model.scores(input_ids, attention_mask, token_type_ids)

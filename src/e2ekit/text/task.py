@@ -1,0 +1,379 @@
+"""Text task: tokenised features per task type, encoder + head, metrics, ONNX export."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from e2ekit.core.engine import ExportSpec, Task
+from e2ekit.core.engine.optim import layer_decay_groups
+from e2ekit.core.errors import ConfigError, DataError
+from e2ekit.core.logs import log
+from e2ekit.text.config import BUILTIN_PREFIX, TextConfig
+from e2ekit.text.models import TextInference, TextModel, first_subtoken_index
+from e2ekit.text.pretrained import (
+    build_encoder,
+    load_encoder_config,
+    load_tokenizer,
+    resolve_model_dir,
+)
+
+__all__ = ["TextDataset", "TextTask", "build_inference_module", "build_text_model"]
+
+DEFAULT_METRIC = {"cls": "accuracy", "pair": "accuracy", "ner": "f1", "mrc": "f1"}
+OUTPUTS = {
+    "cls": ["logits"],
+    "pair": ["logits"],
+    "ner": ["emissions"],
+    "mrc": ["start_logits", "end_logits"],
+}
+_LAYER = re.compile(r"\.layers?\.(\d+)\.")
+
+
+class TextDataset(Dataset):
+    """Encoded features (dicts of python lists) plus the examples they came from."""
+
+    def __init__(self, features: list[dict], examples: list[Any], split: str) -> None:
+        self.features = features
+        self.examples = examples
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.features[i], "index": i}
+
+
+def build_text_model(
+    model: dict[str, Any], task_type: str, num_labels: int, *, pretrained_weights: bool = True
+) -> TextModel:
+    """Encoder from ``model.pretrained`` (or a scratch config on top of it) + task head."""
+    scratch = model.get("from_scratch")
+    folder = resolve_model_dir(model.get("pretrained"), weights=pretrained_weights and not scratch)
+    config = load_encoder_config(folder, scratch)
+    _quiet_transformers()
+    encoder = build_encoder(config, None if (scratch or not pretrained_weights) else folder)
+    return TextModel(
+        encoder,
+        task_type,
+        num_labels,
+        pooling=model.get("pooling", "mean"),
+        dropout=model.get("dropout"),
+        crf=bool(model.get("crf")),
+    )
+
+
+def build_inference_module(model: dict[str, Any], task_type: str, num_labels: int) -> nn.Module:
+    """Rebuilds the export wrapper for the Predictor's torch backend (weights loaded after)."""
+    net = build_text_model(model, task_type, num_labels, pretrained_weights=False)
+    return TextInference(net).eval()
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+class TextTask(Task):
+    kit = "text"
+    schema = TextConfig
+    metric_mode = "max"
+    cfg: TextConfig
+
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__(cfg)
+        self.type = cfg.task.type
+        self.default_metric = DEFAULT_METRIC[self.type]  # type: ignore[misc]
+        self.bucket = cfg.data.bucket
+        self._tokenizer: Any = None
+        self._datasets: dict[str, TextDataset] = {}
+        self._files: dict[str, Path] | None = None
+
+    # -- data -----------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            m = self.cfg.model
+            key = "model.tokenizer" if m.tokenizer else "model.pretrained"
+            self._tokenizer = load_tokenizer(
+                resolve_model_dir(m.tokenizer or m.pretrained, key, weights=False)
+            )
+        return self._tokenizer
+
+    def data_file(self, split: str) -> Path | None:
+        d = self.cfg.data
+        value = {"train": d.train, "val": d.dev, "dev": d.dev, "test": d.test}.get(split)
+        if not value:
+            return None
+        if value.startswith(BUILTIN_PREFIX):
+            from e2ekit.text.data.synthetic import builtin_dir, write_builtin
+
+            name = value[len(BUILTIN_PREFIX) :]
+            if self._files is None:
+                params = d.builtin.model_dump()
+                root = builtin_dir(self.type, params)
+                self._files = write_builtin(self.type, root, **params)
+            if name not in self._files or self._files[name] is None:
+                raise ConfigError(
+                    f"data.{split}: unknown built-in file '{value}'; use builtin:train, "
+                    "builtin:dev or builtin:test"
+                )
+            return Path(self._files[name])
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"data.{'dev' if split == 'val' else split}: no such file: {path}")
+        return path
+
+    def read_examples(self, path: Path, split: str) -> list[Any]:
+        from e2ekit.text.data import read_ner, read_squad, read_text_pairs
+
+        labelled = split != "test"
+        if self.type == "mrc":
+            return read_squad(path, require_answers=labelled)
+        if self.type == "ner":
+            return read_ner(path, require_label=labelled)
+        return read_text_pairs(path, pair=self.type == "pair", require_label=labelled)
+
+    def label_names(self) -> list[str]:
+        """Resolved once from task.label_file / task.labels / the train file, then kept in
+        the config so eval, export and a resumed run use the same ids."""
+        t = self.cfg.task
+        if self.type == "mrc":
+            return []
+        if t.label_file:
+            path = Path(t.label_file)
+            if not path.is_file():
+                raise ConfigError(f"task.label_file: no such file: {path}")
+            t.labels = [
+                ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()
+            ]
+            t.label_file = None
+        if not t.labels:
+            from e2ekit.text.data import build_label_map
+
+            train = self.data_file("train")
+            if train is None:
+                raise ConfigError(
+                    "task.labels is not set and there is no data.train to read them from"
+                )
+            examples = self.read_examples(train, "train")
+            if self.type == "ner":
+                names = build_label_map(tag for ex in examples for tag in ex.tags)
+                names = ["O", *[n for n in names if n != "O"]]
+            else:
+                names = build_label_map(ex.label for ex in examples)
+            t.labels = names
+        return list(t.labels)
+
+    def build_dataset(self, split: str) -> Dataset | None:
+        from e2ekit.text.data import check_labels, encode_mrc, encode_ner, encode_text
+
+        key = "val" if split == "dev" else split
+        if key in self._datasets:
+            return self._datasets[key]
+        path = self.data_file(key)
+        if path is None:
+            return None
+        examples = self.read_examples(path, key)
+        if not examples:
+            raise DataError(f"{path}: no examples")
+        d, tok = self.cfg.data, self.tokenizer
+        names = self.label_names()
+        if self.type == "mrc":
+            feats, stats = encode_mrc(
+                examples, tok, d.max_seq_len, d.doc_stride, d.max_query_length, key == "train"
+            )
+        elif self.type == "ner":
+            check_labels(examples, names, path)
+            feats, stats = encode_ner(examples, tok, names, d.max_seq_len)
+        else:
+            check_labels(examples, names, path)
+            feats, stats = encode_text(examples, tok, names, d.max_seq_len)
+        log.info("%s", stats.summary(f"{key} ({path.name})"))
+        ds = TextDataset(feats, examples, key)
+        self._datasets[key] = ds
+        return ds
+
+    def sample_lengths(self, dataset: Dataset) -> Sequence[int] | None:
+        if not isinstance(dataset, TextDataset) or not self.bucket:
+            return None
+        return [len(f["input_ids"]) for f in dataset.features]
+
+    def collate_fn(self, split: str) -> Callable[[list[Any]], Any]:
+        from e2ekit.text.data import pad_batch
+
+        pad_id = int(self.tokenizer.pad_token_id or 0)
+        key = "val" if split == "dev" else split
+
+        def collate(samples: list[dict]) -> dict[str, Any]:
+            batch = pad_batch(samples, pad_id)
+            batch["split"] = key
+            return batch
+
+        return collate
+
+    # -- model ----------------------------------------------------------------------------
+    def num_labels(self) -> int:
+        return 2 if self.type == "mrc" else len(self.label_names())
+
+    def build_model(self) -> nn.Module:
+        return build_text_model(self.cfg.model.model_dump(), self.type, self.num_labels())
+
+    def param_groups(self, model: nn.Module) -> list[dict] | None:
+        o = self.cfg.optim
+        if o.layerwise_decay == 1.0 and o.head_lr is None:
+            return None
+        n = model.num_layers  # type: ignore[attr-defined]
+
+        def layer_of(name: str) -> int:
+            if not name.startswith("encoder."):
+                return n + 1  # head (and CRF)
+            if ".embeddings." in name:
+                return 0
+            hit = _LAYER.search(name)
+            return int(hit.group(1)) + 1 if hit else n
+
+        return layer_decay_groups(model, o, layer_of, n + 1, o.layerwise_decay, o.head_lr)
+
+    # -- evaluation -----------------------------------------------------------------------
+    def evaluate(self, model: nn.Module, loader: Iterable[Any], device: torch.device) -> dict:
+        from e2ekit.text import metrics
+
+        net: TextModel = getattr(model, "module", model)
+        ds: TextDataset | None = None
+        preds: dict[int, Any] = {}
+        for batch in loader:
+            ds = self._datasets[batch["split"]]
+            inputs = [
+                batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")
+            ]
+            out = net.scores(*inputs)
+            index = batch["index"]
+            if self.type in ("cls", "pair"):
+                for i, p in zip(index, out.argmax(-1).tolist(), strict=True):
+                    preds[i] = p
+            elif self.type == "ner":
+                for i, tags in zip(index, self.decode_tags(net, out, batch), strict=True):
+                    preds[i] = tags
+            else:
+                start, end = out[0].float().cpu().numpy(), out[1].float().cpu().numpy()
+                for row, i in enumerate(index):
+                    n = len(ds.features[i]["input_ids"])
+                    preds[i] = (start[row, :n], end[row, :n])
+        if ds is None:
+            raise DataError("the evaluation split is empty")
+        return self.score(ds, preds, metrics)
+
+    def decode_tags(self, net: TextModel, emissions: torch.Tensor, batch: dict) -> list[list[int]]:
+        """Word-level tag ids from sub-token emissions (first sub-token of each word)."""
+        first = torch.zeros(emissions.shape[:2], dtype=torch.bool)
+        for row, wids in enumerate(batch["word_ids"]):
+            prev = -1
+            for j, w in enumerate(wids):
+                if w >= 0 and w != prev:
+                    first[row, j] = True
+                prev = w
+        idx, mask = first_subtoken_index(first.to(emissions.device))
+        em = emissions.float().gather(1, idx[..., None].expand(-1, -1, emissions.shape[-1]))
+        counts = mask.sum(1).tolist()
+        if net.crf is not None:
+            return net.crf.decode(em, mask)  # type: ignore[union-attr, operator]
+        best = em.argmax(-1).tolist()
+        return [b[:c] for b, c in zip(best, counts, strict=True)]
+
+    def score(self, ds: TextDataset, preds: dict[int, Any], metrics: Any) -> dict:
+        names = self.label_names()
+        if self.type in ("cls", "pair"):
+            order = sorted(preds)
+            labels = [ds.features[i]["label"] for i in order]
+            positive = names.index("1") if self.type == "pair" and "1" in names else None
+            return metrics.classification_metrics(
+                [preds[i] for i in order], labels, len(names), positive=positive
+            )
+        if self.type == "ner":
+            true_tags, pred_tags = [], []
+            for i in sorted(preds):
+                gold = ds.examples[i].tags
+                tags = [names[t] for t in preds[i]]
+                true_tags.append(gold)
+                pred_tags.append((tags + ["O"] * len(gold))[: len(gold)])  # truncated words: O
+            return metrics.entity_metrics(true_tags, pred_tags, self.cfg.task.scheme)
+        from e2ekit.text.mrc_post import best_answers
+
+        order = sorted(preds)
+        best, _ = best_answers(
+            ds.examples,
+            [ds.features[i] for i in order],
+            [preds[i][0] for i in order],
+            [preds[i][1] for i in order],
+            n_best=self.cfg.data.n_best,
+            max_answer_length=self.cfg.data.max_answer_length,
+        )
+        refs = {ex.qid: [a["text"] for a in ex.answers] for ex in ds.examples}
+        return metrics.squad_em_f1({q: a["text"] for q, a in best.items()}, refs)
+
+    # -- deployment ---------------------------------------------------------------------------
+    def export_spec(self, model: nn.Module) -> ExportSpec:
+        net: TextModel = getattr(model, "module", model)
+        tok = self.tokenizer
+        length = self.cfg.export.sample_seq_len
+        gen = torch.Generator().manual_seed(0)
+
+        def sample(batch: int, n: int) -> dict[str, torch.Tensor]:
+            ids = torch.randint(1000, min(tok.vocab_size, 20000), (batch, n), generator=gen)
+            mask = torch.ones(batch, n, dtype=torch.long)
+            mask[-1, n - n // 4 :] = 0  # one padded row proves the mask is honoured
+            types = torch.zeros(batch, n, dtype=torch.long)
+            types[:, n // 2 :] = 1 if self.type in ("pair", "mrc") else 0
+            return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+        outputs = OUTPUTS[self.type]
+        axes = {
+            k: {0: "batch", 1: "sequence"}
+            for k in ("input_ids", "attention_mask", "token_type_ids")
+        }
+        for name in outputs:
+            axes[name] = (
+                {0: "batch"} if self.type in ("cls", "pair") else {0: "batch", 1: "sequence"}
+            )
+        d = self.cfg.data
+        deploy: dict[str, Any] = {
+            "kit": "text",
+            "task": self.type,
+            "labels": self.label_names(),
+            "scheme": self.cfg.task.scheme,
+            "tokenizer": ".",
+            "max_seq_len": d.max_seq_len,
+            "doc_stride": d.doc_stride,
+            "max_query_length": d.max_query_length,
+            "n_best": d.n_best,
+            "max_answer_length": d.max_answer_length,
+            "pad_token_id": int(tok.pad_token_id or 0),
+        }
+        if net.crf is not None:
+            arrays = net.crf.transition_arrays()  # type: ignore[operator]
+            deploy["crf"] = {k: v.tolist() for k, v in arrays.items()}
+        return ExportSpec(
+            module=TextInference(net).eval(),
+            example_inputs=sample(2, length),
+            parity_inputs=[sample(3, length * 2 + 3), sample(1, 5)],
+            output_names=outputs,
+            dynamic_axes=axes,
+            deploy=deploy,
+            torch_builder="e2ekit.text.task:build_inference_module",
+            builder_config={
+                "model": self.cfg.model.model_dump(),
+                "task_type": self.type,
+                "num_labels": self.num_labels(),
+            },
+            assets=lambda folder: tok.save_pretrained(str(folder)),
+        )
