@@ -181,7 +181,7 @@ def test_serve_answers_and_shuts_down_gracefully(cli, trained: Path, tmp_path: P
         (["toy", "trian"], "did you mean 'train'"),
         (["toy", "train", "--otu", "x"], "did you mean '--out'"),
         (["confgs"], "did you mean 'configs'"),
-        (["text", "train"], "not in this build yet"),
+        (["det", "train"], "not in this build yet"),
     ],
 )
 def test_unknown_kit_verb_flag_suggest(cli, args: list[str], needle: str) -> None:

@@ -49,7 +49,7 @@ class _Parser(argparse.ArgumentParser):
         return ns
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, out_help: str = "output folder") -> None:
     p.add_argument("-c", "--config", help="config file, or a shipped config name (default: quick)")
     p.add_argument(
         "-o",
@@ -59,12 +59,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config key (YAML-typed value); repeatable",
     )
-    p.add_argument("--out", help="output folder")
+    p.add_argument("--out", help=out_help)
 
 
 def verb_parser(kit: str, verb: str) -> argparse.ArgumentParser:
     p = _Parser(prog=f"e2ekit {kit} {verb}")
-    _common(p)
+    _common(p, "also write the full JSON to this file" if verb == "bench" else "output folder")
     if verb == "train":
         p.add_argument(
             "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from last.pt"
@@ -87,11 +87,23 @@ def verb_parser(kit: str, verb: str) -> argparse.ArgumentParser:
         else:
             p.add_argument("--host", help="bind address (default 127.0.0.1)")
             p.add_argument("--port", type=int, help="port (default 8000)")
+    elif verb == "bench":
+        p.description = (
+            "Speed of an export folder on this machine: items/s and ms per call (p50/p90) for "
+            "onnxruntime fp32, int8 and torch, per batch size, on its saved sample inputs."
+        )
+        p.add_argument("--model", help="export folder (needs its sample_inputs.npz)")
+        p.add_argument("--batch-sizes", default="1,8", help="comma-separated (default: 1,8)")
+        p.add_argument(
+            "--seconds", type=float, default=3.0, help="timed seconds per variant and batch size"
+        )
+        p.add_argument("--threads", type=int, help="inference threads (default: runtime's own)")
     return p
 
 
 def _verb_table() -> dict[str, Callable[..., dict[str, Any]]]:
     from e2ekit.core import verbs
+    from e2ekit.core.bench import cmd_bench
 
     return {
         "train": verbs.cmd_train,
@@ -99,6 +111,7 @@ def _verb_table() -> dict[str, Callable[..., dict[str, Any]]]:
         "export": verbs.cmd_export,
         "predict": verbs.cmd_predict,
         "serve": verbs.cmd_serve,
+        "bench": cmd_bench,
     }
 
 

@@ -161,7 +161,7 @@ def make_predictor(kit: Kit, args: Namespace) -> Any:
 def cmd_predict(kit: Kit, args: Namespace) -> dict[str, Any]:
     if not args.input:
         raise E2EError("--input is required: a file, a folder or a list file")
-    if not Path(args.input).exists():
+    if args.input != "-" and not Path(args.input).exists():  # '-': stdin (text kit)
         raise E2EError(f"--input {args.input}: no such file or folder")
     predictor = make_predictor(kit, args)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix=f"e2ekit-{kit.name}-pred-"))

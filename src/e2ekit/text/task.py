@@ -99,14 +99,15 @@ class TextTask(Task):
         self._files: dict[str, Path] | None = None
 
     # -- data -----------------------------------------------------------------------------
+    def _tokenizer_dir(self) -> Path:
+        m = self.cfg.model
+        key = "model.tokenizer" if m.tokenizer else "model.pretrained"
+        return resolve_model_dir(m.tokenizer or m.pretrained, key, weights=False)
+
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            m = self.cfg.model
-            key = "model.tokenizer" if m.tokenizer else "model.pretrained"
-            self._tokenizer = load_tokenizer(
-                resolve_model_dir(m.tokenizer or m.pretrained, key, weights=False)
-            )
+            self._tokenizer = load_tokenizer(self._tokenizer_dir())
         return self._tokenizer
 
     def data_file(self, split: str) -> Path | None:
@@ -352,6 +353,8 @@ class TextTask(Task):
             "labels": self.label_names(),
             "scheme": self.cfg.task.scheme,
             "tokenizer": ".",
+            # where `predict/serve --weights` (no export folder) loads the tokenizer from
+            "tokenizer_source": str(self._tokenizer_dir().resolve()),
             "max_seq_len": d.max_seq_len,
             "doc_stride": d.doc_stride,
             "max_query_length": d.max_query_length,

@@ -1,0 +1,84 @@
+"""``e2ekit <kit> bench`` on a toy export: every variant reported, skips explained, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ..conftest import ROOT
+
+TINY = str(ROOT / "configs" / "toy" / "tiny.yaml")
+FAST = ("--seconds", "0.2", "--batch-sizes", "1,4", "--threads", "1")
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A toy export with int8 and torch weights (trained for one tiny epoch)."""
+    from e2ekit.core.cli import main
+
+    root = tmp_path_factory.mktemp("toy_bench")
+    assert main(["toy", "train", "-c", TINY, "--out", str(root / "run")]) == 0
+    out = root / "export"
+    assert (
+        main(["toy", "export", "--weights", str(root / "run"), "--out", str(out), "--quantize"])
+        == 0
+    )
+    return out
+
+
+def test_bench_reports_every_variant(cli, export: Path, tmp_path: Path) -> None:
+    out_file = tmp_path / "bench.json"
+    code, out, _ = cli("toy", "bench", "--model", export, *FAST, "--out", out_file)
+    assert code == 0
+    result = last_json(out)
+    assert result == json.loads(out_file.read_text())
+    assert result["batch_sizes"] == [1, 4] and result["skipped"] == {}
+    assert set(result["results"]) == {"onnxruntime_fp32", "onnxruntime_int8", "torch"}
+    for per_batch in result["results"].values():
+        assert set(per_batch) == {"1", "4"}
+        for r in per_batch.values():
+            assert r["items_per_s"] > 0 and r["calls"] >= 5
+            assert 0 < r["ms_p50"] <= r["ms_p90"]
+    speedup = result["speedup_vs_torch"]
+    assert set(speedup) == {"onnxruntime_fp32", "onnxruntime_int8"}
+    assert all(v > 0 for per_batch in speedup.values() for v in per_batch.values())
+
+
+def test_bench_skips_what_the_folder_lacks(cli, export: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "fp32_only"
+    shutil.copytree(export, folder)
+    (folder / "weights.pt").unlink()
+    deploy = (folder / "deploy.yaml").read_text()
+    (folder / "deploy.yaml").write_text(deploy.replace("int8_model_file: model.int8.onnx\n", ""))
+    code, out, _ = cli("toy", "bench", "--model", folder, *FAST)
+    assert code == 0
+    result = last_json(out)
+    assert list(result["results"]) == ["onnxruntime_fp32"]
+    assert set(result["skipped"]) == {"onnxruntime_int8", "torch"}
+    assert "speedup_vs_torch" not in result
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ([], "--model is required"),
+        (["--model", "{empty}"], "re-export"),
+        (["--model", "{missing}"], "no such folder"),
+        (["--model", "{export}", "--batch-sizes", "1,x"], "--batch-sizes"),
+        (["--model", "{export}", "--seconds", "0"], "--seconds"),
+    ],
+)
+def test_bench_errors_are_one_line(
+    cli, export: Path, tmp_path: Path, args: list[str], needle: str
+) -> None:
+    paths = {"empty": tmp_path, "missing": tmp_path / "nope", "export": export}
+    code, out, err = cli("toy", "bench", *[a.format(**paths) for a in args])
+    assert code == 1 and out == ""
+    assert needle in err and len(err.strip().splitlines()) == 1
