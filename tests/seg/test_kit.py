@@ -76,6 +76,13 @@ def test_export_predict_serve(cli, trained: Path, tmp_path: Path) -> None:
         assert lab.shape == (50, 70) and lab.max() < 4
         preds[backend] = lab
     assert (preds["onnxruntime"] == preds["torch"]).mean() > 0.999
+    # straight from the checkpoint (no export): the argmax the ONNX graph appends is applied too
+    code, out, err = cli(
+        "seg", "predict", "--weights", trained, "--input", images, "--out", tmp_path / "pred_ckpt"
+    )
+    assert code == 0, err
+    lab = np.array(Image.open(tmp_path / "pred_ckpt" / "label" / "im1.png"))
+    assert (lab == preds["onnxruntime"]).mean() > 0.999
 
     from fastapi.testclient import TestClient
 
@@ -99,6 +106,27 @@ def test_export_predict_serve(cli, trained: Path, tmp_path: Path) -> None:
         junk = client.post("/predict", json={"image": base64.b64encode(b"junk").decode()})
         assert junk.status_code == 422
         assert client.get("/health").status_code == 200
+
+
+def test_export_static_int8_calibrates_on_val(cli, trained: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    code, out, err = cli(
+        "seg", "export", "--weights", trained, "--out", export, "--quantize",
+        "-o", "export.quantize_mode=static", "-o", "export.calibration_samples=5",
+    )  # fmt: skip
+    assert code == 0, err
+    summary = last_json(out)
+    assert summary["int8_mode"] == "static" and 0.0 <= summary["int8_mismatch_fraction"] <= 1.0
+    int8 = json.loads((export / "export_report.json").read_text())["int8"]
+    assert int8["calibration"]["cases"] == 5 and int8["cases"] == 5  # from the task's hook
+    assert int8["calibration"]["source"] == "calibration_inputs"
+    assert int8["passed"] and "Conv" in int8["op_types"]
+
+    from e2ekit.core.infer import Predictor
+
+    image = np.random.default_rng(0).standard_normal((1, 3, 48, 80)).astype(np.float32)
+    got = Predictor(export, precision="int8")({"image": image})["label_map"]
+    assert got.shape == (1, 48, 80) and got.max() < 4
 
 
 def _write_dataset(root: Path, label: np.ndarray) -> None:

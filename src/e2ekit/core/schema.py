@@ -89,7 +89,15 @@ class TrainConfig(Strict):
 
 class ExportConfig(Strict):
     opset: int = Field(17, ge=11)
-    quantize: bool = Field(False, description="also write an int8 dynamic-quantized model")
+    quantize: bool = Field(False, description="also write an int8 model (model.int8.onnx)")
+    quantize_mode: Literal["dynamic", "static"] = Field(
+        "dynamic",
+        description="dynamic: int8 MatMul/Gemm, no data needed; static: calibrated QDQ int8 "
+        "(convolutions too; calibrated on the task's data, else sample_inputs.npz)",
+    )
+    calibration_samples: int = Field(
+        32, ge=1, description="inputs used to calibrate (and check) static quantization"
+    )
     atol: float = Field(1e-4, gt=0, description="max abs diff allowed vs PyTorch")
 
 

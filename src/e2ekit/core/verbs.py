@@ -103,8 +103,24 @@ def cmd_export(kit: Kit, args: Namespace) -> dict[str, Any]:
     report = spec.export(out, opset=cfg.export.opset, atol=cfg.export.atol)
     summary = {"export_dir": str(out), "max_abs_diff": report["onnx"]["max_abs_diff"]}
     if args.quantize or cfg.export.quantize:
-        int8 = quantize_int8(out)
+        mode = cfg.export.quantize_mode
+        calib = None
+        if mode == "static":
+            calib = task.calibration_inputs(cfg.export.calibration_samples)
+            if calib is None:  # quantize_int8 then calibrates on sample_inputs.npz
+                log.warning(
+                    "static int8: kit %s gives no calibration data; calibrating on the "
+                    "export's sample inputs, which may not look like real inputs",
+                    kit.name,
+                )
+        int8 = quantize_int8(out, mode=mode, calibration_inputs=calib)
+        summary["int8_mode"] = mode
         summary["int8_max_abs_diff"] = int8["max_abs_diff"]
+        fractions = [
+            o["mismatch_fraction"] for o in int8["per_output"].values() if "mismatch_fraction" in o
+        ]
+        if fractions:
+            summary["int8_mismatch_fraction"] = max(fractions)
         summary["int8_size_ratio"] = int8["size_ratio"]
     return summary
 
@@ -133,9 +149,12 @@ class ModulePredictor:
             out = [out[n] for n in self.output_names]
         elif isinstance(out, torch.Tensor):
             out = [out]
-        return {
-            n: t.detach().float().cpu().numpy() for n, t in zip(self.output_names, out, strict=True)
-        }
+        result = {}
+        for src, name, t in zip(self.module_outputs, self.output_names, out, strict=True):
+            # an argmax output exists only in the ONNX graph: apply it here as export does
+            t = t.argmax(dim=1) if src in self.argmax else t.detach().float()
+            result[name] = t.cpu().numpy()
+        return result
 
     __call__ = run
 

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,23 +57,32 @@ class SegModel(nn.Module):
 
 
 class SegInference(nn.Module):
-    """Export wrapper: normalized image (B,3,H,W) in, class probabilities (B,K,H,W) out."""
+    """Export wrapper: normalized image (B,3,H,W) in, class probabilities (B,K,H,W) out.
 
-    def __init__(self, net: nn.Module) -> None:
+    With ``softmax=False`` it returns logits: an argmax export needs no softmax
+    (argmax(softmax(z)) == argmax(z)), and a channel-axis Softmax was ~45% of the
+    onnxruntime time of a small network.
+    """
+
+    def __init__(self, net: nn.Module, softmax: bool = True) -> None:
         super().__init__()
         self.net = net
+        self.softmax = softmax
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.net(image)[0].softmax(dim=1)
+        logits = self.net(image)[0]
+        return logits.softmax(dim=1) if self.softmax else logits
 
 
 def build_network(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
     return MODELS.build(model_cfg, num_classes=num_classes)
 
 
-def build_inference_module(model: dict[str, Any], num_classes: int) -> nn.Module:
+def build_inference_module(
+    model: dict[str, Any], num_classes: int, softmax: bool = True
+) -> nn.Module:
     """Rebuilds the export wrapper for the Predictor's torch backend."""
-    return SegInference(build_network(model, num_classes)).eval()
+    return SegInference(build_network(model, num_classes), softmax).eval()
 
 
 def pad_collate(ignore_index: int) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
@@ -202,6 +212,17 @@ class SegTask(Task):
         d = self.cfg.data
         return d.class_names or [f"class_{i}" for i in range(d.num_classes)]
 
+    def calibration_inputs(self, n: int) -> list[dict[str, np.ndarray]] | None:
+        """``n`` preprocessed val images spread over the split, each a batch of 1 at its own
+        size (the export's height/width axes are dynamic); None without a val split."""
+        ds = self.build_dataset("val")
+        if ds is None or len(ds) == 0 or n < 1:
+            return None
+        picks = np.unique(np.linspace(0, len(ds) - 1, num=min(n, len(ds))).round().astype(int))
+        return [
+            {"image": torch.as_tensor(ds[int(i)]["image"]).float()[None].numpy()} for i in picks
+        ]
+
     def export_spec(self, model: nn.Module) -> ExportSpec:
         d, e = self.cfg.data, self.cfg.export
         net = model.net if hasattr(model, "net") else model
@@ -209,17 +230,18 @@ class SegTask(Task):
         gen = torch.Generator().manual_seed(0)
         argmax = e.output == "argmax"
         out_name = "label_map" if argmax else "probs"
+        scores = "logits" if argmax else "probs"
         return ExportSpec(
-            module=SegInference(net).eval(),
+            module=SegInference(net, softmax=not argmax).eval(),
             example_inputs={"image": torch.randn(1, 3, h, w, generator=gen)},
             parity_inputs=[{"image": torch.randn(2, 3, h // 2 + 32, w + 32, generator=gen)}],
-            output_names=["probs"],
+            output_names=[scores],
             dynamic_axes={
                 "image": {0: "batch", 2: "height", 3: "width"},
-                "probs": {0: "batch", 2: "height", 3: "width"},
+                scores: {0: "batch", 2: "height", 3: "width"},
                 **({"label_map": {0: "batch", 1: "height", 2: "width"}} if argmax else {}),
             },
-            argmax={"probs": "label_map"} if argmax else None,
+            argmax={"logits": "label_map"} if argmax else None,
             deploy={
                 "kit": "seg",
                 "num_classes": d.num_classes,
@@ -231,5 +253,9 @@ class SegTask(Task):
                 "test": self.cfg.test.model_dump(mode="json"),
             },
             torch_builder="e2ekit.seg.task:build_inference_module",
-            builder_config={"model": dict(self.cfg.model), "num_classes": d.num_classes},
+            builder_config={
+                "model": dict(self.cfg.model),
+                "num_classes": d.num_classes,
+                "softmax": not argmax,
+            },
         )

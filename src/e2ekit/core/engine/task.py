@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -100,6 +101,11 @@ class Task:
     # -- deployment ---------------------------------------------------------------
     def export_spec(self, model: nn.Module) -> ExportSpec:
         raise NotImplementedError
+
+    def calibration_inputs(self, n: int) -> list[dict[str, np.ndarray]] | None:
+        """Up to ``n`` real model inputs (as the export takes them, keyed by input name) to
+        calibrate static int8 quantization; None falls back to the export's sample inputs."""
+        return None
 
     def serve_endpoints(self, predictor: Predictor) -> list[Endpoint]:
         raise NotImplementedError
