@@ -75,7 +75,11 @@ def verb_parser(kit: str, verb: str) -> argparse.ArgumentParser:
         p.add_argument("--split", default="val", help="data split to evaluate (default: val)")
     elif verb == "export":
         p.add_argument("--weights", help="checkpoint file or run folder")
-        p.add_argument("--quantize", action="store_true", help="also write an int8 model")
+        p.add_argument(
+            "--quantize",
+            action="store_true",
+            help="also write an int8 model (export.quantize_mode: dynamic|static)",
+        )
     elif verb in ("predict", "serve"):
         p.add_argument("--weights", help="checkpoint (PyTorch, no export needed)")
         p.add_argument("--model", help="export folder (model.onnx + deploy.yaml)")
