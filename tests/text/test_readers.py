@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from e2ekit.core.errors import ConfigError, DataError
+from e2ekit.text.config import TextConfig, TextData
 from e2ekit.text.data.readers import (
     TextExample,
     build_label_map,
@@ -55,10 +56,11 @@ def test_unlabeled_file_gives_none_labels(tmp_path):
 
 
 def test_missing_column_names_file_and_columns(tmp_path):
-    path = _write(tmp_path, "train.tsv", "text\tlabel\nhi\t1\n")
+    path = _write(tmp_path, "train.tsv", "content\tlabel\nhi\t1\n")
     with pytest.raises(DataError, match=r"train\.tsv:1: header has no column text_a") as err:
         read_text_pairs(path, pair=False, require_label=True)
-    assert "found ['text', 'label']" in str(err.value)
+    assert "found ['content', 'label']" in str(err.value)
+    assert "data.columns" in str(err.value)
 
 
 def test_pair_requires_text_b(tmp_path):
@@ -81,6 +83,106 @@ def test_empty_label_and_bad_utf8(tmp_path):
     bad.write_bytes(b"text_a\tlabel\nok\t1\n\xff\t0\n")
     with pytest.raises(DataError, match=r"b\.tsv:3: not valid UTF-8"):
         read_text_pairs(bad, pair=False, require_label=True)
+
+
+def test_glue_and_common_aliases_without_config(tmp_path):
+    glue = _write(tmp_path, "g.tsv", "idx\tsentence1\tsentence2\tlabel\n0\tA\tB\t1\n")
+    (ex,) = read_text_pairs(glue, pair=True, require_label=True)
+    assert (ex.text_a, ex.text_b, ex.label) == ("A", "B", "1")
+    for header in ("text\tlabels", "sentence\tlabel", "Text\t Label "):
+        path = _write(tmp_path, "a.tsv", f"{header}\nhello\tpos\n")
+        (ex,) = read_text_pairs(path, pair=False, require_label=True)
+        assert (ex.text_a, ex.label) == ("hello", "pos")
+    both = _write(tmp_path, "b.tsv", "text\ttext_a\tlabel\nno\tyes\t1\n")
+    assert read_text_pairs(both, pair=False, require_label=True)[0].text_a == "yes"
+
+
+def test_columns_mapping(tmp_path):
+    path = _write(
+        tmp_path,
+        "mrpc.tsv",
+        '\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t11\t12\ta " x\tb\n',
+    )
+    cols = {"text_a": "#1 String", "text_b": "#2 String", "label": "Quality"}
+    (ex,) = read_text_pairs(path, pair=True, require_label=True, columns=cols)
+    assert (ex.text_a, ex.text_b, ex.label, ex.line) == ('a " x', "b", "1", 2)
+    # a test split without the mapped label column reads as unlabeled
+    test = _write(tmp_path, "test.tsv", "#1 String\t#2 String\np\tq\n")
+    (ex,) = read_text_pairs(test, pair=True, require_label=False, columns=cols)
+    assert (ex.text_a, ex.text_b, ex.label) == ("p", "q", None)
+    with pytest.raises(DataError, match=r"mrpc\.tsv:1: header has no column '#3 String' "):
+        read_text_pairs(
+            path, pair=True, require_label=True, columns={**cols, "text_b": "#3 String"}
+        )
+    with pytest.raises(DataError, match=r"data\.columns\.text_b"):
+        read_text_pairs(
+            path, pair=True, require_label=True, columns={**cols, "text_b": "#3 String"}
+        )
+    with pytest.raises(DataError, match=r"mrpc\.tsv:1: text_a and text_b both read column"):
+        read_text_pairs(
+            path, pair=True, require_label=True, columns={**cols, "text_b": "#1 String"}
+        )
+    with pytest.raises(ConfigError, match=r"data\.columns: unknown key 'txt_a'"):
+        read_text_pairs(path, pair=True, require_label=True, columns={"txt_a": "#1 String"})
+
+
+def test_columns_config_key_reaches_the_reader(tmp_path):
+    from e2ekit.text.task import TextTask
+
+    with pytest.raises(ValueError, match="unknown key 'sentence'"):
+        TextData(columns={"sentence": "x"})
+    path = _write(tmp_path, "t.tsv", "Quality\ts1\ts2\n0\tx\ty\n")
+    cfg = TextConfig.model_validate(
+        {
+            "task": {"type": "pair"},
+            "data": {
+                "train": str(path),
+                "columns": {"text_a": "s1", "text_b": "s2", "label": "Quality"},
+            },
+        }
+    )
+    task = TextTask(cfg)
+    (ex,) = task.read_examples(path, "train")
+    assert (ex.text_a, ex.text_b, ex.label) == ("x", "y", "0")
+    assert task.label_names() == ["0"]
+
+
+def test_csv_quoting_multiline_and_line_numbers(tmp_path):
+    text = (
+        "\ufefflabel,sentence1,sentence2\r\n"
+        'yes,"a, b","say ""hi"""\r\n'
+        "\r\n"
+        'no,"two\nlines",plain\r\n'
+        "yes,after,x\r\n"
+    )
+    path = _write(tmp_path, "train.csv", text)
+    examples = read_text_pairs(path, pair=True, require_label=True)
+    assert [(e.text_a, e.text_b, e.label, e.line) for e in examples] == [
+        ("a, b", 'say "hi"', "yes", 2),
+        ("two\nlines", "plain", "no", 4),
+        ("after", "x", "yes", 6),
+    ]
+    bad = _write(tmp_path, "bad.csv", "label,text\n1,ok\n0,a,b\n")
+    with pytest.raises(DataError, match=r"bad\.csv:3: expected 2 comma-separated columns"):
+        read_text_pairs(bad, pair=False, require_label=True)
+    # a .tsv keeps quotes as ordinary characters
+    tsv = _write(tmp_path, "q.tsv", 'label\ttext\n1\t"a, b"\n')
+    assert read_text_pairs(tsv, pair=False, require_label=True)[0].text_a == '"a, b"'
+    raw = tmp_path / "u.csv"
+    raw.write_bytes(b"label,text\n1,ok\n0,\xff\n")
+    with pytest.raises(DataError, match=r"u\.csv:3: not valid UTF-8"):
+        read_text_pairs(raw, pair=False, require_label=True)
+    with pytest.raises(DataError, match=r"e\.csv:1: file is empty"):
+        read_text_pairs(_write(tmp_path, "e.csv", "\n"), pair=False, require_label=True)
+
+
+def test_csv_bad_quoting_names_the_record_line(tmp_path):
+    path = _write(tmp_path, "open.csv", 'label,text\n1,ok\n1,"never closed\n0,x\n')
+    with pytest.raises(DataError, match=r"open\.csv:3: bad CSV record \(unexpected end"):
+        read_text_pairs(path, pair=False, require_label=True)
+    path = _write(tmp_path, "junk.csv", 'label,text\n1,"ab"c\n')
+    with pytest.raises(DataError, match=r"junk\.csv:2: bad CSV record .*double the quotes"):
+        read_text_pairs(path, pair=False, require_label=True)
 
 
 def test_missing_file(tmp_path):
@@ -156,6 +258,81 @@ def test_check_labels_for_ner_tags(tmp_path):
         check_labels(read_ner(path, require_label=True), ["O", "B-PER", "I-PER"], path)
 
 
+def test_ner_json_lines(tmp_path):
+    text = (
+        '{"words": ["John", "lives", "in", "Paris"], "ner": ["B-PER", "O", "O", "B-LOC"]}\n'
+        "\n"
+        '{"tokens": ["\u6211", " ", "\u4eac"], "tags": ["O", "O", "B-LOC"]}\n'
+    )
+    examples = read_ner(_write(tmp_path, "train.json", text), require_label=True)
+    assert examples[0].tokens == ["John", "lives", "in", "Paris"] and examples[0].line == 1
+    assert (examples[1].tokens, examples[1].tags, examples[1].line) == (
+        ["\u6211", "\u4eac"],
+        ["O", "B-LOC"],
+        3,
+    )
+    # content starting with '{' is JSON lines whatever the suffix; tags optional when unlabeled
+    plain = _write(tmp_path, "test.txt", '{"words": ["a", "b"]}\n')
+    assert read_ner(plain, require_label=False)[0].tags is None
+    with pytest.raises(DataError, match=r"test\.txt:1: no tags"):
+        read_ner(plain, require_label=True)
+
+
+def test_ner_json_lines_errors(tmp_path):
+    cases = {
+        '{"words": ["a"], "ner": ["O"]}\n{"words": ["a", "b"], "ner": ["O"]}\n': r":2: 2 tokens "
+        "but 1 tags",
+        '{"words": ["a"], "ner": ["PER"]}\n': r":1: tag 'PER' \(token 1\) is not a BIO",
+        '{"words": ["a"], "ner": ["O"]}\n{"words": [\n': r":2: invalid JSON at column",
+        '{"text": "a b", "ner": ["O", "O"]}\n': r":1: expected an object with a 'words'",
+        '{"words": ["a"], "ner": [0]}\n': r":1: tags are integer ids but there is no "
+        "label2id.json",
+        '{"words": ["a", "b"], "ner": [0, "O"]}\n': r":1: 'ner' mixes integer ids",
+    }
+    for k, (text, pattern) in enumerate(cases.items()):
+        sub = tmp_path / str(k)
+        sub.mkdir()
+        path = _write(sub, "data.jsonl", text)
+        with pytest.raises(DataError, match=r"data\.jsonl" + pattern):
+            read_ner(path, require_label=True)
+
+
+def test_ner_json_integer_tags_use_label2id_beside_the_file(tmp_path):
+    _write(tmp_path, "label2id.json", '{"O": 0, "B-LOC": 1, "I-LOC": 2}')
+    path = _write(tmp_path, "dev.jsonl", '{"words": ["New", "York", "!"], "ner_tags": [1, 2, 0]}\n')
+    (ex,) = read_ner(path, require_label=True)
+    assert ex.tags == ["B-LOC", "I-LOC", "O"]
+    bad = _write(tmp_path, "bad.jsonl", '{"words": ["a"], "ner_tags": [7]}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:1: tag id 7 is not in .*label2id\.json"):
+        read_ner(bad, require_label=True)
+
+
+def test_ner_conll_columns(tmp_path):
+    text = (
+        "-DOCSTART- -X- -X- O\n\n"
+        "EU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n"
+        "Peter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER\n"
+    )
+    examples = read_ner(_write(tmp_path, "train.txt", text), require_label=True)
+    assert [(e.tokens, e.tags, e.line) for e in examples] == [
+        (["EU", "rejects"], ["B-ORG", "O"], 3),
+        (["Peter", "Blackburn"], ["B-PER", "I-PER"], 6),
+    ]
+    tabs = _write(tmp_path, "tabs.tsv", "a\tO\nb\tB-X\n\nc\tO\n")
+    assert [e.tokens for e in read_ner(tabs, require_label=True)] == [["a", "b"], ["c"]]
+    # one-token TSV sentences without blank lines stay TSV rows
+    rows = _write(tmp_path, "rows.tsv", "a\tO\nb\tB-X\n")
+    assert [e.tokens for e in read_ner(rows, require_label=True)] == [["a"], ["b"]]
+    bad = _write(tmp_path, "bad.txt", "a O\nb O\n\nc O\nd PER-X\n")
+    with pytest.raises(DataError, match=r"bad\.txt:5: tag 'PER-X' \(token 2\) is not a BIO"):
+        read_ner(bad, require_label=True)
+    bad = _write(tmp_path, "short.txt", "a O\nb O\n\nc O\nd\n")
+    with pytest.raises(DataError, match=r"short\.txt:1: expected 2 tab-separated"):
+        read_ner(bad, require_label=True)  # a line without a tag: not CoNLL, read as TSV
+    one = _write(tmp_path, "one.txt", "I O\nsaw O\nAda B-PER\n")
+    assert read_ner(one, require_label=True)[0].tags == ["O", "O", "B-PER"]
+
+
 # --- SQuAD ----------------------------------------------------------------------------
 
 
@@ -221,6 +398,67 @@ def test_squad_malformed_json_reports_line_and_column(tmp_path):
         read_squad(path, require_answers=True)
     with pytest.raises(DataError, match=r"list\.json:1: not SQuAD"):
         read_squad(_write(tmp_path, "list.json", "[]"), require_answers=True)
+
+
+def _flat(qid: str, answers: dict, context: str = "The cat sat. The cat ran.") -> dict:
+    return {"id": qid, "title": "t", "context": context, "question": "Who?", "answers": answers}
+
+
+def test_squad_hf_flattened_data_list(tmp_path):
+    doc = {
+        "version": 2.0,
+        "data": [
+            _flat("q1", {"text": ["cat", "cat"], "answer_start": [17, 4]}),
+            _flat("q2", {"text": ["sat"], "answer_start": [3]}),  # off: repaired to 8
+        ],
+    }
+    path = _write(tmp_path, "hf.json", json.dumps(doc, indent=2))
+    q1, q2 = read_squad(path, require_answers=True)
+    assert (q1.qid, q1.title, q1.question) == ("q1", "t", "Who?")
+    assert q1.answers == [
+        {"text": "cat", "answer_start": 17},
+        {"text": "cat", "answer_start": 4},
+    ]
+    assert q2.answers == [{"text": "sat", "answer_start": 8}]
+    doc["data"][1]["answers"] = {"text": ["dog"], "answer_start": [0]}
+    path = _write(tmp_path, "bad.json", json.dumps(doc, indent=2))
+    with pytest.raises(DataError, match=r"bad\.json:(\d+): question 'q2': answer 'dog'") as err:
+        read_squad(path, require_answers=True)
+    line = int(str(err.value).split(":")[1])
+    assert '"id": "q2"' in path.read_text().splitlines()[line - 1]
+
+
+def test_squad_json_lines(tmp_path):
+    lines = [
+        _flat("a", {"text": ["ran"], "answer_start": [21]}),
+        _flat("b", {"text": [], "answer_start": []}),
+    ]
+    text = "\n".join(json.dumps(x) for x in lines) + "\n"
+    for name in ("dev.jsonl", "dev.json"):
+        path = _write(tmp_path, name, text)
+        a, b = read_squad(path, require_answers=False)
+        assert a.answers == [{"text": "ran", "answer_start": 21}] and b.answers == []
+        with pytest.raises(DataError, match=rf"{name}:2: question 'b' has no answers"):
+            read_squad(path, require_answers=True)
+    mismatch = _write(
+        tmp_path, "m.jsonl", json.dumps(_flat("c", {"text": ["cat"], "answer_start": []}))
+    )
+    with pytest.raises(DataError, match=r"m\.jsonl:1: .*1 answer texts but 0 answer_start"):
+        read_squad(mismatch, require_answers=True)
+    broken = _write(tmp_path, "x.jsonl", json.dumps(lines[0]) + "\n{oops\n")
+    with pytest.raises(DataError, match=r"x\.jsonl:2: invalid JSON"):
+        read_squad(broken, require_answers=True)
+    nocontext = _write(tmp_path, "y.jsonl", '{"id": "z", "question": "q"}\n')
+    with pytest.raises(DataError, match=r"y\.jsonl:1: line has no 'context'"):
+        read_squad(nocontext, require_answers=True)
+
+
+def test_squad_unlabeled_split_drops_placeholder_answers(tmp_path, caplog):
+    path = _squad(tmp_path, [{"text": "FAKE_ANSWER_1", "answer_start": -1}])
+    with caplog.at_level(logging.WARNING, logger="e2ekit"):
+        (ex,) = read_squad(path, require_answers=False)
+    assert ex.answers == []
+    assert "ignored 1 answer(s)" in caplog.text and "FAKE_ANSWER_1" in caplog.text
 
 
 # --- predict inputs and word splitting ------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from e2ekit.core.schema import ExportConfig, OptimConfig, RunConfig, Strict
 
@@ -47,9 +47,18 @@ class BuiltinText(Strict):
 
 
 class TextData(Strict):
-    train: str | None = Field("builtin:train", description="TSV (cls/pair/ner) or SQuAD JSON")
+    train: str | None = Field(
+        "builtin:train",
+        description="cls/pair: TSV or CSV; ner: TSV, JSON lines or CoNLL; mrc: SQuAD JSON",
+    )
     dev: str | None = "builtin:dev"
     test: str | None = None
+    columns: dict[str, str] | None = Field(
+        None,
+        description="cls/pair: our column -> the file's header name, e.g. {text_a: '#1 String', "
+        "text_b: '#2 String', label: Quality}; default: text_a/text_b/label or the GLUE names "
+        "sentence1/sentence2 (also sentence, text, labels)",
+    )
     max_seq_len: int = Field(128, ge=8, le=4096)
     doc_stride: int = Field(128, ge=1, description="mrc: overlap between context windows")
     max_query_length: int = Field(64, ge=1)
@@ -59,6 +68,16 @@ class TextData(Strict):
         50, ge=0, description="length bucketing: sort within windows of bucket*batch; 0 = off"
     )
     builtin: BuiltinText = BuiltinText()
+
+    @field_validator("columns")
+    @classmethod
+    def _column_keys(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for key in value or {}:
+            if key not in ("text_a", "text_b", "label"):
+                raise ValueError(
+                    f"unknown key '{key}'; map text_a, text_b and/or label to header names"
+                )
+        return value
 
 
 class TextOptim(OptimConfig):

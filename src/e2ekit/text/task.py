@@ -142,7 +142,9 @@ class TextTask(Task):
             return read_squad(path, require_answers=labelled)
         if self.type == "ner":
             return read_ner(path, require_label=labelled)
-        return read_text_pairs(path, pair=self.type == "pair", require_label=labelled)
+        return read_text_pairs(
+            path, pair=self.type == "pair", require_label=labelled, columns=self.cfg.data.columns
+        )
 
     def label_names(self) -> list[str]:
         """Resolved once from task.label_file / task.labels / the train file, then kept in
