@@ -29,6 +29,32 @@ class TextModel(Strict):
     )
     dropout: float | None = Field(None, ge=0, lt=1, description="head dropout; default: model's")
     crf: bool = Field(False, description="ner: a CRF layer over the token scores")
+    extend_vocab: bool = Field(
+        False,
+        description="add the train words the tokenizer maps entirely to the unknown token "
+        "(e.g. Chinese characters with an English vocab) as new tokens, with new embedding "
+        "rows (initialised to the mean embedding, trained at optim.head_lr)",
+    )
+    extend_vocab_min_freq: int = Field(
+        2, ge=1, description="extend_vocab: only words seen at least this often in train"
+    )
+    added_tokens: list[str] | None = Field(
+        None,
+        description="tokens added to the tokenizer, in id order; filled from the train file "
+        "when extend_vocab is on, then kept so eval, export and a resumed run use the same ids",
+    )
+
+    @field_validator("added_tokens")
+    @classmethod
+    def _unique_tokens(cls, value: list[str] | None) -> list[str] | None:
+        if value:
+            seen: set[str] = set()
+            for tok in value:
+                if not tok.strip() or tok in seen:
+                    what = "an empty token" if not tok.strip() else f"'{tok}' twice"
+                    raise ValueError(f"has {what}; token ids would shift")
+                seen.add(tok)
+        return value
 
 
 class TextTask(Strict):

