@@ -1,0 +1,394 @@
+"""CTR model zoo: LR, FM, DNN, Wide&Deep, DeepFM, DCN, DCN-V2.
+
+Every model maps ``dense (B, 13) float32`` (log1p counts from the Criteo reader) and
+``sparse (B, 26) int64`` (per-slot hashed ids, 0 = missing) to logits ``(B,)``; train with
+``BCEWithLogitsLoss``. Embedding tables use sparse gradients by default (``sparse=True``), so
+pair :func:`~e2ekit.ctr.models.embedding.sparse_parameters` with SparseAdam + Adam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from e2ekit.core.registry import MODELS
+from e2ekit.ctr.models.embedding import SlotEmbedding, SlotLinear
+
+__all__ = [
+    "DCN",
+    "DNN",
+    "FM",
+    "MLP",
+    "CrossLayer",
+    "CrossLayerV2",
+    "DCNv2",
+    "DeepFM",
+    "LogisticRegression",
+    "WideDeep",
+    "fm_interaction",
+]
+
+N_DENSE = 13
+N_SPARSE = 26
+DEFAULT_MLP = (400, 400, 400)  # ElasticCTR / PaddleRec ctr-dnn: 3 x 400 ReLU
+TINY_DIM = 4  # tiny variants: fast tests, not for training
+TINY_MLP = (16, 16)
+
+
+class MLP(nn.Sequential):
+    """``Linear -> ReLU -> Dropout`` per hidden width, no output layer (``out_dim``: last)."""
+
+    def __init__(self, in_dim: int, dims: Sequence[int], dropout: float = 0.0) -> None:
+        layers: list[nn.Module] = []
+        for width in dims:
+            layers += [nn.Linear(in_dim, width), nn.ReLU(inplace=True)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            in_dim = width
+        super().__init__(*layers)
+        self.out_dim = in_dim
+
+
+def fm_interaction(v: torch.Tensor) -> torch.Tensor:
+    """FM second-order term ``sum_{i<j} <v_i, v_j>`` for ``v (B, F, D)`` -> ``(B,)``.
+
+    Rendle, "Factorization Machines", ICDM 2010, eq. 5 (the sum-square trick, O(F*D) not
+    O(F^2*D)): ``0.5 * sum_d [(sum_i v_id)^2 - sum_i v_id^2]``. ``v_i`` is the field vector
+    already scaled by its feature value ``x_i``.
+    """
+    square_of_sum = v.sum(dim=1).pow(2)  # (B, D)
+    sum_of_square = v.pow(2).sum(dim=1)  # (B, D)
+    return 0.5 * (square_of_sum - sum_of_square).sum(dim=1)  # (B,)
+
+
+class _FirstOrder(nn.Module):
+    """``w0 + sum_slots w[slot, id] + <w_dense, dense>``: logistic regression on all features."""
+
+    def __init__(self, hash_size: int, sparse: bool) -> None:
+        super().__init__()
+        self.sparse_linear = SlotLinear(hash_size, num_slots=N_SPARSE, sparse=sparse)
+        self.dense_linear = nn.Linear(N_DENSE, 1)  # its bias is the global w0
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        # (B,) + (B, 1) -> (B,)
+        return self.sparse_linear(sparse) + self.dense_linear(dense).squeeze(1)
+
+
+class _Fields(nn.Module):
+    """All 39 fields as vectors ``(B, 26 + 13, D)``: slot embeddings, then ``x_i * v_i`` per
+    dense feature (the FM view of real-valued features, as in PaddleRec's Criteo FM/DeepFM)."""
+
+    def __init__(self, hash_size: int, embed_dim: int, sparse: bool) -> None:
+        super().__init__()
+        self.embedding = SlotEmbedding(hash_size, embed_dim, num_slots=N_SPARSE, sparse=sparse)
+        self.dense_vectors = nn.Parameter(torch.randn(N_DENSE, embed_dim) * 1e-4)
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        emb = self.embedding(sparse)  # (B, 26, D)
+        dense_emb = dense.unsqueeze(2) * self.dense_vectors  # (B, 13, 1) * (13, D) -> (B, 13, D)
+        return torch.cat([emb, dense_emb], dim=1)  # (B, 39, D)
+
+
+class _DeepInput(nn.Module):
+    """Flattened slot embeddings next to the raw dense features: ``(B, 26 * D + 13)``."""
+
+    def __init__(self, hash_size: int, embed_dim: int, sparse: bool) -> None:
+        super().__init__()
+        self.embedding = SlotEmbedding(hash_size, embed_dim, num_slots=N_SPARSE, sparse=sparse)
+        self.out_dim = N_SPARSE * embed_dim + N_DENSE
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        emb = self.embedding(sparse).flatten(1)  # (B, 26, D) -> (B, 26 * D)
+        return torch.cat([emb, dense], dim=1)  # (B, 26 * D + 13)
+
+
+class LogisticRegression(nn.Module):
+    """LR on hashed one-hot slots + dense features: the classic CTR baseline."""
+
+    def __init__(self, hash_size: int, sparse: bool = True) -> None:
+        super().__init__()
+        self.linear = _FirstOrder(hash_size, sparse)
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        return self.linear(dense, sparse)
+
+
+class FM(nn.Module):
+    """Factorization Machine (Rendle 2010): LR + pairwise ``<v_i, v_j> x_i x_j`` over 39 fields."""
+
+    def __init__(self, hash_size: int, embed_dim: int = 16, sparse: bool = True) -> None:
+        super().__init__()
+        self.linear = _FirstOrder(hash_size, sparse)
+        self.fields = _Fields(hash_size, embed_dim, sparse)
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        return self.linear(dense, sparse) + fm_interaction(self.fields(dense, sparse))
+
+
+class DNN(nn.Module):
+    """ElasticCTR / PaddleRec ctr-dnn: per-slot sum-pooled embeddings (one id per slot here, so
+    pooling is the lookup) concatenated with dense features -> MLP -> 1 logit."""
+
+    def __init__(
+        self,
+        hash_size: int,
+        embed_dim: int = 10,
+        mlp_dims: Sequence[int] = DEFAULT_MLP,
+        dropout: float = 0.0,
+        sparse: bool = True,
+    ) -> None:
+        super().__init__()
+        self.inputs = _DeepInput(hash_size, embed_dim, sparse)
+        self.mlp = MLP(self.inputs.out_dim, mlp_dims, dropout)
+        self.head = nn.Linear(self.mlp.out_dim, 1)
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mlp(self.inputs(dense, sparse))).squeeze(1)  # (B, 1) -> (B,)
+
+
+class WideDeep(nn.Module):
+    """Wide & Deep (Cheng et al., DLRS 2016): ``sigmoid(wide LR + deep MLP)``, trained jointly.
+
+    The wide part is LR over the hashed slots and dense features (no hand-made crosses here:
+    hashing already gives one id per slot value).
+    """
+
+    def __init__(
+        self,
+        hash_size: int,
+        embed_dim: int = 16,
+        mlp_dims: Sequence[int] = DEFAULT_MLP,
+        dropout: float = 0.0,
+        sparse: bool = True,
+    ) -> None:
+        super().__init__()
+        self.wide = _FirstOrder(hash_size, sparse)
+        self.deep = DNN(hash_size, embed_dim, mlp_dims, dropout, sparse)
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        return self.wide(dense, sparse) + self.deep(dense, sparse)
+
+
+class DeepFM(nn.Module):
+    """DeepFM (Guo et al., IJCAI 2017): ``y = y_FM + y_DNN`` with the FM and the MLP SHARING the
+    field embeddings (no pre-training, unlike FNN); the MLP reads all 39 field vectors."""
+
+    def __init__(
+        self,
+        hash_size: int,
+        embed_dim: int = 16,
+        mlp_dims: Sequence[int] = DEFAULT_MLP,
+        dropout: float = 0.0,
+        sparse: bool = True,
+    ) -> None:
+        super().__init__()
+        self.linear = _FirstOrder(hash_size, sparse)
+        self.fields = _Fields(hash_size, embed_dim, sparse)
+        self.mlp = MLP((N_SPARSE + N_DENSE) * embed_dim, mlp_dims, dropout)
+        self.head = nn.Linear(self.mlp.out_dim, 1)
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        v = self.fields(dense, sparse)  # (B, 39, D)
+        deep = self.head(self.mlp(v.flatten(1))).squeeze(1)  # (B, 39 * D) -> (B, 1) -> (B,)
+        return self.linear(dense, sparse) + fm_interaction(v) + deep
+
+
+class CrossLayer(nn.Module):
+    """DCN cross layer (Wang et al., ADKDD 2017, eq. 3): ``x_{l+1} = x0 (x_l . w) + b + x_l``.
+
+    ``x0 x_l^T w`` is computed as ``x0 * (x_l . w)``: O(d) per layer, never the d x d outer
+    product.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        nn.init.normal_(self.weight, std=dim**-0.5)
+
+    def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        xw = x @ self.weight  # (B, d) @ (d,) -> (B,)
+        return x0 * xw.unsqueeze(1) + self.bias + x  # (B, d) * (B, 1) -> (B, d)
+
+
+class CrossLayerV2(nn.Module):
+    """DCN-V2 cross layer (Wang et al., WWW 2021, eq. 1): ``x_{l+1} = x0 ⊙ (W x_l + b) + x_l``
+    with a full-rank ``W (d, d)``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, dim)
+        nn.init.xavier_normal_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x0 * self.linear(x) + x  # (B, d)
+
+
+class DCN(nn.Module):
+    """Deep & Cross Network (Wang et al. 2017): cross network and MLP run in PARALLEL on
+    ``x0 = [embeddings, dense]``; ``[x_L, h_L]`` -> one linear logit."""
+
+    def __init__(
+        self,
+        hash_size: int,
+        embed_dim: int = 16,
+        mlp_dims: Sequence[int] = DEFAULT_MLP,
+        num_layers: int = 3,
+        dropout: float = 0.0,
+        sparse: bool = True,
+    ) -> None:
+        super().__init__()
+        self.inputs = _DeepInput(hash_size, embed_dim, sparse)
+        d = self.inputs.out_dim
+        self.cross = nn.ModuleList(CrossLayer(d) for _ in range(num_layers))
+        self.mlp = MLP(d, mlp_dims, dropout)
+        self.head = nn.Linear(d + self.mlp.out_dim, 1)
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        x0 = self.inputs(dense, sparse)  # (B, d)
+        x = x0
+        for layer in self.cross:
+            x = layer(x0, x)
+        both = torch.cat([x, self.mlp(x0)], dim=1)  # (B, d + h)
+        return self.head(both).squeeze(1)  # (B, 1) -> (B,)
+
+
+class DCNv2(nn.Module):
+    """DCN-V2 (Wang et al. 2021), stacked structure: full-rank cross layers, then the MLP on
+    their output, then a linear logit (``parallel=True`` gives the paper's parallel variant)."""
+
+    def __init__(
+        self,
+        hash_size: int,
+        embed_dim: int = 16,
+        mlp_dims: Sequence[int] = DEFAULT_MLP,
+        num_layers: int = 3,
+        dropout: float = 0.0,
+        parallel: bool = False,
+        sparse: bool = True,
+    ) -> None:
+        super().__init__()
+        self.inputs = _DeepInput(hash_size, embed_dim, sparse)
+        d = self.inputs.out_dim
+        self.parallel = parallel
+        self.cross = nn.ModuleList(CrossLayerV2(d) for _ in range(num_layers))
+        self.mlp = MLP(d, mlp_dims, dropout)
+        self.head = nn.Linear(self.mlp.out_dim + (d if parallel else 0), 1)
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        x0 = self.inputs(dense, sparse)  # (B, d)
+        x = x0
+        for layer in self.cross:
+            x = layer(x0, x)
+        # parallel: (B, d + h); stacked: (B, h)
+        out = torch.cat([x, self.mlp(x0)], dim=1) if self.parallel else self.mlp(x)
+        return self.head(out).squeeze(1)  # (B, 1) -> (B,)
+
+
+# ---- registered builders (``type: deepfm`` in configs); each has a ``*_tiny`` test variant ----
+
+
+@MODELS.register("lr")
+def lr(hash_size: int = 2**20, sparse: bool = True) -> LogisticRegression:
+    return LogisticRegression(hash_size, sparse)
+
+
+@MODELS.register("lr_tiny")
+def lr_tiny(hash_size: int = 64, sparse: bool = True) -> LogisticRegression:
+    return LogisticRegression(hash_size, sparse)
+
+
+@MODELS.register("fm")
+def fm(hash_size: int = 2**20, embed_dim: int = 16, sparse: bool = True) -> FM:
+    return FM(hash_size, embed_dim, sparse)
+
+
+@MODELS.register("fm_tiny")
+def fm_tiny(hash_size: int = 64, sparse: bool = True) -> FM:
+    return FM(hash_size, TINY_DIM, sparse)
+
+
+@MODELS.register("dnn")
+def dnn(
+    hash_size: int = 2**20,
+    embed_dim: int = 10,
+    mlp_dims: Sequence[int] = DEFAULT_MLP,
+    dropout: float = 0.0,
+    sparse: bool = True,
+) -> DNN:
+    return DNN(hash_size, embed_dim, mlp_dims, dropout, sparse)
+
+
+@MODELS.register("dnn_tiny")
+def dnn_tiny(hash_size: int = 64, dropout: float = 0.0, sparse: bool = True) -> DNN:
+    return DNN(hash_size, TINY_DIM, TINY_MLP, dropout, sparse)
+
+
+@MODELS.register("wide_deep")
+def wide_deep(
+    hash_size: int = 2**20,
+    embed_dim: int = 16,
+    mlp_dims: Sequence[int] = DEFAULT_MLP,
+    dropout: float = 0.0,
+    sparse: bool = True,
+) -> WideDeep:
+    return WideDeep(hash_size, embed_dim, mlp_dims, dropout, sparse)
+
+
+@MODELS.register("wide_deep_tiny")
+def wide_deep_tiny(hash_size: int = 64, dropout: float = 0.0, sparse: bool = True) -> WideDeep:
+    return WideDeep(hash_size, TINY_DIM, TINY_MLP, dropout, sparse)
+
+
+@MODELS.register("deepfm")
+def deepfm(
+    hash_size: int = 2**20,
+    embed_dim: int = 16,
+    mlp_dims: Sequence[int] = DEFAULT_MLP,
+    dropout: float = 0.0,
+    sparse: bool = True,
+) -> DeepFM:
+    return DeepFM(hash_size, embed_dim, mlp_dims, dropout, sparse)
+
+
+@MODELS.register("deepfm_tiny")
+def deepfm_tiny(hash_size: int = 64, dropout: float = 0.0, sparse: bool = True) -> DeepFM:
+    return DeepFM(hash_size, TINY_DIM, TINY_MLP, dropout, sparse)
+
+
+@MODELS.register("dcn")
+def dcn(
+    hash_size: int = 2**20,
+    embed_dim: int = 16,
+    mlp_dims: Sequence[int] = DEFAULT_MLP,
+    num_layers: int = 3,
+    dropout: float = 0.0,
+    sparse: bool = True,
+) -> DCN:
+    return DCN(hash_size, embed_dim, mlp_dims, num_layers, dropout, sparse)
+
+
+@MODELS.register("dcn_tiny")
+def dcn_tiny(hash_size: int = 64, dropout: float = 0.0, sparse: bool = True) -> DCN:
+    return DCN(hash_size, TINY_DIM, TINY_MLP, 2, dropout, sparse)
+
+
+@MODELS.register("dcn_v2")
+def dcn_v2(
+    hash_size: int = 2**20,
+    embed_dim: int = 16,
+    mlp_dims: Sequence[int] = DEFAULT_MLP,
+    num_layers: int = 3,
+    dropout: float = 0.0,
+    parallel: bool = False,
+    sparse: bool = True,
+) -> DCNv2:
+    return DCNv2(hash_size, embed_dim, mlp_dims, num_layers, dropout, parallel, sparse)
+
+
+@MODELS.register("dcn_v2_tiny")
+def dcn_v2_tiny(hash_size: int = 64, dropout: float = 0.0, sparse: bool = True) -> DCNv2:
+    return DCNv2(hash_size, TINY_DIM, TINY_MLP, 2, dropout, sparse=sparse)
