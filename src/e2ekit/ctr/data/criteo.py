@@ -146,6 +146,7 @@ class CriteoReader:
         max_bad_rows: int | None = None,
         chunk_bytes: int = 16 << 20,
         drop_last: bool = False,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         items = [paths] if isinstance(paths, (str, Path)) else list(paths)
         self.files: list[Path] = [f for item in items for f in list_files(item)]
@@ -158,6 +159,9 @@ class CriteoReader:
         self.max_bad_rows = max_bad_rows
         self.chunk_bytes = chunk_bytes
         self.drop_last = drop_last
+        if shard is not None and not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard {shard} must be (index, count) with 0 <= index < count")
+        self.shard = shard if shard is not None and shard[1] > 1 else None
         self.stats = ReaderStats()
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
@@ -189,6 +193,13 @@ class CriteoReader:
             extra_bad.append((row.number, "contains a \\x1f byte"))
             return "skip"
 
+        source: str | pa.NativeFile = str(path)
+        first_line = 1
+        if self.shard is not None:
+            part = byte_range(path, *self.shard)
+            if part is None:
+                return
+            source, first_line = part
         read = pcsv.ReadOptions(column_names=["line"], block_size=self.chunk_bytes)
         parse = pcsv.ParseOptions(
             delimiter=_SEP,
@@ -202,13 +213,12 @@ class CriteoReader:
         convert = pcsv.ConvertOptions(column_types={"line": pa.string()}, strings_can_be_null=False)
         try:
             stream = pcsv.open_csv(
-                str(path), read_options=read, parse_options=parse, convert_options=convert
+                source, read_options=read, parse_options=parse, convert_options=convert
             )
         except (pa.ArrowInvalid, OSError) as exc:
             if "Empty CSV file" in str(exc):
                 return
             raise DataError(f"{path}: cannot read: {exc}") from exc
-        first_line = 1
         while True:
             try:
                 batch = stream.read_next_batch()
@@ -277,6 +287,36 @@ class CriteoReader:
             raise DataError(
                 f"{where}: {why} (more than max_bad_rows={self.max_bad_rows} malformed rows)"
             )
+
+
+def byte_range(path: Path, index: int, count: int) -> tuple[pa.NativeFile, int] | None:
+    """Shard ``index`` of ``count`` of a file: whole lines in an equal byte slice, zero-copy.
+
+    Lets several worker processes parse one big file in parallel, each reading only its own
+    part. Returns the slice as an Arrow stream plus the file line number it starts at (so
+    bad-row reports stay exact), or None when the slice holds no line start.
+    """
+    mm = pa.memory_map(str(path))
+    size = mm.size()
+    if size == 0:
+        return None
+    data = np.frombuffer(mm.read_at(size, 0), dtype=np.uint8)
+
+    def line_start(offset: int) -> int:
+        # First line starting at or after ``offset`` (offset 0 always starts a line).
+        if offset <= 0:
+            return 0
+        if offset >= size:
+            return size
+        newlines = np.flatnonzero(data[offset - 1 :] == 10)
+        return size if newlines.size == 0 else offset + int(newlines[0])
+
+    start = line_start(size * index // count)
+    stop = line_start(size * (index + 1) // count)
+    if stop <= start:
+        return None
+    first_line = 1 + int(np.count_nonzero(data[:start] == 10))
+    return pa.BufferReader(mm.read_at(stop - start, start)), first_line
 
 
 def _why(line: str) -> str:

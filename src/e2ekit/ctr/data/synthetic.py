@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 
 from e2ekit.ctr.data.criteo import N_DENSE, N_SPARSE
+from e2ekit.ctr.metrics import roc_auc as auc  # moved; e2ekit.ctr.data.auc still works
 
 BLOCK_ROWS = 100_000  # generated and written a block at a time: memory stays flat
 _PARTITION = re.compile(r"^\d{8}/\d{2}$")
@@ -134,12 +135,14 @@ def write_synthetic_criteo(
     seed: int = 0,
     partitions: list[str] | None = None,
     ctr: float = 0.12,
+    sample: int = 0,
 ) -> SyntheticCriteo:
     """Write ``rows`` Criteo-format rows; same seed, same bytes.
 
     Without partitions: ``out_dir/part-0.tsv``. With partitions ('YYYYMMDD/HH'), rows are
     split evenly in order into ``out_dir/YYYYMMDD/HH/part-0.tsv``, each followed by a
-    ``_SUCCESS`` donefile (written last, as streaming trainers expect).
+    ``_SUCCESS`` donefile (written last, as streaming trainers expect). ``sample`` picks an
+    independent draw from the same hidden world (same ``seed``): train 0, validation 1, ...
     """
     if rows < 1:
         raise ValueError("rows must be >= 1")
@@ -163,7 +166,7 @@ def write_synthetic_criteo(
         with pa.OSFile(str(path), "wb") as sink:
             for lo in range(start, stop, BLOCK_ROWS):
                 n = min(BLOCK_ROWS, stop - lo)
-                rng = np.random.default_rng([seed, 2, block])
+                rng = np.random.default_rng([seed, 2, block] + ([sample] if sample else []))
                 block += 1
                 dense, cats, logit = model.sample(n, rng)
                 prob = 1 / (1 + np.exp(-logit))
@@ -179,25 +182,6 @@ def write_synthetic_criteo(
     np.save(out / "probs.npy", probs)
     np.save(out / "labels.npy", labels)
     return SyntheticCriteo(files, out / "probs.npy", out / "labels.npy", float(labels.mean()))
-
-
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Exact ROC AUC with ties counted half (Mann-Whitney U on average ranks)."""
-    y = np.asarray(labels).ravel().astype(bool)
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("AUC needs both positive and negative labels")
-    order = np.argsort(s, kind="mergesort")
-    sorted_s = s[order]
-    # Average 1-based rank per run of equal scores.
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_s)) + 1]
-    ends = np.r_[starts[1:], s.size]
-    avg = (starts + ends + 1) / 2.0
-    ranks = np.empty(s.size)
-    ranks[order] = np.repeat(avg, ends - starts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def bayes_auc(out_dir: str | Path) -> float:

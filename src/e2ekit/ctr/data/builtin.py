@@ -1,0 +1,81 @@
+"""``builtin:train`` / ``builtin:val`` / ``builtin:test``: generated Criteo data, cached once.
+
+The three splits are independent draws from ONE hidden click model (the generator's seed),
+so validation AUC can be compared with the Bayes-optimal AUC the generator knows
+(``bayes_auc`` in each split's folder). Built in a temporary sibling folder and renamed into
+place: a reader never sees half-written data and racing processes share one copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from e2ekit.core.errors import ConfigError
+from e2ekit.core.logs import log
+from e2ekit.ctr.data.synthetic import bayes_auc, write_synthetic_criteo
+
+GENERATOR_VERSION = 1
+SPLITS = ("train", "val", "test")
+PREFIX = "builtin:"
+
+
+def data_cache_dir() -> Path:
+    """``$E2EKIT_DATA``, else ``~/.cache/e2ekit/data`` (shared with the other kits)."""
+    env = os.environ.get("E2EKIT_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "e2ekit" / "data"
+
+
+def builtin_criteo(params: dict[str, Any]) -> Path:
+    """The cached folder holding ``train/``, ``val/``, ``test/`` for these generator params."""
+    full = {k: params[k] for k in ("train_rows", "val_rows", "test_rows", "seed", "ctr")}
+    key = json.dumps({**full, "generator_version": GENERATOR_VERSION}, sort_keys=True)
+    final = data_cache_dir() / f"criteo-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    if (final / "meta.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        total = full["train_rows"] + full["val_rows"] + full["test_rows"]
+        log.info("generating built-in Criteo data (%d rows) into %s", total, final)
+        meta: dict[str, Any] = {"params": full}
+        for sample, split in enumerate(SPLITS):
+            out = write_synthetic_criteo(
+                tmp / split,
+                rows=int(full[f"{split}_rows"]),
+                seed=int(full["seed"]),
+                ctr=float(full["ctr"]),
+                sample=sample,
+            )
+            meta[split] = {"ctr": out.ctr, "bayes_auc": bayes_auc(tmp / split)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if final.exists() and not (final / "meta.json").is_file():
+            shutil.rmtree(final, ignore_errors=True)  # a broken copy left by a crash
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "meta.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def resolve_split(value: str, params: dict[str, Any]) -> str:
+    """``builtin:<split>`` -> that split's data file; anything else unchanged."""
+    if not value.startswith(PREFIX):
+        return value
+    split = value[len(PREFIX) :]
+    if split not in SPLITS:
+        raise ConfigError(f"unknown built-in split '{value}'; use one of builtin:{SPLITS}")
+    return str(builtin_criteo(params) / split / "part-0.tsv")
+
+
+def builtin_meta(params: dict[str, Any]) -> dict[str, Any]:
+    return json.loads((builtin_criteo(params) / "meta.json").read_text())
