@@ -141,7 +141,11 @@ def run_kit_verb(kit_name: str, verb: str, argv: list[str]) -> int:
             f"unknown verb '{verb}'{did_you_mean(verb, VERBS)}; verbs: {', '.join(VERBS)}"
         )
     kit = get_kit(kit_name)
-    args = verb_parser(kit_name, verb).parse_args(argv)
+    parser = verb_parser(kit_name, verb)
+    add_arguments = getattr(kit, "add_arguments", None)
+    if add_arguments is not None:  # kit-specific flags (ctr: train --stream)
+        add_arguments(verb, parser)
+    args = parser.parse_args(argv)
     extra = getattr(kit, "verbs", lambda: {})()
     table = {**_verb_table(), **extra}
     if verb not in table:

@@ -36,6 +36,7 @@ def _ns(**kw: Any) -> Namespace:
         input=None,
         host=None,
         port=None,
+        stream=None,
     )
     base.update(kw)
     return Namespace(**base)
@@ -75,15 +76,19 @@ def demo_kit(name: str, root: Path) -> dict[str, Any]:
     from e2ekit.core.paths import resolve_config
 
     kit = get_kit(name)
+    own = getattr(kit, "verbs", lambda: {})()  # a kit may replace a shared verb
+    cmd_train = own.get("train", verbs.cmd_train)
+    cmd_eval = own.get("eval", verbs.cmd_eval)
+    cmd_export = own.get("export", verbs.cmd_export)
     run_dir = root / name
     t0 = time.perf_counter()
     cfg_path = str(resolve_config(name, kit.demo_config))
     log.info("[%s] train %s", name, cfg_path)
-    train = verbs.cmd_train(kit, _ns(config=cfg_path, out=str(run_dir)))
+    train = cmd_train(kit, _ns(config=cfg_path, out=str(run_dir)))
     weights = str(run_dir / "best.pt")
-    evaluation = verbs.cmd_eval(kit, _ns(weights=weights))
+    evaluation = cmd_eval(kit, _ns(weights=weights))
     export_dir = run_dir / "export"
-    export = verbs.cmd_export(kit, _ns(weights=weights, out=str(export_dir)))
+    export = cmd_export(kit, _ns(weights=weights, out=str(export_dir)))
     cfg, _ = verbs.load_run_config(kit, _ns(weights=weights))
     input_path = kit.demo_input(cfg, run_dir)
     pred = verbs.cmd_predict(

@@ -22,7 +22,7 @@ KITS: dict[str, str | None] = {
     "text": "e2ekit.text.kit:KIT",
     "seg": "e2ekit.seg.kit:KIT",
     "det": None,
-    "ctr": None,
+    "ctr": "e2ekit.ctr.kit:KIT",
     "toy": "e2ekit.toy.kit:KIT",
 }
 PLANNED_ISSUE = {"text": 4, "seg": 3, "det": 6, "ctr": 5}

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from e2ekit.core.registry import MODELS
-from e2ekit.ctr.models.embedding import SlotEmbedding, SlotLinear
+from e2ekit.ctr.models.embedding import SlotEmbedding
 
 __all__ = [
     "DCN",
@@ -23,6 +23,7 @@ __all__ = [
     "MLP",
     "CrossLayer",
     "CrossLayerV2",
+    "CtrModel",
     "DCNv2",
     "DeepFM",
     "LogisticRegression",
@@ -63,71 +64,99 @@ def fm_interaction(v: torch.Tensor) -> torch.Tensor:
     return 0.5 * (square_of_sum - sum_of_square).sum(dim=1)  # (B,)
 
 
-class _FirstOrder(nn.Module):
-    """``w0 + sum_slots w[slot, id] + <w_dense, dense>``: logistic regression on all features."""
+class CtrModel(nn.Module):
+    """Base of the zoo: ONE slot table (``self.tables``) feeding a dense ``head``.
 
-    def __init__(self, hash_size: int, sparse: bool) -> None:
+    The split is what makes CTR training fast and servable: the trainers look rows up and
+    update them with a fused row-wise optimizer (never a sparse-tensor round trip), the dense
+    head is what ONNX export holds, and the table is what the KV export writes. ``width`` is
+    ``embed_dim`` plus one leading column for the first-order (LR) weight when the model has one.
+    """
+
+    first_order: bool = False
+
+    def __init__(self, hash_size: int, embed_dim: int, sparse: bool) -> None:
         super().__init__()
-        self.sparse_linear = SlotLinear(hash_size, num_slots=N_SPARSE, sparse=sparse)
-        self.dense_linear = nn.Linear(N_DENSE, 1)  # its bias is the global w0
+        self.hash_size, self.embed_dim = hash_size, embed_dim
+        self.width = embed_dim + int(self.first_order)
+        self.tables = SlotEmbedding(hash_size, self.width, num_slots=N_SPARSE, sparse=sparse)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        # (B,) + (B, 1) -> (B,)
-        return self.sparse_linear(sparse) + self.dense_linear(dense).squeeze(1)
+        return self.head(dense, self.tables(sparse))
+
+    def head(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B,)`` from ``dense (B, 13)`` and looked-up rows ``emb (B, 26, width)``."""
+        raise NotImplementedError
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """Everything but the slot table (what the dense optimizer and DDP all-reduce own)."""
+        table = self.tables.embedding.weight
+        return [p for p in self.parameters() if p is not table]
+
+
+class _FirstOrder(nn.Module):
+    """``w0 + sum_slots w[slot, id] + <w_dense, dense>``: logistic regression on all features;
+    the slot weights are column 0 of the model's table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dense_linear = nn.Linear(N_DENSE, 1)  # its bias is the global w0
+
+    def forward(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        # (B, 26) summed -> (B,) + (B, 1) -> (B,)
+        return emb[:, :, 0].sum(dim=1) + self.dense_linear(dense).squeeze(1)
 
 
 class _Fields(nn.Module):
     """All 39 fields as vectors ``(B, 26 + 13, D)``: slot embeddings, then ``x_i * v_i`` per
     dense feature (the FM view of real-valued features, as in PaddleRec's Criteo FM/DeepFM)."""
 
-    def __init__(self, hash_size: int, embed_dim: int, sparse: bool) -> None:
+    def __init__(self, embed_dim: int) -> None:
         super().__init__()
-        self.embedding = SlotEmbedding(hash_size, embed_dim, num_slots=N_SPARSE, sparse=sparse)
         self.dense_vectors = nn.Parameter(torch.randn(N_DENSE, embed_dim) * 1e-4)
 
-    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        emb = self.embedding(sparse)  # (B, 26, D)
+    def forward(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         dense_emb = dense.unsqueeze(2) * self.dense_vectors  # (B, 13, 1) * (13, D) -> (B, 13, D)
         return torch.cat([emb, dense_emb], dim=1)  # (B, 39, D)
 
 
-class _DeepInput(nn.Module):
+def _deep_input(dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     """Flattened slot embeddings next to the raw dense features: ``(B, 26 * D + 13)``."""
-
-    def __init__(self, hash_size: int, embed_dim: int, sparse: bool) -> None:
-        super().__init__()
-        self.embedding = SlotEmbedding(hash_size, embed_dim, num_slots=N_SPARSE, sparse=sparse)
-        self.out_dim = N_SPARSE * embed_dim + N_DENSE
-
-    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        emb = self.embedding(sparse).flatten(1)  # (B, 26, D) -> (B, 26 * D)
-        return torch.cat([emb, dense], dim=1)  # (B, 26 * D + 13)
+    return torch.cat([emb.flatten(1), dense], dim=1)
 
 
-class LogisticRegression(nn.Module):
+def _deep_dim(embed_dim: int) -> int:
+    return N_SPARSE * embed_dim + N_DENSE
+
+
+class LogisticRegression(CtrModel):
     """LR on hashed one-hot slots + dense features: the classic CTR baseline."""
 
+    first_order = True
+
     def __init__(self, hash_size: int, sparse: bool = True) -> None:
-        super().__init__()
-        self.linear = _FirstOrder(hash_size, sparse)
+        super().__init__(hash_size, 0, sparse)
+        self.linear = _FirstOrder()
 
-    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        return self.linear(dense, sparse)
+    def head(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.linear(dense, emb)
 
 
-class FM(nn.Module):
+class FM(CtrModel):
     """Factorization Machine (Rendle 2010): LR + pairwise ``<v_i, v_j> x_i x_j`` over 39 fields."""
 
+    first_order = True
+
     def __init__(self, hash_size: int, embed_dim: int = 16, sparse: bool = True) -> None:
-        super().__init__()
-        self.linear = _FirstOrder(hash_size, sparse)
-        self.fields = _Fields(hash_size, embed_dim, sparse)
+        super().__init__(hash_size, embed_dim, sparse)
+        self.linear = _FirstOrder()
+        self.fields = _Fields(embed_dim)
 
-    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        return self.linear(dense, sparse) + fm_interaction(self.fields(dense, sparse))
+    def head(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.linear(dense, emb) + fm_interaction(self.fields(dense, emb[:, :, 1:]))
 
 
-class DNN(nn.Module):
+class DNN(CtrModel):
     """ElasticCTR / PaddleRec ctr-dnn: per-slot sum-pooled embeddings (one id per slot here, so
     pooling is the lookup) concatenated with dense features -> MLP -> 1 logit."""
 
@@ -139,21 +168,22 @@ class DNN(nn.Module):
         dropout: float = 0.0,
         sparse: bool = True,
     ) -> None:
-        super().__init__()
-        self.inputs = _DeepInput(hash_size, embed_dim, sparse)
-        self.mlp = MLP(self.inputs.out_dim, mlp_dims, dropout)
-        self.head = nn.Linear(self.mlp.out_dim, 1)
+        super().__init__(hash_size, embed_dim, sparse)
+        self.mlp = MLP(_deep_dim(embed_dim), mlp_dims, dropout)
+        self.out = nn.Linear(self.mlp.out_dim, 1)
 
-    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        return self.head(self.mlp(self.inputs(dense, sparse))).squeeze(1)  # (B, 1) -> (B,)
+    def head(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.out(self.mlp(_deep_input(dense, emb))).squeeze(1)  # (B, 1) -> (B,)
 
 
-class WideDeep(nn.Module):
+class WideDeep(CtrModel):
     """Wide & Deep (Cheng et al., DLRS 2016): ``sigmoid(wide LR + deep MLP)``, trained jointly.
 
     The wide part is LR over the hashed slots and dense features (no hand-made crosses here:
-    hashing already gives one id per slot value).
+    hashing already gives one id per slot value); wide weights and deep vectors share a row.
     """
+
+    first_order = True
 
     def __init__(
         self,
@@ -163,18 +193,22 @@ class WideDeep(nn.Module):
         dropout: float = 0.0,
         sparse: bool = True,
     ) -> None:
-        super().__init__()
-        self.wide = _FirstOrder(hash_size, sparse)
-        self.deep = DNN(hash_size, embed_dim, mlp_dims, dropout, sparse)
+        super().__init__(hash_size, embed_dim, sparse)
+        self.wide = _FirstOrder()
+        self.mlp = MLP(_deep_dim(embed_dim), mlp_dims, dropout)
+        self.out = nn.Linear(self.mlp.out_dim, 1)
 
-    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        return self.wide(dense, sparse) + self.deep(dense, sparse)
+    def head(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        deep = self.out(self.mlp(_deep_input(dense, emb[:, :, 1:]))).squeeze(1)
+        return self.wide(dense, emb) + deep
 
 
-class DeepFM(nn.Module):
+class DeepFM(CtrModel):
     """DeepFM (Guo et al., IJCAI 2017): ``y = y_FM + y_DNN`` with the FM and the MLP SHARING the
     field embeddings (no pre-training, unlike FNN); the MLP reads all 39 field vectors."""
 
+    first_order = True
+
     def __init__(
         self,
         hash_size: int,
@@ -183,16 +217,16 @@ class DeepFM(nn.Module):
         dropout: float = 0.0,
         sparse: bool = True,
     ) -> None:
-        super().__init__()
-        self.linear = _FirstOrder(hash_size, sparse)
-        self.fields = _Fields(hash_size, embed_dim, sparse)
+        super().__init__(hash_size, embed_dim, sparse)
+        self.linear = _FirstOrder()
+        self.fields = _Fields(embed_dim)
         self.mlp = MLP((N_SPARSE + N_DENSE) * embed_dim, mlp_dims, dropout)
-        self.head = nn.Linear(self.mlp.out_dim, 1)
+        self.out = nn.Linear(self.mlp.out_dim, 1)
 
-    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        v = self.fields(dense, sparse)  # (B, 39, D)
-        deep = self.head(self.mlp(v.flatten(1))).squeeze(1)  # (B, 39 * D) -> (B, 1) -> (B,)
-        return self.linear(dense, sparse) + fm_interaction(v) + deep
+    def head(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        v = self.fields(dense, emb[:, :, 1:])  # (B, 39, D)
+        deep = self.out(self.mlp(v.flatten(1))).squeeze(1)  # (B, 39 * D) -> (B, 1) -> (B,)
+        return self.linear(dense, emb) + fm_interaction(v) + deep
 
 
 class CrossLayer(nn.Module):
@@ -227,7 +261,7 @@ class CrossLayerV2(nn.Module):
         return x0 * self.linear(x) + x  # (B, d)
 
 
-class DCN(nn.Module):
+class DCN(CtrModel):
     """Deep & Cross Network (Wang et al. 2017): cross network and MLP run in PARALLEL on
     ``x0 = [embeddings, dense]``; ``[x_L, h_L]`` -> one linear logit."""
 
@@ -240,23 +274,22 @@ class DCN(nn.Module):
         dropout: float = 0.0,
         sparse: bool = True,
     ) -> None:
-        super().__init__()
-        self.inputs = _DeepInput(hash_size, embed_dim, sparse)
-        d = self.inputs.out_dim
+        super().__init__(hash_size, embed_dim, sparse)
+        d = _deep_dim(embed_dim)
         self.cross = nn.ModuleList(CrossLayer(d) for _ in range(num_layers))
         self.mlp = MLP(d, mlp_dims, dropout)
-        self.head = nn.Linear(d + self.mlp.out_dim, 1)
+        self.out = nn.Linear(d + self.mlp.out_dim, 1)
 
-    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        x0 = self.inputs(dense, sparse)  # (B, d)
+    def head(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        x0 = _deep_input(dense, emb)  # (B, d)
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
         both = torch.cat([x, self.mlp(x0)], dim=1)  # (B, d + h)
-        return self.head(both).squeeze(1)  # (B, 1) -> (B,)
+        return self.out(both).squeeze(1)  # (B, 1) -> (B,)
 
 
-class DCNv2(nn.Module):
+class DCNv2(CtrModel):
     """DCN-V2 (Wang et al. 2021), stacked structure: full-rank cross layers, then the MLP on
     their output, then a linear logit (``parallel=True`` gives the paper's parallel variant)."""
 
@@ -270,22 +303,21 @@ class DCNv2(nn.Module):
         parallel: bool = False,
         sparse: bool = True,
     ) -> None:
-        super().__init__()
-        self.inputs = _DeepInput(hash_size, embed_dim, sparse)
-        d = self.inputs.out_dim
+        super().__init__(hash_size, embed_dim, sparse)
+        d = _deep_dim(embed_dim)
         self.parallel = parallel
         self.cross = nn.ModuleList(CrossLayerV2(d) for _ in range(num_layers))
         self.mlp = MLP(d, mlp_dims, dropout)
-        self.head = nn.Linear(self.mlp.out_dim + (d if parallel else 0), 1)
+        self.out = nn.Linear(self.mlp.out_dim + (d if parallel else 0), 1)
 
-    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        x0 = self.inputs(dense, sparse)  # (B, d)
+    def head(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        x0 = _deep_input(dense, emb)  # (B, d)
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
         # parallel: (B, d + h); stacked: (B, h)
         out = torch.cat([x, self.mlp(x0)], dim=1) if self.parallel else self.mlp(x)
-        return self.head(out).squeeze(1)  # (B, 1) -> (B,)
+        return self.out(out).squeeze(1)  # (B, 1) -> (B,)
 
 
 # ---- registered builders (``type: deepfm`` in configs); each has a ``*_tiny`` test variant ----

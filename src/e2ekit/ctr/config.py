@@ -1,0 +1,111 @@
+"""The ctr kit's config schema (PaddleRec / ElasticCTR names where they exist)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from e2ekit.core.schema import ExportConfig, OptimConfig, RunConfig, Strict, TrainConfig
+
+BUILTIN_PREFIX = "builtin:"
+
+
+class CtrModel(Strict):
+    type: str = Field("deepfm", description="lr, fm, dnn, wide_deep, deepfm, dcn, dcn_v2 (+_tiny)")
+    hash_size: int = Field(
+        2**18, ge=2, description="hash buckets PER SLOT (26 slots share one table); 0 = missing"
+    )
+    embed_dim: int | None = Field(None, ge=1, description="default: the model's")
+    mlp_dims: list[int] | None = Field(None, description="hidden widths; default: the model's")
+    num_layers: int | None = Field(None, ge=1, description="dcn / dcn_v2 cross layers")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class BuiltinCriteo(Strict):
+    """The generated data behind ``builtin:train`` / ``builtin:val`` / ``builtin:test``."""
+
+    train_rows: int = Field(400_000, ge=1)
+    val_rows: int = Field(100_000, ge=1)
+    test_rows: int = Field(20_000, ge=1)
+    seed: int = 0
+    ctr: float = Field(0.12, ge=0.01, le=0.5)
+
+
+class CtrData(Strict):
+    train: str | None = Field("builtin:train", description="file, folder or glob; or builtin:train")
+    val: str | None = "builtin:val"
+    test: str | None = None
+    format: Literal["auto", "criteo", "criteo_csv", "slots"] = Field(
+        "auto", description="criteo: TSV; criteo_csv: CSV with header; slots: 'label slot:id'"
+    )
+    max_bad_rows: int | None = Field(
+        None, ge=0, description="fail after this many malformed rows; unset: count and go on"
+    )
+    shuffle_buffer: int = Field(0, ge=0, description="rows held for shuffling; 0 = file order")
+    prefetch: int = Field(2, ge=0, description="batches parsed ahead in a background thread")
+    builtin: BuiltinCriteo = BuiltinCriteo()
+
+
+class SparseOptim(Strict):
+    """The slot table's own optimizer (fused row-wise updates, see ctr/engine/row_optim.py)."""
+
+    type: Literal["adagrad", "rowwise_adagrad", "adam", "sgd"] = "adam"
+    lr: float | None = Field(None, gt=0, description="default: optim.lr")
+    eps: float = Field(1e-8, gt=0)
+    initial_accumulator: float = Field(0.0, ge=0, description="adagrad types")
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class CtrTrain(TrainConfig):
+    mode: Literal["sync", "async", "ddp"] = Field(
+        "sync",
+        description="sync: one process, large batches; async: Hogwild worker processes on "
+        "shared tables; ddp: torchrun ranks, all-reduced dense grads and gathered row grads",
+    )
+    workers: int = Field(2, ge=1, description="async: worker processes")
+    threads: int | None = Field(
+        None, ge=1, description="torch threads per process; default: cores / processes"
+    )
+    batch_size: int = Field(4096, ge=1, description="per process")
+    eval_batch_size: int | None = Field(16384, ge=1)
+    log_interval: int = Field(50, ge=1)
+    metric: str | None = "auc"
+    metric_mode: Literal["max", "min"] = "max"
+
+
+class StreamConfig(Strict):
+    """``train --stream DIR``: time-partitioned folders ``DIR/YYYYMMDD/HH/`` with a donefile."""
+
+    donefile: str = Field("_SUCCESS", description="a partition is complete once this exists")
+    poll_seconds: float = Field(10.0, gt=0)
+    idle_timeout: float = Field(
+        0.0, ge=0, description="stop after this long with no new partition; 0 = when caught up"
+    )
+    eval_before_train: bool = Field(True, description="progressive validation on each partition")
+    export_each: bool = Field(True, description="export the model after every partition")
+    keep_checkpoints: int = Field(3, ge=1, description="partition checkpoints kept")
+    evict_after: int = Field(
+        0, ge=0, description="reset table rows not seen for N partitions; 0 = never"
+    )
+    max_partitions: int | None = Field(None, ge=1, description="stop after training this many")
+
+
+class CtrExport(ExportConfig):
+    sample_batch: int = Field(8, ge=1, description="rows in the export's sample inputs")
+
+
+class CtrConfig(RunConfig):
+    model: CtrModel = CtrModel()  # type: ignore[assignment]
+    data: CtrData = CtrData()  # type: ignore[assignment]
+    train: CtrTrain = CtrTrain()
+    optim: OptimConfig = OptimConfig(type="adam", lr=1e-3)
+    sparse_optim: SparseOptim = SparseOptim()
+    stream: StreamConfig = StreamConfig()
+    export: CtrExport = CtrExport()  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _checks(self) -> CtrConfig:
+        if self.train.grad_accum != 1:
+            raise ValueError("train.grad_accum: ctr trains with large batches instead; use 1")
+        return self

@@ -1,0 +1,1 @@
+"""CTR training engine: fused row optimizers, the sync/Hogwild/DDP trainers, streaming."""

@@ -1,0 +1,375 @@
+"""``e2ekit ctr train``: the CTR trainer (sync, Hogwild async, DDP) with the run-dir contract.
+
+Same outputs as the core trainer (config.yaml, best.pt/last.pt, metrics.jsonl/json,
+TensorBoard, train.log) but its own loop: data are streamed files, not an indexable
+dataset, and the slot table is updated by a fused row optimizer. Resume is exact: a
+checkpoint records the epoch and how many batches of it were trained, and the shuffled
+order of an epoch is a function of (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from e2ekit.core.config import save_config, to_dict
+from e2ekit.core.engine import dist
+from e2ekit.core.engine.checkpoint import (
+    atomic_torch_save,
+    capture_rng,
+    load_checkpoint,
+    model_state,
+    restore_rng,
+)
+from e2ekit.core.engine.env import seed_everything
+from e2ekit.core.engine.trainer import default_run_dir
+from e2ekit.core.errors import CheckpointError, ConfigError, E2EError
+from e2ekit.core.logs import MetricsWriter, add_file_log, jsonable, log, remove_handler
+from e2ekit.core.progress import progress
+from e2ekit.ctr.config import CtrConfig
+from e2ekit.ctr.data.splits import estimate_rows, make_stream, split_paths
+from e2ekit.ctr.engine.stepper import Stepper, build_model, evaluate
+
+FORMAT = "e2ekit-ctr-ckpt-1"
+
+
+def default_threads(processes: int) -> int:
+    """Cores split evenly over processes (at least one thread each)."""
+    return max(1, (torch.get_num_threads() or 1) // max(processes, 1))
+
+
+class CtrTrainer:
+    """Builds model, optimizers and run folder from the config; ``fit()`` trains."""
+
+    def __init__(
+        self,
+        cfg: CtrConfig,
+        out_dir: str | Path | None = None,
+        *,
+        config_name: str = "config",
+        resume: bool = False,
+        weights: str | Path | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.tc = cfg.train
+        self.resume = resume
+        self.distributed = self.tc.mode == "ddp" and dist.env_world_size() > 1
+        if self.tc.mode == "ddp" and not self.distributed:
+            log.warning("train.mode=ddp without torchrun: training in one process (sync)")
+        if self.distributed:
+            dist.init_distributed(torch.device("cpu"))
+        self.rank, self.world = (dist.rank(), dist.world_size()) if self.distributed else (0, 1)
+        self.is_main = self.rank == 0
+        self.out_dir = Path(out_dir) if out_dir else default_run_dir("ctr", config_name)
+        procs = self.tc.workers if self.tc.mode == "async" else 1
+        torch.set_num_threads(self.tc.threads or default_threads(procs))
+        seed_everything(cfg.seed)
+        self.model = build_model(cfg)
+        self.stepper = Stepper(self.model, cfg, distributed=self.distributed)
+        self.train_paths = split_paths(cfg, "train")
+        self.val_paths = split_paths(cfg, "val") if self.is_main else None
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.rows_seen = 0
+        self.best: dict[str, Any] | None = None
+        self.last_metrics: dict[str, Any] = {}
+        self.stream_state: dict[str, Any] = {"trained": []}
+        self.writer: MetricsWriter | None = None
+        self._file_log: Any = None
+        self.pool: Any = None
+        self._eval_step = -1
+        self.from_weights = bool(weights) and not resume  # a trained model from the start
+        if resume:
+            self._load_resume()
+        elif weights:
+            self.load_weights(weights)
+
+    # -- state ------------------------------------------------------------------------------
+    def _load_resume(self) -> None:
+        path = self.out_dir / "last.pt"
+        if not path.is_file():
+            raise CheckpointError(f"--resume: {path} does not exist; nothing to resume from")
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(ckpt["model"])
+        self.stepper.load_state_dict(ckpt["stepper"])
+        self.step, self.epoch = int(ckpt["step"]), int(ckpt["epoch"])
+        self.batch_in_epoch, self.rows_seen = int(ckpt["batch_in_epoch"]), int(ckpt["rows_seen"])
+        self.best = ckpt.get("best")
+        self.last_metrics = ckpt.get("metrics") or {}
+        self.stream_state = ckpt.get("stream") or {"trained": []}
+        restore_rng(ckpt["rng"])
+
+    def load_weights(self, weights: str | Path) -> None:
+        """Start from another run's model (streaming from an earlier model, fine-tuning)."""
+        ckpt = load_checkpoint(weights)
+        try:
+            self.model.load_state_dict(model_state(ckpt))
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise CheckpointError(f"--weights {weights} does not fit this model: {first}") from None
+        if "stepper" in ckpt:
+            try:
+                self.stepper.load_state_dict(ckpt["stepper"])
+            except (ValueError, KeyError) as exc:
+                log.warning("--weights %s: optimizer state not reused (%s)", weights, exc)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "kit": "ctr",
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "rows_seen": self.rows_seen,
+            "model": self.model.state_dict(),
+            "stepper": self.stepper.state_dict(),
+            "best": self.best,
+            "metrics": jsonable(self.last_metrics),
+            "stream": self.stream_state,
+            "rng": capture_rng(),
+            "config": to_dict(self.cfg),
+        }
+
+    def save(self, *names: str) -> None:
+        if not self.is_main:
+            return
+        state = self.state_dict()
+        for name in names or ("last.pt",):
+            atomic_torch_save(state, self.out_dir / name)
+
+    # -- run folder -------------------------------------------------------------------------
+    def open_run_dir(self) -> None:
+        if not self.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if not self.resume:
+            save_config(self.cfg, self.out_dir / "config.yaml")
+        self._file_log = add_file_log(self.out_dir / "train.log")
+        self.writer = MetricsWriter(self.out_dir, self.tc.tensorboard)
+        if self.resume:
+            self.writer.truncate_after(self.step)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        remove_handler(self._file_log)
+        self._file_log = None
+
+    # -- training ---------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train ``train.epochs`` passes (or ``max_steps``), evaluating and checkpointing."""
+        if self.train_paths is None:
+            raise ConfigError("no training data: set data.train (a file, folder or glob)")
+        self.open_run_dir()
+        try:
+            self._log_start(self.train_paths)
+            epochs = self.tc.epochs or 1
+            while self.epoch < epochs and not self._steps_done():
+                self.train_pass(self.train_paths, epoch=self.epoch, skip=self.batch_in_epoch)
+                if self._steps_done() and self.batch_in_epoch:
+                    break  # max_steps hit mid-epoch: the final eval below covers it
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self.evaluate_and_save()
+            if self._eval_step != self.step:  # same decision on every rank
+                self.evaluate_and_save()
+            return self._finish()
+        finally:
+            self.close()
+
+    def _steps_done(self) -> bool:
+        return self.tc.max_steps is not None and self.step >= self.tc.max_steps
+
+    def _log_start(self, paths: str) -> None:
+        if not self.is_main:
+            return
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.info(
+            "train ctr %s (%s, %d proc x %d threads): %.2fM params (table %d rows x %d), "
+            "batch %d, data %s, out %s%s",
+            self.cfg.model.type,
+            self.tc.mode,
+            self.tc.workers if self.tc.mode == "async" else self.world,
+            torch.get_num_threads(),
+            n_params / 1e6,
+            self.stepper.table.shape[0],
+            self.stepper.width,
+            self.tc.batch_size,
+            paths,
+            self.out_dir,
+            f", resumed at step {self.step}" if self.resume else "",
+        )
+
+    def train_pass(
+        self, paths: str | list[str], *, epoch: int, skip: int = 0, desc: str = "train"
+    ) -> dict[str, Any]:
+        """One pass over ``paths`` (skipping ``skip`` batches already trained); returns stats."""
+        if self.tc.mode == "async":
+            return self._async_pass(paths, epoch=epoch, desc=desc)
+        shard = (self.rank, self.world) if self.distributed else None
+        stream = make_stream(
+            self.cfg, paths, train=True, epoch=epoch, shard=shard, drop_last=self.distributed
+        )
+        total = estimate_rows(paths)
+        bar = progress(total=total, desc=desc, unit="row", unit_scale=True)
+        t0, rows, window, window_n = time.perf_counter(), 0, 0.0, 0
+        index = -1
+        self.model.train()
+        it = iter(stream)
+        try:
+            while True:
+                batch = next(it, None)
+                if self.distributed and not dist_all_have(batch is not None):
+                    break  # ranks stop together; at most world-1 batches left untrained
+                if batch is None:
+                    break
+                index += 1
+                n = len(batch["label"]) * self.world
+                bar.update(n)
+                if index < skip:
+                    continue
+                loss = self.stepper.step(batch)
+                self.step += 1
+                self.batch_in_epoch = index + 1
+                self.rows_seen += n
+                rows += n
+                window += loss
+                window_n += 1
+                if self.step % self.tc.log_interval == 0:
+                    self._log_train(window / window_n, rows, t0, bar)
+                    window, window_n = 0.0, 0
+                if self.tc.eval_interval and self.step % self.tc.eval_interval == 0:
+                    self.evaluate_and_save()
+                if self._steps_done():
+                    break
+        finally:
+            bar.close()
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+        seconds = time.perf_counter() - t0
+        stats = stream.stats
+        if stats.bad_rows and self.is_main:
+            log.warning("%s", stats.summary())
+        return {
+            "rows": rows,
+            "seconds": seconds,
+            "rows_per_s": rows / max(seconds, 1e-9),
+            "bad_rows": stats.bad_rows,
+        }
+
+    def _async_pass(self, paths: str | list[str], *, epoch: int, desc: str) -> dict[str, Any]:
+        from e2ekit.ctr.engine.hogwild import HogwildPool
+
+        if self.pool is None:
+            self.pool = HogwildPool(self)
+        stats = self.pool.train(paths, epoch=epoch, desc=desc)
+        self.step += stats["steps"]
+        self.rows_seen += stats["rows"]
+        self.batch_in_epoch = 0
+        if stats["bad_rows"]:
+            log.warning(
+                "%d malformed rows skipped (first: %s)", stats["bad_rows"], stats["first_bad"]
+            )
+        return stats
+
+    def _log_train(self, loss: float, rows: int, t0: float, bar: Any) -> None:
+        if not self.is_main:
+            return
+        rate = rows / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        log.info("step %d loss %.4f %.0f samples/s", self.step, loss, rate)
+        if self.writer is not None:
+            self.writer.scalars({"loss": loss, "samples_per_s": rate}, self.step)
+
+    # -- evaluation -------------------------------------------------------------------------
+    def evaluate_paths(self, paths: str | list[str], desc: str = "eval") -> dict[str, Any]:
+        return evaluate(self.model, make_stream(self.cfg, paths, train=False), desc=desc)
+
+    def evaluate_and_save(self, record_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Evaluate on val (rank 0), log it, keep best.pt and last.pt current."""
+        metrics: dict[str, Any] = {}
+        improved = False
+        self._eval_step = self.step
+        if self.is_main and self.val_paths is not None:
+            metrics = self.evaluate_paths(self.val_paths)
+            improved = self._track_best(metrics)
+            record = {"step": self.step, "epoch": self.epoch, "rows_seen": self.rows_seen}
+            record.update(record_extra or {})
+            record.update(metrics)
+            if self.writer is not None:
+                self.writer.write_eval(record)
+            log.info("eval step %d: %s", self.step, fmt_metrics(metrics))
+        self.last_metrics = metrics
+        self.save(*(("last.pt", "best.pt") if improved else ("last.pt",)))
+        if self.distributed:
+            dist.barrier()
+        return metrics
+
+    def _track_best(self, metrics: dict[str, Any]) -> bool:
+        name = self.tc.metric or "auc"
+        value = metrics.get(name)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return self.best is None
+        if name not in metrics:
+            raise ConfigError(f"train.metric '{name}' is not reported; have {sorted(metrics)}")
+        better = (
+            self.best is None
+            or self.best.get("value") is None
+            or (
+                value > self.best["value"]
+                if self.tc.metric_mode == "max"
+                else value < self.best["value"]
+            )
+        )
+        if better:
+            self.best = {"metric": name, "value": float(value), "step": self.step}
+            self.best["metrics"] = jsonable(metrics)
+        return better
+
+    def _finish(self) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        if self.is_main:
+            if self.best is not None:
+                result = dict(self.best["metrics"])
+                result.update(step=self.best["step"], best_metric=self.best["metric"])
+            else:
+                result = {"step": self.step}
+            result.pop("calibration_bins", None)
+            tmp = self.out_dir / "metrics.json.tmp"
+            full = dict(self.best["metrics"]) if self.best else dict(result)
+            full.update({k: v for k, v in result.items() if k in ("step", "best_metric")})
+            tmp.write_text(json.dumps(jsonable(full), indent=2) + "\n")
+            tmp.replace(self.out_dir / "metrics.json")
+        if self.step == 0 and not self.resume:
+            raise E2EError("training ran no step: the train data yields no rows")
+        return result
+
+
+def dist_all_have(flag: bool) -> bool:
+    """True when every rank still has a batch (one tiny all-reduce per step)."""
+    t = torch.tensor([0 if flag else 1], dtype=torch.int32)
+    torch.distributed.all_reduce(t)
+    return int(t) == 0
+
+
+def fmt_metrics(metrics: dict[str, Any]) -> str:
+    keys = ("auc", "logloss", "calibration", "samples", "eval_seconds")
+    parts = []
+    for key in keys:
+        value = metrics.get(key)
+        if isinstance(value, float):
+            parts.append(f"{key} {value:.4f}")
+        elif value is not None:
+            parts.append(f"{key} {value}")
+    return ", ".join(parts)

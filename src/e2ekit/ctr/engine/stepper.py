@@ -1,0 +1,161 @@
+"""One CTR training step, shared by the sync, Hogwild and DDP trainers, and evaluation.
+
+The step looks the batch's rows up from the slot table as a plain leaf tensor, runs the
+model's dense ``head``, and after backward hands the rows' gradient to the fused
+:class:`RowOptimizer` (the dense part goes to a normal torch optimizer). Under torchrun the
+dense grads are all-reduced and the row grads all-gathered, so every rank applies the same
+updates to its own full replica of the table (replicas never drift).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+from torch import nn
+
+from e2ekit.core.engine.optim import build_optimizer
+from e2ekit.core.errors import ConfigError
+from e2ekit.core.progress import progress
+from e2ekit.core.registry import MODELS
+from e2ekit.ctr.config import CtrConfig
+from e2ekit.ctr.engine.row_optim import RowOptimizer
+from e2ekit.ctr.metrics import CtrMetrics
+from e2ekit.ctr.models.zoo import CtrModel
+
+
+def build_model(cfg: CtrConfig) -> CtrModel:
+    """The configured zoo model; only the keys the user set are passed (tiny variants fix dims)."""
+    import e2ekit.ctr.models  # noqa: F401  (registers the zoo)
+
+    m = cfg.model
+    spec: dict[str, Any] = {"type": m.type, "hash_size": m.hash_size}
+    for key in ("embed_dim", "mlp_dims", "num_layers"):
+        if getattr(m, key) is not None:
+            spec[key] = getattr(m, key)
+    if m.dropout:
+        spec["dropout"] = m.dropout
+    try:
+        model = MODELS.build(spec)
+    except TypeError as exc:
+        raise ConfigError(f"model.{m.type}: {exc}") from None
+    if not isinstance(model, CtrModel):
+        raise ConfigError(f"model.type '{m.type}' is not a CTR model (a ctr zoo CtrModel)")
+    return model
+
+
+class Stepper:
+    """Model + dense optimizer + fused row optimizer; ``step(batch)`` returns the loss."""
+
+    def __init__(self, model: CtrModel, cfg: CtrConfig, distributed: bool = False) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.table = model.tables.embedding.weight
+        self.offsets = model.tables.offsets
+        self.width = int(self.table.shape[1])
+        groups = [{"params": model.dense_parameters()}]
+        self.dense_opt = build_optimizer(model, cfg.optim, groups)
+        so = cfg.sparse_optim
+        self.rows = RowOptimizer(
+            self.table.data,
+            so.type,
+            lr=so.lr or cfg.optim.lr,
+            eps=so.eps,
+            betas=cfg.optim.betas,
+            initial_accumulator=so.initial_accumulator,
+            weight_decay=so.weight_decay,
+        )
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.distributed = distributed
+        self.world = tdist.get_world_size() if distributed else 1
+        self.seen: torch.Tensor | None = None  # per-row last partition seen (eviction)
+        self.partition = 0
+
+    def track_rows(self) -> None:
+        """Start recording when each table row was last looked up (for eviction)."""
+        if self.seen is None:
+            self.seen = torch.zeros(self.table.shape[0], dtype=torch.int32)
+
+    def step(self, batch: dict[str, torch.Tensor]) -> float:
+        dense, sparse, label = batch["dense"], batch["sparse"], batch["label"]
+        n = sparse.shape[0]
+        ids = (sparse + self.offsets).reshape(-1)  # (B * 26,) global rows
+        emb = self.table.detach().index_select(0, ids).view(n, -1, self.width).requires_grad_()
+        loss = self.loss_fn(self.model.head(dense, emb), label)
+        self.dense_opt.zero_grad(set_to_none=False)
+        loss.backward()
+        grad = emb.grad.view(-1, self.width)  # type: ignore[union-attr]
+        if self.distributed:
+            ids, grad = self._sync(ids, grad)
+        self.dense_opt.step()
+        self.rows.step(ids, grad)
+        if self.seen is not None:
+            self.seen[ids] = self.partition
+        return float(loss.detach())
+
+    def _sync(self, ids: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Average dense grads over ranks; gather every rank's row ids and (scaled) grads."""
+        grads = [p.grad for p in self.model.dense_parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        tdist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+        all_ids = [torch.empty_like(ids) for _ in range(self.world)]
+        all_grads = [torch.empty_like(grad) for _ in range(self.world)]
+        tdist.all_gather(all_ids, ids)
+        tdist.all_gather(all_grads, grad)
+        return torch.cat(all_ids), torch.cat(all_grads) / self.world
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "dense_optimizer": self.dense_opt.state_dict(),
+            "row_optimizer": self.rows.state_dict(),
+            "seen": self.seen,
+            "partition": self.partition,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dense_opt.load_state_dict(state["dense_optimizer"])
+        self.rows.load_state_dict(state["row_optimizer"])
+        if state.get("seen") is not None:
+            self.seen = state["seen"].clone()
+        self.partition = int(state.get("partition", 0))
+
+    def evict(self, older_than: int) -> int:
+        """Reset rows whose last lookup is more than ``older_than`` partitions ago."""
+        if self.seen is None:
+            return 0
+        touched = self.rows.touched_rows()
+        stale = touched[self.seen[touched] < self.partition - older_than]
+        self.rows.reset_rows(stale)
+        return int(stale.numel())
+
+
+@torch.inference_mode()
+def evaluate(
+    model: CtrModel, batches: Iterable[dict[str, torch.Tensor]], desc: str = "eval"
+) -> dict[str, Any]:
+    """AUC, logloss and calibration of ``model`` over ``batches`` (exact, one pass)."""
+    was_training = model.training
+    model.eval()
+    metrics = CtrMetrics()
+    t0 = time.perf_counter()
+    bar = progress(desc=desc, unit="row", unit_scale=True)
+    try:
+        for batch in batches:
+            probs = torch.sigmoid(model(batch["dense"], batch["sparse"]))
+            metrics.update(batch["label"].numpy(), probs.numpy())
+            bar.update(len(probs))
+    finally:
+        bar.close()
+        model.train(was_training)
+    result = metrics.compute()
+    result["eval_seconds"] = round(time.perf_counter() - t0, 3)
+    return result

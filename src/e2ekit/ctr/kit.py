@@ -1,0 +1,247 @@
+"""ctr kit wiring: its own train/eval/export verbs (streamed data, fused tables), predict to
+``predictions.tsv``, and ``POST /predict`` over raw Criteo rows."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from argparse import Namespace
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from e2ekit.core.engine.checkpoint import load_checkpoint, model_state
+from e2ekit.core.errors import CheckpointError, ConfigError, E2EError
+from e2ekit.core.kit import Kit
+from e2ekit.core.logs import jsonable, log
+from e2ekit.core.progress import progress
+from e2ekit.core.serve import BadRequest, Endpoint
+from e2ekit.core.verbs import default_export_dir, load_run_config
+from e2ekit.ctr.config import CtrConfig
+from e2ekit.ctr.task import CtrTask
+
+MAX_LINE_CHARS = 10_000
+DEMO_ROWS = [
+    "\t".join(["5", "", "3", "1", "120", "", "2", "0", "7", "", "1", "", "4"])
+    + "\t"
+    + "\t".join(f"{(i * 2654435761) % 2**32:08x}" for i in range(26)),
+    "\t".join(["", "1", "", "", "9", "44", "", "3", "", "1", "", "0", ""])
+    + "\t"
+    + "\t".join("" if i % 5 == 0 else f"{(i * 40503 + 7) % 2**32:08x}" for i in range(26)),
+]
+
+
+class PredictRequest(BaseModel):
+    rows: list[str] = Field(
+        ...,
+        description="Criteo rows as TSV text: I1..I13, C1..C26 (39 fields; a leading label "
+        "column is accepted and ignored)",
+    )
+
+
+def _load(kit: Kit, args: Namespace) -> tuple[CtrConfig, dict[str, Any], Any, Any]:
+    """Config, checkpoint, model and stepper of ``--weights``."""
+    from e2ekit.ctr.engine.stepper import Stepper, build_model
+
+    if not args.weights:
+        raise E2EError("--weights is required: a checkpoint (best.pt/last.pt) or a run folder")
+    cfg, _ = load_run_config(kit, args)
+    path = Path(args.weights)
+    if path.is_dir():
+        path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
+    ckpt = load_checkpoint(path)
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(model_state(ckpt))
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(
+            f"--weights {args.weights} does not fit this config: {first}"
+        ) from None
+    stepper = Stepper(model, cfg)
+    if "stepper" in ckpt:
+        stepper.load_state_dict(ckpt["stepper"])
+    return cfg, ckpt, model, stepper
+
+
+def cmd_train(kit: Kit, args: Namespace) -> dict[str, Any]:
+    from e2ekit.ctr.engine.fit import CtrTrainer
+
+    cfg, name = load_run_config(kit, args)
+    trainer = CtrTrainer(
+        cfg,
+        args.resume or args.out,
+        config_name=name,
+        resume=bool(args.resume),
+        weights=args.weights,
+    )
+    if getattr(args, "stream", None):
+        from e2ekit.ctr.engine.stream import fit_stream
+
+        result = fit_stream(trainer, args.stream)
+    else:
+        result = trainer.fit()
+    if trainer.is_main:
+        log.info("run folder: %s", trainer.out_dir)
+    return result
+
+
+def cmd_eval(kit: Kit, args: Namespace) -> dict[str, Any]:
+    import json
+
+    from e2ekit.ctr.data.splits import make_stream, split_paths
+    from e2ekit.ctr.engine.stepper import evaluate
+
+    cfg, _, model, _ = _load(kit, args)
+    split = args.split
+    paths = split_paths(cfg, split) if split in ("train", "val", "test") else None
+    if paths is None:
+        if split in ("train", "val", "test"):
+            raise ConfigError(f"no data.{split} configured; set it with -o data.{split}=PATH")
+        raise ConfigError(f"--split {split}: use train, val or test")
+    metrics = evaluate(model, make_stream(cfg, paths, train=False), desc=f"eval {split}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2) + "\n")
+    metrics.pop("calibration_bins", None)
+    return metrics
+
+
+def cmd_export(kit: Kit, args: Namespace) -> dict[str, Any]:
+    from e2ekit.core.export import quantize_int8
+    from e2ekit.ctr.export import export_model
+
+    cfg, ckpt, model, stepper = _load(kit, args)
+    out = Path(args.out) if args.out else default_export_dir(kit, args.weights)
+    trained = (ckpt.get("stream") or {}).get("trained") or []
+    version = f"step-{ckpt.get('step', 0)}" + (
+        f"-{trained[-1].replace('/', '-')}" if trained else ""
+    )
+    rows = stepper.rows.touched_rows() if "stepper" in ckpt else None
+    report = export_model(model, cfg, out, rows=rows, version=version)
+    summary: dict[str, Any] = {
+        "export_dir": str(out),
+        "max_abs_diff": report["onnx"]["max_abs_diff"],
+        "sparse_rows": int(rows.numel())
+        if rows is not None
+        else int(model.tables.embedding.weight.shape[0]),
+        "model_version": version,
+    }
+    if args.quantize or cfg.export.quantize:
+        int8 = quantize_int8(out, mode=cfg.export.quantize_mode)
+        summary.update(int8_mode=cfg.export.quantize_mode, int8_max_abs_diff=int8["max_abs_diff"])
+    return summary
+
+
+class CtrKit(Kit):
+    name = "ctr"
+    schema = CtrConfig
+    description = "click-through-rate models on hashed Criteo features: sync, async, streaming"
+
+    def make_task(self, cfg: CtrConfig) -> CtrTask:  # type: ignore[override]
+        return CtrTask(cfg)
+
+    def verbs(self) -> dict[str, Callable[..., dict[str, Any]]]:
+        return {"train": cmd_train, "eval": cmd_eval, "export": cmd_export}
+
+    def add_arguments(self, verb: str, parser: argparse.ArgumentParser) -> None:
+        if verb == "train":
+            parser.add_argument(
+                "--stream",
+                metavar="DIR",
+                help="train on DIR/YYYYMMDD/HH/ partitions as their donefile appears",
+            )
+
+    def predict(self, predictor: Any, input_path: Path, out_dir: Path) -> dict[str, Any]:
+        from e2ekit.ctr.data.formats import open_reader
+        from e2ekit.ctr.metrics import CtrMetrics
+        from e2ekit.ctr.runner import CtrRunner
+
+        runner = CtrRunner(predictor)
+        reader = open_reader(
+            str(input_path), format="auto", hash_size=runner.hash_size, batch_size=8192
+        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / ".predictions.tsv.tmp"
+        metrics = CtrMetrics()
+        rows = 0
+        bar = progress(desc="predict", unit="row", unit_scale=True)
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write("prob\tlabel\n")
+                for batch in reader:
+                    probs = runner.score(batch["dense"], batch["sparse"])
+                    labels = batch["label"]
+                    fh.writelines(f"{p:.6f}\t{y}\n" for p, y in zip(probs, labels, strict=True))
+                    metrics.update(labels, probs)
+                    rows += len(probs)
+                    bar.update(len(probs))
+            tmp.replace(out_dir / "predictions.tsv")
+        finally:
+            bar.close()
+            tmp.unlink(missing_ok=True)
+        if rows == 0:
+            raise E2EError(f"--input {input_path}: no valid rows to predict")
+        result = metrics.compute()
+        summary = {
+            "rows": rows,
+            "output": str(out_dir / "predictions.tsv"),
+            "mean_prob": result["ctr_predicted"],
+            "auc": result["auc"],
+            "logloss": result["logloss"],
+            "model_version": runner.version,
+        }
+        if reader.stats.bad_rows:
+            summary["bad_rows"] = reader.stats.bad_rows
+            log.warning("%s", reader.stats.summary())
+        return summary
+
+    def endpoints(self, predictor: Any) -> list[Endpoint]:
+        from e2ekit.ctr.runner import CtrRunner, parse_lines
+
+        runner = CtrRunner(predictor)
+
+        def to_items(req: PredictRequest) -> list[tuple[np.ndarray, np.ndarray]]:
+            if not req.rows:
+                raise BadRequest("'rows' must be a non-empty list of Criteo TSV rows", 422)
+            for i, line in enumerate(req.rows):
+                if len(line) > MAX_LINE_CHARS:
+                    raise BadRequest(
+                        f"rows[{i}] has {len(line)} characters; at most {MAX_LINE_CHARS}", 413
+                    )
+            feats = parse_lines(req.rows, runner.hash_size)  # ValueError -> 422 naming the row
+            return list(zip(feats["dense"], feats["sparse"], strict=True))
+
+        def run_batch(items: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
+            dense = np.stack([d for d, _ in items])
+            sparse = np.stack([s for _, s in items])
+            return [float(p) for p in runner.score(dense, sparse)]
+
+        def to_response(req: PredictRequest, results: list[float]) -> dict[str, Any]:
+            return {"probs": results, "model_version": runner.version}
+
+        return [Endpoint("/predict", PredictRequest, to_items, run_batch, to_response)]
+
+    def demo_input(self, cfg: CtrConfig, folder: Path) -> Path:  # type: ignore[override]
+        from e2ekit.ctr.data.splits import split_paths
+
+        source = split_paths(cfg, "val")
+        if source is None or not os.path.isfile(source):
+            raise ConfigError("the ctr demo predicts on data.val; set it to a file")
+        out = folder / "predict_input.tsv"
+        with open(source, encoding="utf-8") as src, open(out, "w", encoding="utf-8") as dst:
+            for i, line in enumerate(src):
+                if i >= 2000:
+                    break
+                dst.write(line)
+        return out
+
+    def demo_request(self, deploy: dict[str, Any]) -> dict[str, Any]:
+        return {"rows": list(DEMO_ROWS)}
+
+
+KIT = CtrKit()

@@ -1,0 +1,219 @@
+"""The ctr kit end to end: train, resume, eval, export (dense ONNX + sparse store), predict,
+serve; Hogwild async and DDP training; malformed rows counted."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ..conftest import ROOT, SHARED_DATA
+
+TINY = str(ROOT / "configs" / "ctr" / "tiny.yaml")
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from e2ekit.core.cli import main
+
+    run = tmp_path_factory.mktemp("ctr") / "run"
+    assert main(["ctr", "train", "-c", TINY, "-o", "train.epochs=2", "--out", str(run)]) == 0
+    return run
+
+
+def test_train_writes_run_folder(trained: Path) -> None:
+    for name in ("config.yaml", "best.pt", "last.pt", "metrics.json", "metrics.jsonl", "train.log"):
+        assert (trained / name).is_file(), name
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["best_metric"] == "auc"
+    assert 0.5 < metrics["auc"] <= 1.0
+    assert {"logloss", "calibration", "calibration_bins", "samples"} <= set(metrics)
+    evals = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in evals] == [1, 2]
+    ckpt = torch.load(trained / "last.pt", weights_only=False)
+    assert ckpt["kit"] == "ctr" and ckpt["step"] == evals[-1]["step"]
+
+
+def test_eval_matches_training_eval(cli, trained: Path) -> None:
+    best = json.loads((trained / "metrics.json").read_text())
+    code, out, err = cli("ctr", "eval", "--weights", trained / "best.pt")
+    assert code == 0, err
+    assert last_json(out)["auc"] == pytest.approx(best["auc"], abs=1e-6)
+
+
+def test_resume_continues_exactly(cli, tmp_path: Path, trained: Path) -> None:
+    """Two steps, then resume to the end of 2 epochs: same weights as one straight run."""
+    run = tmp_path / "run"
+    code, _, err = cli("ctr", "train", "-c", TINY, "-o", "train.max_steps=5", "--out", run)
+    assert code == 0, err
+    cfg = run / "config.yaml"
+    text = (
+        cfg.read_text().replace("max_steps: 5", "max_steps: null").replace("epochs: 1", "epochs: 2")
+    )
+    cfg.write_text(text)
+    code, _, err = cli("ctr", "train", "--resume", run)
+    assert code == 0, err
+    a = torch.load(run / "last.pt", weights_only=False)
+    b = torch.load(trained / "last.pt", weights_only=False)
+    assert a["step"] == b["step"]
+    for key, value in b["model"].items():
+        torch.testing.assert_close(a["model"][key], value, rtol=1e-4, atol=1e-6)
+
+
+def test_export_predict_serve(cli, trained: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    code, out, err = cli("ctr", "export", "--weights", trained, "--out", export)
+    assert code == 0, err
+    summary = last_json(out)
+    assert summary["max_abs_diff"] < 1e-4
+    manifest = json.loads((export / "sparse" / "manifest.json").read_text())
+    assert manifest["format"] == "e2ekit-ctr-sparse" and manifest["format_version"] == 1
+    keys = np.load(export / "sparse" / "keys.npy")
+    values = np.load(export / "sparse" / "values.npy")
+    assert keys.shape[0] == values.shape[0] == manifest["rows"] == summary["sparse_rows"] > 0
+    assert np.all(np.diff(keys) > 0) and values.shape[1] == manifest["width"]
+    assert manifest["model_version"].startswith("step-")
+
+    from e2ekit.ctr.data.splits import split_paths
+    from e2ekit.ctr.kit import _load
+
+    # exported store + ONNX == the PyTorch model on every val row (ids the export never saw
+    # look up zeros, the model looks up its near-zero init rows: hence the tolerance)
+    cfg_path = trained / "config.yaml"
+    from e2ekit.core.config import load_config
+    from e2ekit.ctr.config import CtrConfig
+
+    cfg = load_config(cfg_path, CtrConfig, [])
+    val = split_paths(cfg, "val")
+    preds = {}
+    for flag, value in (("--model", export), ("--weights", trained / "best.pt")):
+        out_dir = tmp_path / f"pred{flag}"
+        code, out, err = cli("ctr", "predict", flag, value, "--input", val, "--out", out_dir)
+        assert code == 0, err
+        result = last_json(out)
+        assert result["rows"] == 1000
+        lines = (out_dir / "predictions.tsv").read_text().splitlines()
+        assert lines[0] == "prob\tlabel" and len(lines) == 1001
+        preds[flag] = np.array([float(x.split("\t")[0]) for x in lines[1:]])
+    np.testing.assert_allclose(preds["--model"], preds["--weights"], atol=1e-3)
+    best = json.loads((trained / "metrics.json").read_text())
+    assert result["auc"] == pytest.approx(best["auc"], abs=1e-3)
+    del _load
+
+    from fastapi.testclient import TestClient
+
+    from e2ekit.core.infer import Predictor
+    from e2ekit.core.kit import get_kit
+    from e2ekit.core.serve import ServeSettings, create_app
+
+    kit = get_kit("ctr")
+    predictor = Predictor(export)
+    app = create_app(kit.endpoints(predictor), ServeSettings(), model_info={"kit": "ctr"})
+    rows = Path(val).read_text().splitlines()[:3]
+    with TestClient(app) as client:
+        ok = client.post("/predict", json={"rows": rows}).json()
+        assert len(ok["probs"]) == 3 and ok["model_version"] == manifest["model_version"]
+        np.testing.assert_allclose(ok["probs"], preds["--model"][:3], atol=1e-5)
+        nolabel = client.post("/predict", json={"rows": [r.split("\t", 1)[1] for r in rows]})
+        np.testing.assert_allclose(nolabel.json()["probs"], ok["probs"], atol=1e-6)
+        bad = client.post("/predict", json={"rows": ["1\t2\t3"]})
+        assert bad.status_code == 422 and "fields" in bad.text
+        assert client.post("/predict", json={"rows": []}).status_code == 422
+        assert client.post("/predict", json={"rows": ["x" * 20_000]}).status_code == 413
+        assert client.get("/health").status_code == 200
+        demo = client.post("/predict", json=kit.demo_request(predictor.deploy))
+        assert demo.status_code == 200 and len(demo.json()["probs"]) == 2
+
+
+def test_async_hogwild_two_workers(cli, tmp_path: Path) -> None:
+    run = tmp_path / "async"
+    code, out, err = cli(
+        "ctr", "train", "-c", TINY, "-o", "train.mode=async", "-o", "train.workers=2",
+        "-o", "train.epochs=2", "--out", run,
+    )  # fmt: skip
+    assert code == 0, err
+    metrics = last_json(out)
+    assert metrics["auc"] > 0.55
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    # both workers trained: every row of both epochs counted once
+    assert ckpt["rows_seen"] == 2 * 3000
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+    reason="torchrun not installed",
+)
+def test_ddp_two_ranks(tmp_path: Path) -> None:
+    import subprocess
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    run = tmp_path / "ddp"
+    proc = subprocess.run(
+        [
+            str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "e2ekit",
+            "ctr", "train", "-c", TINY, "-o", "train.mode=ddp", "-o", "train.threads=1",
+            "--out", str(run),
+        ],
+        cwd=ROOT, env={**os.environ, "E2EKIT_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["auc"] > 0.5
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    # each rank parses its half (~1500 rows): 5 full batches of 256, the short one dropped
+    assert ckpt["step"] == 5 and ckpt["rows_seen"] == 5 * 512
+
+
+def test_malformed_rows_counted_and_reported(cli, tmp_path: Path, trained: Path) -> None:
+    from e2ekit.core.config import load_config
+    from e2ekit.ctr.config import CtrConfig
+    from e2ekit.ctr.data.splits import split_paths
+
+    cfg = load_config(trained / "config.yaml", CtrConfig, [])
+    rows = Path(split_paths(cfg, "train")).read_text().splitlines()[:600]
+    rows[10] = "2\t" + rows[10].split("\t", 1)[1]  # bad label
+    rows[20] = "0\tabc" + rows[20].split("\t", 1)[1][1:]  # I1 not an integer
+    rows[30] = "1\t2\t3"  # too few fields
+    data = tmp_path / "bad.tsv"
+    data.write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    code, _, err = cli("ctr", "train", "-c", TINY, "-o", f"data.train={data}", "--out", run)
+    assert code == 0, err
+    log = (run / "train.log").read_text()
+    assert "597 rows from 1 file(s), 3 malformed" in log, log[-2000:]
+    assert f"{data}:11" in log and f"{data}:31" in log
+    code, _out, err = cli(
+        "ctr", "train", "-c", TINY, "-o", f"data.train={data}", "-o", "data.max_bad_rows=1",
+        "--out", tmp_path / "strict",
+    )  # fmt: skip
+    assert code == 1 and f"{data}:21" in err and "max_bad_rows=1" in err
+    assert not (tmp_path / "strict" / "last.pt").exists()
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ctr").is_dir(), reason="shared sample data not present")
+def test_real_samples_train_and_eval(cli, tmp_path: Path) -> None:
+    sample = SHARED_DATA / "ctr" / "paddlerec_sample"
+    run = tmp_path / "real"
+    code, out, err = cli(
+        "ctr", "train", "-c", TINY, "-o", f"data.train={sample / 'sample_train.txt'}",
+        "-o", f"data.val={sample / 'sample_test.txt'}", "-o", "train.batch_size=32",
+        "-o", "train.epochs=3", "--out", run,
+    )  # fmt: skip
+    assert code == 0, err
+    metrics = last_json(out)
+    assert metrics["samples"] == 100 and metrics["auc"] is not None
+    csv = SHARED_DATA / "ctr" / "deepctr_sample" / "criteo_sample.txt"
+    code, out, err = cli("ctr", "eval", "--weights", run / "best.pt", "-o", f"data.val={csv}")
+    assert code == 0, err
+    assert last_json(out)["samples"] == 200
