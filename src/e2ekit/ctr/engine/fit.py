@@ -9,6 +9,7 @@ order of an epoch is a function of (seed, epoch).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -66,13 +67,11 @@ class CtrTrainer:
         self.rank, self.world = (dist.rank(), dist.world_size()) if self.distributed else (0, 1)
         self.is_main = self.rank == 0
         self.out_dir = Path(out_dir) if out_dir else default_run_dir("ctr", config_name)
-        procs = self.tc.workers if self.tc.mode == "async" else 1
-        torch.set_num_threads(self.tc.threads or default_threads(procs))
+        if self.tc.mode != "async":  # Hogwild workers set their own; the parent keeps all
+            torch.set_num_threads(self.tc.threads or default_threads(self.world))
         seed_everything(cfg.seed)
         self.model = build_model(cfg)
         self.stepper = Stepper(self.model, cfg, distributed=self.distributed)
-        self.train_paths = split_paths(cfg, "train")
-        self.val_paths = split_paths(cfg, "val") if self.is_main else None
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -89,6 +88,15 @@ class CtrTrainer:
             self._load_resume()
         elif weights:
             self.load_weights(weights)
+
+    # -- data (resolved lazily: built-in data are generated only when used) ----------------
+    @functools.cached_property
+    def train_paths(self) -> str | None:
+        return split_paths(self.cfg, "train")
+
+    @functools.cached_property
+    def val_paths(self) -> str | None:
+        return split_paths(self.cfg, "val") if self.is_main else None
 
     # -- state ------------------------------------------------------------------------------
     def _load_resume(self) -> None:
@@ -173,6 +181,8 @@ class CtrTrainer:
         self.open_run_dir()
         try:
             self._log_start(self.train_paths)
+            if self.tc.mode == "async":
+                self.start_pool()  # spawn once, before any timing
             epochs = self.tc.epochs or 1
             while self.epoch < epochs and not self._steps_done():
                 self.train_pass(self.train_paths, epoch=self.epoch, skip=self.batch_in_epoch)
@@ -221,7 +231,9 @@ class CtrTrainer:
             self.cfg, paths, train=True, epoch=epoch, shard=shard, drop_last=self.distributed
         )
         total = estimate_rows(paths)
-        bar = progress(total=total, desc=desc, unit="row", unit_scale=True)
+        bar = progress(
+            total=total, desc=desc, unit="row", unit_scale=True, enabled=self.tc.progress
+        )
         t0, rows, window, window_n = time.perf_counter(), 0, 0.0, 0
         index = -1
         self.model.train()
@@ -268,11 +280,16 @@ class CtrTrainer:
             "bad_rows": stats.bad_rows,
         }
 
-    def _async_pass(self, paths: str | list[str], *, epoch: int, desc: str) -> dict[str, Any]:
+    def start_pool(self) -> None:
+        """Spawn the Hogwild workers now (else the first async pass does it)."""
         from e2ekit.ctr.engine.hogwild import HogwildPool
 
         if self.pool is None:
             self.pool = HogwildPool(self)
+
+    def _async_pass(self, paths: str | list[str], *, epoch: int, desc: str) -> dict[str, Any]:
+        if self.pool is None:
+            self.start_pool()
         stats = self.pool.train(paths, epoch=epoch, desc=desc)
         self.step += stats["steps"]
         self.rows_seen += stats["rows"]
@@ -294,7 +311,10 @@ class CtrTrainer:
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate_paths(self, paths: str | list[str], desc: str = "eval") -> dict[str, Any]:
-        return evaluate(self.model, make_stream(self.cfg, paths, train=False), desc=desc)
+        stream = make_stream(self.cfg, paths, train=False)
+        return evaluate(
+            self.model, stream, desc=desc, total=estimate_rows(paths), bar=self.tc.progress
+        )
 
     def evaluate_and_save(self, record_extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Evaluate on val (rank 0), log it, keep best.pt and last.pt current."""

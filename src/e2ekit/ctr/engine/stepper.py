@@ -140,21 +140,25 @@ class Stepper:
 
 @torch.inference_mode()
 def evaluate(
-    model: CtrModel, batches: Iterable[dict[str, torch.Tensor]], desc: str = "eval"
+    model: CtrModel,
+    batches: Iterable[dict[str, torch.Tensor]],
+    desc: str = "eval",
+    total: int | None = None,
+    bar: bool = True,
 ) -> dict[str, Any]:
     """AUC, logloss and calibration of ``model`` over ``batches`` (exact, one pass)."""
     was_training = model.training
     model.eval()
     metrics = CtrMetrics()
     t0 = time.perf_counter()
-    bar = progress(desc=desc, unit="row", unit_scale=True)
+    meter = progress(desc=desc, total=total, unit="row", unit_scale=True, enabled=bar)
     try:
         for batch in batches:
             probs = torch.sigmoid(model(batch["dense"], batch["sparse"]))
             metrics.update(batch["label"].numpy(), probs.numpy())
-            bar.update(len(probs))
+            meter.update(len(probs))
     finally:
-        bar.close()
+        meter.close()
         model.train(was_training)
     result = metrics.compute()
     result["eval_seconds"] = round(time.perf_counter() - t0, 3)
