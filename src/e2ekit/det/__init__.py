@@ -1,0 +1,1 @@
+"""Detection kit: COCO/VOC data, detectors, losses and COCO/VOC metrics."""

@@ -1,0 +1,28 @@
+"""Detection data: COCO/VOC readers, box validation, converters and a synthetic set.
+
+Every reader returns a :class:`DetDataset` (records of xyxy pixel boxes and
+contiguous labels), which :func:`validate` checks and cleans before training.
+"""
+
+from e2ekit.det.data.coco import read_coco
+from e2ekit.det.data.convert import labelme_to_coco, voc_to_coco
+from e2ekit.det.data.records import DetDataset, DetRecord
+from e2ekit.det.data.synthetic import SHAPES, builtin_coco, builtin_paths, make_synthetic_coco
+from e2ekit.det.data.validate import ValidationReport, validate
+from e2ekit.det.data.voc import read_label_list, read_voc
+
+__all__ = [
+    "SHAPES",
+    "DetDataset",
+    "DetRecord",
+    "ValidationReport",
+    "builtin_coco",
+    "builtin_paths",
+    "labelme_to_coco",
+    "make_synthetic_coco",
+    "read_coco",
+    "read_label_list",
+    "read_voc",
+    "validate",
+    "voc_to_coco",
+]

@@ -1,0 +1,212 @@
+"""The in-memory form every detection reader produces: one record per image.
+
+COCO json, VOC xml, labelme json and the synthetic set all become a
+:class:`DetDataset` of :class:`DetRecord` s, so validation, conversion, training
+and evaluation are written once against one shape. Boxes are ``xyxy`` in absolute
+pixels (float32) because that is what torchvision's detection ops and transforms
+take; labels are contiguous class indices ``0..K-1`` because losses index by them,
+and ``category_ids`` remembers the original COCO category id of each index so
+detections can be written back in the user's own ids.
+
+Each box also carries a locator (its index in the source file: ``annotations[12]``,
+``object[3]``; an int per box, not a string, so a million-box COCO file costs
+8 bytes a box) and each record its ``source`` file, so a bad box found long after
+reading is still reported by file and record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from e2ekit.core.errors import DataError
+
+__all__ = ["DetDataset", "DetRecord"]
+
+
+def _as_array(value: Any, dtype: Any, shape_tail: tuple[int, ...]) -> np.ndarray:
+    arr = np.asarray(value if value is not None else [], dtype=dtype)
+    return arr.reshape((-1, *shape_tail)) if shape_tail or arr.ndim != 1 else arr
+
+
+@dataclass
+class DetRecord:
+    """One image and its boxes.
+
+    ``boxes`` float32 (N, 4) xyxy absolute pixels; ``labels`` int64 (N,) class
+    index (-1 marks a category the class list lacks, kept so validation can count
+    it instead of the reader failing on the first one); ``iscrowd`` bool (N,);
+    ``difficult`` bool (N,) (VOC's flag, all False elsewhere); ``ref_ids`` int64
+    (N,) each box's index in the source (``{ref_kind}[{ref_id}]`` in messages);
+    ``source`` the file the record came from.
+    """
+
+    image_id: int
+    file: Path
+    width: int
+    height: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    iscrowd: np.ndarray
+    difficult: np.ndarray | None = None
+    ref_ids: np.ndarray | None = None
+    ref_kind: str = "box"
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        # normalise dtypes/shapes once here so no consumer has to
+        self.file = Path(self.file)
+        self.image_id = int(self.image_id)
+        self.width = int(self.width)
+        self.height = int(self.height)
+        self.boxes = _as_array(self.boxes, np.float32, (4,))
+        n = len(self.boxes)
+        self.labels = _as_array(self.labels, np.int64, ())
+        self.iscrowd = (
+            np.zeros(n, bool) if self.iscrowd is None else _as_array(self.iscrowd, bool, ())
+        )
+        self.difficult = (
+            np.zeros(n, bool) if self.difficult is None else _as_array(self.difficult, bool, ())
+        )
+        self.ref_ids = (
+            np.arange(n, dtype=np.int64)
+            if self.ref_ids is None
+            else _as_array(self.ref_ids, np.int64, ())
+        )
+        lengths = {len(self.labels), len(self.iscrowd), len(self.difficult), len(self.ref_ids)}
+        if lengths != {n}:
+            raise ValueError(
+                f"DetRecord {self.file}: {n} boxes but labels/iscrowd/difficult/ref_ids have "
+                f"lengths {len(self.labels)}/{len(self.iscrowd)}/{len(self.difficult)}/"
+                f"{len(self.ref_ids)}"
+            )
+
+    @property
+    def num_boxes(self) -> int:
+        return len(self.boxes)
+
+    def where(self, i: int) -> str:
+        """``source kind[index]`` of box ``i``: the place a user opens to fix it."""
+        assert self.ref_ids is not None
+        src = self.source or str(self.file)
+        return f"{src} {self.ref_kind}[{int(self.ref_ids[i])}]"
+
+    def subset(self, keep: np.ndarray | Sequence[bool] | Sequence[int]) -> DetRecord:
+        """A copy holding only the boxes ``keep`` selects (a bool mask or indices)."""
+        idx = np.asarray(keep)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        assert self.ref_ids is not None and self.difficult is not None
+        return replace(
+            self,
+            boxes=self.boxes[idx],
+            labels=self.labels[idx],
+            iscrowd=self.iscrowd[idx],
+            difficult=self.difficult[idx],
+            ref_ids=self.ref_ids[idx],
+        )
+
+
+@dataclass
+class DetDataset:
+    """Records plus the class list; ``category_ids[k]`` is the COCO id of class ``k``.
+
+    ``source`` names where the set came from (annotation or list file) for messages;
+    ``unknown_categories`` counts boxes per category id/name the class list lacks
+    (their label is -1), so validation can report them by their original name.
+    """
+
+    records: list[DetRecord]
+    class_names: list[str]
+    category_ids: list[int] = field(default_factory=list)
+    source: str = ""
+    unknown_categories: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.class_names = [str(c) for c in self.class_names]
+        if not self.category_ids:  # no original ids (VOC, labelme): COCO's 1-based default
+            self.category_ids = list(range(1, len(self.class_names) + 1))
+        self.category_ids = [int(c) for c in self.category_ids]
+        if len(self.category_ids) != len(self.class_names):
+            raise ValueError(
+                f"{len(self.class_names)} class names but {len(self.category_ids)} category ids"
+            )
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_boxes(self) -> int:
+        return sum(r.num_boxes for r in self.records)
+
+    def class_counts(self) -> list[int]:
+        """Boxes per class (labels outside 0..K-1 are not counted)."""
+        k = self.num_classes
+        counts = np.zeros(k, np.int64)
+        for r in self.records:
+            lab = r.labels[(r.labels >= 0) & (r.labels < k)]
+            counts += np.bincount(lab, minlength=k)
+        return counts.tolist()
+
+    def to_coco(self, image_root: str | Path | None = None) -> dict[str, Any]:
+        """A COCO ground-truth dict (images, annotations, categories).
+
+        Boxes become ``[x, y, w, h]`` with ``area = w * h``. ``file_name`` is the
+        image path relative to ``image_root`` when given (what ``read_coco``'s
+        ``image_dir`` then joins back), else the path as stored. Annotation ids
+        count from 1 because pycocotools treats a matched ground-truth id of 0 as
+        unmatched. VOC's difficult flag is kept as an extra ``difficult: 1`` key.
+        A label outside the class list cannot be written, so it is a
+        DataError naming the box (run ``validate`` first to drop such boxes).
+        """
+        root = Path(image_root) if image_root is not None else None
+        images: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
+        k = self.num_classes
+        for rec in self.records:
+            name = rec.file
+            if root is not None:
+                with contextlib.suppress(ValueError):  # outside the root: keep it whole
+                    name = rec.file.relative_to(root)
+            images.append(
+                {
+                    "id": rec.image_id,
+                    "file_name": name.as_posix(),
+                    "width": rec.width,
+                    "height": rec.height,
+                }
+            )
+            for i in range(rec.num_boxes):
+                label = int(rec.labels[i])
+                if not 0 <= label < k:
+                    raise DataError(
+                        f"{rec.where(i)}: label {label} is not one of the {k} classes; "
+                        "cannot write it as COCO (validate the data first)"
+                    )
+                x1, y1, x2, y2 = (float(v) for v in rec.boxes[i])
+                w, h = x2 - x1, y2 - y1
+                ann: dict[str, Any] = {
+                    "id": len(annotations) + 1,
+                    "image_id": rec.image_id,
+                    "category_id": self.category_ids[label],
+                    "bbox": [x1, y1, w, h],
+                    "area": w * h,
+                    "iscrowd": int(rec.iscrowd[i]),
+                }
+                if rec.difficult is not None and rec.difficult[i]:
+                    ann["difficult"] = 1  # VOC's flag survives a round trip; COCO tools ignore it
+                annotations.append(ann)
+        categories = [
+            {"id": cid, "name": name, "supercategory": ""}
+            for cid, name in zip(self.category_ids, self.class_names, strict=True)
+        ]
+        return {"images": images, "annotations": annotations, "categories": categories}
