@@ -12,15 +12,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from e2ekit.core.errors import ConfigError, DataError
-from e2ekit.core.registry import DATASETS
-from e2ekit.seg.data import synthetic
-from e2ekit.seg.data.datasets import (
-    CITYSCAPES_ID_TO_TRAIN_ID,
-    CityscapesDataset,
-    FileListDataset,
-    VOCSegDataset,
-)
-from e2ekit.seg.data.imageio import (
+from e2ekit.core.imageio import (
     colorize,
     decode_image_bytes,
     encode_png,
@@ -28,6 +20,14 @@ from e2ekit.seg.data.imageio import (
     overlay,
     read_image,
     read_label,
+)
+from e2ekit.core.registry import DATASETS
+from e2ekit.seg.data import synthetic
+from e2ekit.seg.data.datasets import (
+    CITYSCAPES_ID_TO_TRAIN_ID,
+    CityscapesDataset,
+    FileListDataset,
+    VOCSegDataset,
 )
 from e2ekit.seg.data.synthetic import builtin_root, make_synthetic
 from e2ekit.seg.data.validate import validate_labels

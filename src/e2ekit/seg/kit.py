@@ -13,15 +13,14 @@ import torch
 from pydantic import BaseModel, Field
 
 from e2ekit.core.errors import DataError
+from e2ekit.core.imageio import decode_image_bytes, encode_png, list_inputs, read_image
 from e2ekit.core.kit import Kit
 from e2ekit.core.progress import progress
 from e2ekit.core.serve import BadRequest, Endpoint
 from e2ekit.seg.config import SegConfig
-from e2ekit.seg.data.imageio import decode_image_bytes, encode_png, read_image
 from e2ekit.seg.predict import (
     SegRunner,
     iterate_predictions,
-    list_inputs,
     resize_back,
     rle_encode,
     write_outputs,

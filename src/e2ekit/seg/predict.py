@@ -12,36 +12,10 @@ import torch
 import torch.nn.functional as F
 from torchvision import tv_tensors
 
-from e2ekit.core.errors import DataError
+from e2ekit.core.imageio import colorize, encode_png, overlay, read_image
 from e2ekit.core.logs import log
-from e2ekit.seg.data.imageio import colorize, encode_png, overlay, read_image
 from e2ekit.seg.data.transforms import build_transforms
 from e2ekit.seg.infer import TestConfig, infer_logits
-
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-def list_inputs(path: Path) -> list[Path]:
-    """An image file, a folder of images (recursive) or a list file (first column per line)."""
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
-        if not files:
-            raise DataError(f"--input {path}: no image files ({', '.join(sorted(IMAGE_EXTS))})")
-        return files
-    if path.suffix.lower() in IMAGE_EXTS:
-        return [path]
-    files = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        item = Path(line.split()[0])
-        item = item if item.is_absolute() else path.parent / item
-        if not item.is_file():
-            raise DataError(f"{path}:{line_no}: image not found: {item}")
-        files.append(item)
-    if not files:
-        raise DataError(f"--input {path}: the list file names no images")
-    return files
 
 
 class SegRunner:

@@ -20,8 +20,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from e2ekit.core.errors import ConfigError, DataError
+from e2ekit.core.imageio import read_image, read_label
 from e2ekit.core.registry import DATASETS
-from e2ekit.seg.data.imageio import read_image, read_label
 
 __all__ = [
     "CITYSCAPES_CLASSES",

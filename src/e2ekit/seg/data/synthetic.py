@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from e2ekit.core.errors import ConfigError
-from e2ekit.seg.data.imageio import encode_png
+from e2ekit.core.imageio import encode_png
 
 __all__ = ["SHAPE_KINDS", "builtin_root", "data_cache_dir", "make_synthetic", "render_sample"]
 

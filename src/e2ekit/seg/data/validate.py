@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from e2ekit.core.errors import DataError
+from e2ekit.core.imageio import read_label
 from e2ekit.core.progress import progress as progress_bar
-from e2ekit.seg.data.imageio import read_label
 
 __all__ = ["count_values", "validate_labels"]
 

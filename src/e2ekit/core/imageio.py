@@ -1,4 +1,4 @@
-"""Image and label file I/O for segmentation, with errors that name the file.
+"""Image and label file I/O shared by the vision kits, with errors that name the file.
 
 Images are decoded by torchvision's native decoders (JPEG/PNG/WebP/GIF) and fall
 back to Pillow for the rest (BMP, TIFF, ...), always as 3-channel uint8 (3,H,W):
@@ -25,10 +25,12 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from e2ekit.core.errors import DataError
 
 __all__ = [
+    "IMAGE_EXTS",
     "colorize",
     "decode_image_bytes",
     "encode_png",
     "get_palette",
+    "list_inputs",
     "overlay",
     "read_image",
     "read_label",
@@ -210,3 +212,29 @@ def overlay(
         keep = lab == ignore_index
         out[keep] = img[keep]
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def list_inputs(path: Path) -> list[Path]:
+    """An image file, a folder of images (recursive) or a list file (first column per line)."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise DataError(f"--input {path}: no image files ({', '.join(sorted(IMAGE_EXTS))})")
+        return files
+    if path.suffix.lower() in IMAGE_EXTS:
+        return [path]
+    files = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        item = Path(line.split()[0])
+        item = item if item.is_absolute() else path.parent / item
+        if not item.is_file():
+            raise DataError(f"{path}:{line_no}: image not found: {item}")
+        files.append(item)
+    if not files:
+        raise DataError(f"--input {path}: the list file names no images")
+    return files
