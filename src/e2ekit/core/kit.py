@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 KITS: dict[str, str | None] = {
     "text": "e2ekit.text.kit:KIT",
     "seg": "e2ekit.seg.kit:KIT",
-    "det": None,
+    "det": "e2ekit.det.kit:KIT",
     "ctr": "e2ekit.ctr.kit:KIT",
     "toy": "e2ekit.toy.kit:KIT",
 }

@@ -1,0 +1,76 @@
+"""The det kit's config schema (PaddleDetection's names where they exist)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from e2ekit.core.schema import ExportConfig, RunConfig, Strict
+
+BUILTIN = "builtin:shapes"
+
+
+class BuiltinShapes(Strict):
+    """Parameters of the generated ``builtin:shapes`` detection set (COCO format)."""
+
+    num_train: int = Field(500, ge=1)
+    num_val: int = Field(100, ge=1)
+    size: int = Field(160, ge=32)
+    seed: int = 0
+    max_objects: int = Field(6, ge=1)
+
+
+class DetData(Strict):
+    format: Literal["coco", "voc"] = "coco"
+    # COCO
+    train_ann: str | None = Field(BUILTIN, description="COCO json, or builtin:shapes")
+    train_images: str | None = None
+    val_ann: str | None = BUILTIN
+    val_images: str | None = None
+    # VOC (PaddleDetection layout)
+    root: str | None = Field(None, description="voc: dataset folder")
+    train_list: str | None = Field(None, description="voc: 'image xml' lines, relative to root")
+    val_list: str | None = None
+    label_list: str | None = Field(None, description="voc: one class name per line")
+    num_classes: int | None = Field(None, ge=1, description="default: from the annotations")
+    drop_invalid: bool = Field(False, description="drop invalid boxes/images instead of failing")
+    builtin: BuiltinShapes = BuiltinShapes()
+    train_transforms: list[dict[str, Any]] = [
+        {"type": "RandomFlip"},
+        {"type": "Resize", "target_size": 160, "keep_ratio": False},
+        {"type": "Normalize"},
+    ]
+    val_transforms: list[dict[str, Any]] = [
+        {"type": "Resize", "target_size": 160, "keep_ratio": False},
+        {"type": "Normalize"},
+    ]
+    batch_transforms: list[dict[str, Any]] = Field(
+        [],
+        description="per-batch transforms, e.g. [{type: BatchRandomResize, target_size: "
+        "[128, 160, 192]}] for YOLOv3 multi-scale training (train split only)",
+    )
+    pad_stride: int = Field(32, ge=1, description="batches are padded to a multiple of this")
+
+    @model_validator(mode="after")
+    def _voc_keys(self) -> DetData:
+        if self.format == "voc" and (not self.root or not self.label_list):
+            raise ValueError("format voc needs data.root, data.train_list and data.label_list")
+        return self
+
+
+class DetExport(ExportConfig):
+    atol: float = Field(1e-3, gt=0, description="max abs diff allowed vs PyTorch (boxes, scores)")
+    input_size: int = Field(160, ge=32, description="export/example input (square, pixels)")
+    nms: bool = Field(True, description="NMS inside the graph; false: raw boxes and scores")
+
+
+class PredictConfig(Strict):
+    draw_threshold: float = Field(0.5, ge=0, le=1)
+
+
+class DetConfig(RunConfig):
+    model: dict[str, Any] = {"type": "yolov3_tiny"}
+    data: DetData = DetData()  # type: ignore[assignment]
+    export: DetExport = DetExport()  # type: ignore[assignment]
+    predict: PredictConfig = PredictConfig()

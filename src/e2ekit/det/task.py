@@ -1,0 +1,197 @@
+"""Det task: COCO/VOC data validated before training, detectors from the registry, COCO mAP.
+
+The model the engine trains wraps a detector (``e2ekit.det.models.base.Detector``): in
+training it returns the detector's loss dict, in eval the per-image detections. Evaluation
+maps boxes back to original image pixels (the val transforms only resize) and scores them
+with pycocotools against the validated ground truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from e2ekit.core.engine import ExportSpec, Task
+from e2ekit.core.errors import ConfigError
+from e2ekit.core.imageio import read_image
+from e2ekit.core.logs import log
+from e2ekit.core.registry import MODELS
+from e2ekit.det.config import BUILTIN, DetConfig
+from e2ekit.det.data import DetDataset, builtin_paths, read_coco, read_voc, validate
+from e2ekit.det.data.transforms import DetCollate, TransformDataset, build_transforms
+from e2ekit.det.metrics import coco_evaluate, to_coco_detections
+
+__all__ = ["DetTask", "DetTrainModel", "RecordsDataset"]
+
+
+def _register_models() -> None:
+    import e2ekit.det.models  # noqa: F401  (registers detectors)
+
+
+class RecordsDataset(Dataset):
+    """Raw samples ``{image uint8 (3,H,W), boxes (N,4), labels (N,), image_id, orig_size}``."""
+
+    def __init__(self, ds: DetDataset) -> None:
+        self.records = ds.records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        r = self.records[index]
+        image = read_image(r.file)
+        keep = ~np.asarray(r.iscrowd, dtype=bool)
+        return {
+            "image": image,
+            "boxes": torch.as_tensor(r.boxes[keep], dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.as_tensor(r.labels[keep], dtype=torch.int64),
+            "image_id": int(r.image_id),
+            "orig_size": (int(image.shape[-2]), int(image.shape[-1])),
+        }
+
+
+class DetTrainModel(nn.Module):
+    """Engine-facing wrapper: ``forward((images, targets))`` -> losses (train) or detections."""
+
+    def __init__(self, det: nn.Module) -> None:
+        super().__init__()
+        self.det = det
+
+    def forward(self, batch: tuple[torch.Tensor, list[dict[str, Any]]]) -> Any:
+        images, targets = batch
+        if self.training:
+            return self.det(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+        return self.det(images)
+
+
+class DetTask(Task):
+    kit = "det"
+    schema = DetConfig
+    default_metric = "mAP"
+    metric_mode = "max"
+    cfg: DetConfig
+
+    def __init__(self, cfg: DetConfig) -> None:
+        super().__init__(cfg)
+        self._datasets: dict[str, DetDataset | None] = {}
+
+    # -- data ---------------------------------------------------------------------------
+    def _builtin(self) -> dict[str, Path]:
+        b = self.cfg.data.builtin
+        return builtin_paths(
+            {
+                "num_train": b.num_train,
+                "num_val": b.num_val,
+                "size": b.size,
+                "seed": b.seed,
+                "max_objects": b.max_objects,
+            }
+        )
+
+    def det_dataset(self, split: str) -> DetDataset | None:
+        """The validated annotations of ``split`` ('train' or 'val'); None if unset."""
+        if split in self._datasets:
+            return self._datasets[split]
+        d = self.cfg.data
+        if split not in ("train", "val"):
+            raise ConfigError(f"det has splits train and val, not '{split}'")
+        if d.format == "coco":
+            ann = d.train_ann if split == "train" else d.val_ann
+            images = d.train_images if split == "train" else d.val_images
+            if not ann:
+                self._datasets[split] = None
+                return None
+            if ann == BUILTIN:
+                paths = self._builtin()
+                ann, images = str(paths[f"{split}_ann"]), str(paths[f"{split}_images"])
+            elif not images:
+                raise ConfigError(f"data.{split}_images: the image folder of {ann} is not set")
+            raw = read_coco(ann, images)
+        else:
+            list_file = d.train_list if split == "train" else d.val_list
+            if not list_file:
+                self._datasets[split] = None
+                return None
+            assert d.root and d.label_list
+            raw = read_voc(d.root, list_file, d.label_list)
+        ds, report = validate(raw, drop_invalid=d.drop_invalid)
+        log.info(
+            "%s: %d images, %d boxes, %d classes", split, len(ds), ds.num_boxes, len(ds.class_names)
+        )
+        if not report.ok:
+            log.warning("%s", report.text())
+        self._datasets[split] = ds
+        return ds
+
+    @property
+    def class_names(self) -> list[str]:
+        ds = self.det_dataset("train") or self.det_dataset("val")
+        if ds is None:
+            raise ConfigError("no det data configured: set data.train_ann (or data.root for VOC)")
+        return list(ds.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.data.num_classes or len(self.class_names)
+
+    def build_dataset(self, split: str) -> Dataset | None:
+        ds = self.det_dataset(split)
+        if ds is None:
+            return None
+        d = self.cfg.data
+        transforms = build_transforms(d.train_transforms if split == "train" else d.val_transforms)
+        return TransformDataset(RecordsDataset(ds), transforms)
+
+    def collate_fn(self, split: str) -> Callable[[list[Any]], Any]:
+        d = self.cfg.data
+        return DetCollate(d.batch_transforms if split == "train" else [], stride=d.pad_stride)
+
+    # -- model ----------------------------------------------------------------------------
+    def build_detector(self) -> nn.Module:
+        _register_models()
+        spec = dict(self.cfg.model)
+        if "type" not in spec:
+            raise ConfigError("model.type is required (e.g. yolov3_tiny, retinanet_tiny)")
+        return MODELS.build(spec, num_classes=self.num_classes)
+
+    def build_model(self) -> nn.Module:
+        return DetTrainModel(self.build_detector())
+
+    def evaluate(self, model: nn.Module, loader: Iterable[Any], device: torch.device) -> dict:
+        ds = self.det_dataset("val")
+        assert ds is not None
+        det = model.det if hasattr(model, "det") else model
+        category_ids = list(ds.category_ids) or list(range(1, len(ds.class_names) + 1))
+        detections: list[dict[str, Any]] = []
+        for images, targets in loader:
+            outputs = det(images.to(device))
+            for out, t in zip(outputs, targets, strict=True):
+                boxes = out["boxes"].detach().float().cpu()
+                sy, sx = t.get("scale_factor", (1.0, 1.0))
+                boxes = boxes / torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
+                h, w = t["orig_size"]
+                boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+                boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+                detections += to_coco_detections(
+                    int(t["image_id"]),
+                    boxes,
+                    out["scores"].cpu(),
+                    out["labels"].cpu(),
+                    category_ids,
+                )
+        result = coco_evaluate(ds.to_coco(), detections, classwise=True, class_names=ds.class_names)
+        result["detections"] = len(detections)
+        return result
+
+    # -- deployment -----------------------------------------------------------------------
+    def export_spec(self, model: nn.Module) -> ExportSpec:
+        from e2ekit.det.export import det_export_spec
+
+        det = model.det if hasattr(model, "det") else model
+        return det_export_spec(det, self.cfg, self.class_names)

@@ -1,0 +1,169 @@
+"""The det kit end to end on tiny data: train, eval, export with and without NMS (parity),
+predict (drawn images), serve, preview and convert; bad annotations fail before training."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ..conftest import ROOT, SHARED_DATA
+
+TINY = str(ROOT / "configs" / "det" / "tiny.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny convs on a busy 2-core box: one thread avoids spinning against the other
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from e2ekit.core.cli import main
+
+    run = tmp_path_factory.mktemp("det") / "run"
+    assert main(["det", "train", "-c", TINY, "--out", str(run)]) == 0
+    return run
+
+
+def test_train_eval(cli, trained: Path) -> None:
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["best_metric"] == "mAP"
+    assert {"mAP", "AP50", "AP75", "per_class_ap"} <= set(metrics)
+    code, out, err = cli("det", "eval", "--weights", trained / "best.pt", "--classwise")
+    assert code == 0, err
+    result = last_json(out)
+    assert result["mAP"] == pytest.approx(metrics["mAP"], abs=1e-9)
+    assert set(result["per_class_ap"]) == {"circle", "square", "triangle", "cross"}
+
+
+@pytest.mark.parametrize("nms", [True, False])
+def test_export_predict(cli, trained: Path, tmp_path: Path, nms: bool) -> None:
+    export = tmp_path / "export"
+    code, out, err = cli(
+        "det", "export", "--weights", trained, "-o", f"export.nms={str(nms).lower()}",
+        "--out", export,
+    )  # fmt: skip
+    assert code == 0, err
+    assert last_json(out)["max_abs_diff"] < 1e-3
+    deploy = (export / "deploy.yaml").read_text()
+    assert "class_names" in deploy
+    from e2ekit.core.infer import load_deploy
+
+    outputs = [o["name"] for o in load_deploy(export)["outputs"]]
+    assert outputs == (["boxes", "scores", "labels"] if nms else ["boxes", "scores"])
+
+    from e2ekit.core.config import load_config
+    from e2ekit.det.config import DetConfig
+    from e2ekit.det.task import DetTask
+
+    task = DetTask(load_config(trained / "config.yaml", DetConfig, []))
+    images = [r.file for r in task.det_dataset("val").records[:3]]
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{p}\n" for p in images))
+    code, out, err = cli(
+        "det", "predict", "--model", export, "--input", listing, "--out", tmp_path / "pred",
+        "--draw-threshold", "0.0",
+    )  # fmt: skip
+    assert code == 0, err
+    assert last_json(out)["images"] == 3
+    rows = [
+        json.loads(x) for x in (tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()
+    ]
+    assert len(rows) == 3 and all("detections" in r for r in rows)
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 3
+
+
+def test_serve(trained: Path, tmp_path: Path, cli) -> None:
+    from fastapi.testclient import TestClient
+
+    from e2ekit.core.infer import Predictor
+    from e2ekit.core.kit import get_kit
+    from e2ekit.core.serve import ServeSettings, create_app
+
+    export = tmp_path / "export"
+    code, _, err = cli("det", "export", "--weights", trained, "--out", export)
+    assert code == 0, err
+    kit = get_kit("det")
+    predictor = Predictor(export)
+    app = create_app(kit.endpoints(predictor), ServeSettings(), model_info={"kit": "det"})
+    with TestClient(app) as client:
+        ok = client.post("/predict", json=kit.demo_request(predictor.deploy))
+        assert ok.status_code == 200 and isinstance(ok.json()["detections"], list)
+        bad = client.post("/predict", json={"image": base64.b64encode(b"not an image").decode()})
+        assert bad.status_code == 422
+        assert client.post("/predict", json={"image": "%%%"}).status_code == 422
+
+
+def test_preview_and_convert(cli, tmp_path: Path) -> None:
+    code, out, err = cli("det", "preview", "-c", TINY, "--out", tmp_path / "pv", "--limit", "2")
+    assert code == 0, err
+    assert len(list((tmp_path / "pv").glob("*.png"))) == 2
+
+    shapes = {"shapes": [{"label": "cat", "shape_type": "rectangle", "points": [[1, 2], [30, 40]]}]}
+    shapes.update(imagePath="a.png", imageHeight=50, imageWidth=60)
+    labelme = tmp_path / "labelme"
+    labelme.mkdir()
+    (labelme / "a.json").write_text(json.dumps(shapes))
+    code, out, err = cli(
+        "det", "convert", "--from", "labelme", "--input", labelme, "--out", tmp_path / "c.json"
+    )
+    assert code == 0, err
+    result = last_json(out)
+    assert result["images"] == 1 and result["annotations"] == 1 and result["categories"] == ["cat"]
+
+
+def test_bad_annotations_fail_before_training(cli, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(images / "a.png")
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 40}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 5, 0, 10]}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    ann = tmp_path / "train.json"
+    ann.write_text(json.dumps(coco))
+    run = tmp_path / "run"
+    code, _, err = cli(
+        "det", "train", "-c", TINY, "-o", f"data.train_ann={ann}",
+        "-o", f"data.train_images={images}", "-o", f"data.val_ann={ann}",
+        "-o", f"data.val_images={images}", "--out", run,
+    )  # fmt: skip
+    assert code == 1 and "drop_invalid" in err
+    assert not (run / "last.pt").exists()
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "det").is_dir(), reason="shared sample data not present")
+def test_voc_sample_trains_with_drop_invalid(cli, tmp_path: Path) -> None:
+    """The real BCCD VOC sample: its zero-size box fails by default, drop_invalid trains."""
+    root = SHARED_DATA / "det" / "bccd_voc" / "BCCD"
+    labels = tmp_path / "label_list.txt"
+    labels.write_text("RBC\nWBC\nPlatelets\n")
+    common = [
+        "-c", TINY, "-o", "data.format=voc", "-o", f"data.root={root}",
+        "-o", "data.train_list=ImageSets/Main/val.txt",
+        "-o", "data.val_list=ImageSets/Main/test.txt",
+        "-o", f"data.label_list={labels}", "-o", "train.max_steps=2", "-o", "train.eval_interval=2",
+    ]  # fmt: skip
+    code, _, err = cli("det", "train", *common, "--out", tmp_path / "strict")
+    assert code == 1 and "BloodImage_00338" in err
+    code, out, err = cli(
+        "det", "train", *common, "-o", "data.drop_invalid=true", "--out", tmp_path / "run"
+    )
+    assert code == 0, err
+    assert set(last_json(out)["per_class_ap"]) == {"RBC", "WBC", "Platelets"}
