@@ -72,13 +72,33 @@ def preprocess_info(cfg: DetConfig) -> dict[str, Any]:
     }
 
 
-def det_export_spec(det: nn.Module, cfg: DetConfig, class_names: list[str]) -> ExportSpec:
+def preprocess(image: torch.Tensor, info: dict[str, Any]) -> torch.Tensor:
+    """uint8 (3, H, W) -> the exported graph's input (1, 3, S, S), as ``deploy.preprocess``."""
+    from torchvision.transforms.v2 import functional as TF
+
+    resized = TF.resize(image, list(info["resize"]), antialias=True).float()
+    unit = 255.0 if info.get("is_scale", True) else 1.0
+    mean = torch.tensor(info["mean"], dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(info["std"], dtype=torch.float32).view(-1, 1, 1)
+    return ((resized / unit - mean) / std)[None]
+
+
+def det_export_spec(
+    det: nn.Module,
+    cfg: DetConfig,
+    class_names: list[str],
+    images: list[torch.Tensor] | None = None,
+) -> ExportSpec:
+    """``images``: a few real uint8 images for the parity check (random inputs can give no
+    detections at all, which would make an NMS graph's parity trivially 0)."""
     nms = cfg.export.nms
     module = DetExportModule(det, nms).eval()
     size = cfg.export.input_size
     g = torch.Generator().manual_seed(0)
     example = {"image": torch.randn(1, 3, size, size, generator=g)}
     parity = [{"image": torch.randn(1, 3, size, size, generator=g)}]
+    info = preprocess_info(cfg)
+    parity += [{"image": preprocess(im, info)} for im in images or []]
     if nms:
         outputs = ["boxes", "scores", "labels"]
         axes = {
@@ -100,7 +120,7 @@ def det_export_spec(det: nn.Module, cfg: DetConfig, class_names: list[str]) -> E
         "class_names": list(class_names),
         "num_classes": len(class_names),
         "input_size": size,
-        "preprocess": preprocess_info(cfg),
+        "preprocess": info,
         "nms": nms,
         "score_thresh": float(det.score_thresh),
         "nms_thresh": float(det.nms_thresh),

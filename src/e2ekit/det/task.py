@@ -194,4 +194,6 @@ class DetTask(Task):
         from e2ekit.det.export import det_export_spec
 
         det = model.det if hasattr(model, "det") else model
-        return det_export_spec(det, self.cfg, self.class_names)
+        ds = self.det_dataset("val") or self.det_dataset("train")
+        images = [read_image(r.file) for r in ds.records[:3]] if ds is not None else []
+        return det_export_spec(det, self.cfg, self.class_names, images)
