@@ -217,3 +217,10 @@ def test_real_samples_train_and_eval(cli, tmp_path: Path) -> None:
     code, out, err = cli("ctr", "eval", "--weights", run / "best.pt", "-o", f"data.val={csv}")
     assert code == 0, err
     assert last_json(out)["samples"] == 200
+
+
+def test_unknown_train_metric_is_an_error(cli, tmp_path: Path) -> None:
+    code, _, err = cli(
+        "ctr", "train", "-c", TINY, "-o", "train.metric=acu", "--out", tmp_path / "run"
+    )
+    assert code == 1 and "train.metric 'acu'" in err and "auc" in err

@@ -338,11 +338,21 @@ class CtrTrainer:
 
     def _track_best(self, metrics: dict[str, Any]) -> bool:
         name = self.tc.metric or "auc"
-        value = metrics.get(name)
+        if name not in metrics:  # a typo in train.metric must not silently keep no best.pt
+            valid = sorted(k for k, v in metrics.items() if isinstance(v, float))
+            raise ConfigError(
+                f"train.metric '{name}' is not reported by ctr evaluation; "
+                f"choose one of {', '.join(valid)}"
+            )
+        value = metrics[name]
         if value is None or (isinstance(value, float) and math.isnan(value)):
-            return self.best is None
-        if name not in metrics:
-            raise ConfigError(f"train.metric '{name}' is not reported; have {sorted(metrics)}")
+            # e.g. AUC of a one-class val set: keep the first checkpoint as best, say why
+            if self.best is None:
+                self.best = {"metric": name, "value": None, "step": self.step}
+                self.best["metrics"] = jsonable(metrics)
+                log.warning("eval: %s is undefined on this val data (one class?)", name)
+                return True
+            return False
         better = (
             self.best is None
             or self.best.get("value") is None
