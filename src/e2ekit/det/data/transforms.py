@@ -63,6 +63,7 @@ from torchvision.transforms.v2.functional import InterpolationMode
 
 from e2ekit.core.errors import ConfigError, DataError, did_you_mean
 from e2ekit.core.registry import Registry
+from e2ekit.core.transform_order import check_uint8_order
 
 __all__ = [
     "DET_BATCH_TRANSFORMS",
@@ -996,17 +997,7 @@ class Compose:
     """
 
     def __init__(self, transforms: Sequence[Callable[..., Sample]]) -> None:
-        normalized_at = None
-        for i, t in enumerate(transforms):
-            if not callable(t):
-                raise ConfigError(f"transforms[{i}] is not callable: {t!r}")
-            if isinstance(t, Normalize) and normalized_at is None:
-                normalized_at = i
-            elif getattr(t, "uint8_only", False) and normalized_at is not None:
-                raise ConfigError(
-                    f"transforms[{i}] {type(t).__name__} works on uint8 pixels; "
-                    f"move it before Normalize (transforms[{normalized_at}])"
-                )
+        check_uint8_order(transforms, Normalize, "uint8_only")
         self.transforms = list(transforms)
 
     def __call__(self, sample: Sample, sample_fn: Callable[[], Sample] | None = None) -> Sample:

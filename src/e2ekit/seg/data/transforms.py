@@ -36,6 +36,7 @@ from torchvision.transforms.v2.functional import InterpolationMode
 
 from e2ekit.core.errors import ConfigError, DataError
 from e2ekit.core.registry import TRANSFORMS
+from e2ekit.core.transform_order import check_uint8_order
 
 __all__ = [
     "Compose",
@@ -789,17 +790,7 @@ class Compose:
     """Apply transforms in order; photometric ones must come before ``Normalize``."""
 
     def __init__(self, transforms: list[Callable[[Sample], Sample]]) -> None:
-        normalized_at = None
-        for i, t in enumerate(transforms):
-            if not callable(t):
-                raise ConfigError(f"transforms[{i}] is not callable: {t!r}")
-            if isinstance(t, Normalize) and normalized_at is None:
-                normalized_at = i
-            elif getattr(t, "photometric", False) and normalized_at is not None:
-                raise ConfigError(
-                    f"transforms[{i}] {type(t).__name__} works on uint8 pixels; "
-                    f"move it before Normalize (transforms[{normalized_at}])"
-                )
+        check_uint8_order(transforms, Normalize, "photometric")
         self.transforms = list(transforms)
 
     def __call__(self, sample: Sample) -> Sample:
