@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from e2ekit.core.registry import BACKBONES
-from e2ekit.seg.backbones import load_pretrained
+from e2ekit.core.weights import load_pretrained
 
 __all__ = ["BlazeBlock", "BlazeNet", "blazenet", "blazenet_tiny"]
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from e2ekit.core.registry import BACKBONES
-from e2ekit.seg.backbones import load_pretrained
+from e2ekit.core.weights import load_pretrained
 
 __all__ = ["ConvBNLeaky", "DarkNet", "DarkResidual", "darknet53", "darknet53_tiny"]
 

@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.models.mobilenetv3 import InvertedResidualConfig, MobileNetV3
 
 from e2ekit.core.registry import BACKBONES
-from e2ekit.seg.backbones import load_pretrained
+from e2ekit.core.weights import load_pretrained
 
 __all__ = ["MobileNetV3Det", "det_mobilenet_v3_large", "det_mobilenet_v3_tiny"]
 

@@ -55,6 +55,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from e2ekit.core.errors import ConfigError
 from e2ekit.core.registry import MODELS
+from e2ekit.core.weights import load_pretrained, read_state_dict
 from e2ekit.det.models.base import Detector, Target, build_backbone, clip_boxes
 
 __all__ = [
@@ -114,30 +115,9 @@ def match_anchors(matcher: Any, targets: Sequence[Target], anchors: Tensor) -> l
     return matched
 
 
-def _state_keys(obj: Any, depth: int = 0) -> list[str]:
-    """Keys of the tensor mapping inside a checkpoint (unwrapping ``state_dict``, ...)."""
-    if not isinstance(obj, Mapping) or depth > 3:
-        return []
-    if obj and all(isinstance(v, Tensor) for v in obj.values()):
-        return [str(k) for k in obj]
-    for key in ("state_dict", "model", "model_state", "net", "ema"):
-        if isinstance(obj.get(key), Mapping):
-            return _state_keys(obj[key], depth + 1)
-    return []
-
-
 def is_detector_checkpoint(path: str | Path) -> bool:
     """True when ``path`` holds a whole detector (``head.*`` keys), not a bare backbone."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(f"pretrained weights file not found: '{file}'")
-    try:
-        raw = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors have many types; all mean 'bad file'
-        raise ConfigError(f"cannot read pretrained weights '{file}': {exc}") from exc
-    keys = _state_keys(raw)
-    if not keys:
-        raise ConfigError(f"pretrained file '{file}' does not hold a state dict of tensors")
+    keys = read_state_dict(path, strip_prefixes=False)
     return any(k.startswith(("head.", "module.head.", "_orig_mod.head.")) for k in keys)
 
 
@@ -145,8 +125,6 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
     """Non-strict local load (shape-mismatched tensors skipped, counts logged); raises when
     not a single tensor matches (a checkpoint for something else entirely).
     """
-    from e2ekit.seg.backbones import load_pretrained  # the repo's one checkpoint reader
-
     missing, _ = load_pretrained(module, path)
     if missing and len(missing) == len(module.state_dict()):
         raise ConfigError(f"pretrained '{path}': no tensor matches {type(module).__name__}")
