@@ -60,3 +60,10 @@ def config_description(path: Path) -> str:
         if line.strip():
             break
     return ""
+
+
+def data_cache_dir() -> Path:
+    """Where generated built-in datasets are cached: ``$E2EKIT_DATA``, else
+    ``~/.cache/e2ekit/data`` (one place for every kit)."""
+    env = os.environ.get("E2EKIT_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "e2ekit" / "data"

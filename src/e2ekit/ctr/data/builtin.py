@@ -18,17 +18,12 @@ from typing import Any
 
 from e2ekit.core.errors import ConfigError
 from e2ekit.core.logs import log
+from e2ekit.core.paths import data_cache_dir
 from e2ekit.ctr.data.synthetic import bayes_auc, write_synthetic_criteo
 
 GENERATOR_VERSION = 1
 SPLITS = ("train", "val", "test")
 PREFIX = "builtin:"
-
-
-def data_cache_dir() -> Path:
-    """``$E2EKIT_DATA``, else ``~/.cache/e2ekit/data`` (shared with the other kits)."""
-    env = os.environ.get("E2EKIT_DATA")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "e2ekit" / "data"
 
 
 def builtin_criteo(params: dict[str, Any]) -> Path:

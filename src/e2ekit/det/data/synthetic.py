@@ -34,9 +34,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from e2ekit.core.errors import ConfigError
+from e2ekit.core.paths import data_cache_dir
 from e2ekit.det.data._io import atomic_write_json
 from e2ekit.det.data.records import DetDataset, DetRecord
-from e2ekit.seg.data.synthetic import data_cache_dir
 
 __all__ = [
     "DEFAULTS",

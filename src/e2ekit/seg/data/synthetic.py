@@ -25,6 +25,7 @@ import numpy as np
 
 from e2ekit.core.errors import ConfigError
 from e2ekit.core.imageio import encode_png
+from e2ekit.core.paths import data_cache_dir
 
 __all__ = ["SHAPE_KINDS", "builtin_root", "data_cache_dir", "make_synthetic", "render_sample"]
 
@@ -249,12 +250,6 @@ def make_synthetic(
         "num_classes": num_classes,
         "class_names": class_names,
     }
-
-
-def data_cache_dir() -> Path:
-    """``$E2EKIT_DATA``, else ``~/.cache/e2ekit/data``."""
-    env = os.environ.get("E2EKIT_DATA")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "e2ekit" / "data"
 
 
 def builtin_root(params: dict[str, Any] | None = None) -> Path:
