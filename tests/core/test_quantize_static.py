@@ -132,3 +132,39 @@ def test_static_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least one input case"):
         quantize_int8(out, mode="static", calibration_inputs=[])
     assert not (out / "model.int8.onnx").exists()
+
+
+def _float_weight_convs(path: Path) -> list[str]:
+    """Conv nodes whose weight does not come out of a DequantizeLinear (left in float)."""
+    model = onnx.load(str(path))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for n in model.graph.node:
+        if n.op_type == "Conv":
+            src = producers.get(n.input[1])
+            if src is None or src.op_type != "DequantizeLinear":
+                out.append(n.name)
+    return out
+
+
+def test_static_keep_final_float(tmp_path: Path) -> None:
+    """Only the head conv (no weighted layer after it) stays float; the body convs are int8."""
+    torch.manual_seed(3)
+    out = tmp_path / "export"
+    export_onnx(
+        ConvNet(),
+        {"image": torch.randn(1, 3, 32, 32)},
+        out,
+        output_names=["logits", "pooled"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        deploy={},
+    )
+    section = quantize_int8(out, mode="static", calibration_inputs=_images(4)[:1])
+    assert section["float_nodes"] == [] and _float_weight_convs(out / "model.int8.onnx") == []
+    section = quantize_int8(
+        out, mode="static", calibration_inputs=_images(4)[:1], keep_final_float=True
+    )
+    assert len(section["float_nodes"]) == 1 and section["passed"]
+    assert _float_weight_convs(out / "model.int8.onnx") == section["float_nodes"]
+    convs = [n for n in onnx.load(str(out / "model.int8.onnx")).graph.node if n.op_type == "Conv"]
+    assert len(convs) == 3  # two int8 body convs + the float head

@@ -98,6 +98,17 @@ class ExportConfig(Strict):
     calibration_samples: int = Field(
         32, ge=1, description="inputs used to calibrate (and check) static quantization"
     )
+    quantize_keep_final_float: bool | None = Field(
+        None,
+        description="keep the last weighted layers (those producing the outputs) in float, "
+        "e.g. a YOLO head whose one conv mixes box offsets and logits; null: the model's choice",
+    )
+    quantize_op_types: list[str] | None = Field(
+        None,
+        description="ONNX op types to quantize (default: MatMul/Gemm dynamic, Conv/MatMul/Gemm "
+        "static); add the ops between convolutions (e.g. LeakyRelu, Add, Concat) so int8 "
+        "kernels chain without float round trips",
+    )
     atol: float = Field(1e-4, gt=0, description="max abs diff allowed vs PyTorch")
 
 

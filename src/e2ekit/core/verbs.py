@@ -113,7 +113,17 @@ def cmd_export(kit: Kit, args: Namespace) -> dict[str, Any]:
                     "export's sample inputs, which may not look like real inputs",
                     kit.name,
                 )
-        int8 = quantize_int8(out, mode=mode, calibration_inputs=calib)
+        int8 = quantize_int8(
+            out,
+            mode=mode,
+            calibration_inputs=calib,
+            op_types=cfg.export.quantize_op_types,
+            keep_final_float=(
+                spec.int8_keep_final_float
+                if cfg.export.quantize_keep_final_float is None
+                else cfg.export.quantize_keep_final_float
+            ),
+        )
         summary["int8_mode"] = mode
         summary["int8_max_abs_diff"] = int8["max_abs_diff"]
         fractions = [

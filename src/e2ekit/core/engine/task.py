@@ -39,6 +39,8 @@ class ExportSpec:
     builder_config: dict[str, Any] | None = None
     argmax: dict[str, str] | None = None  # float output -> int class-id output appended in ONNX
     assets: Callable[[Path], None] | None = None  # writes extra files (tokenizer) into the export
+    # int8: keep the output layers float unless export.quantize_keep_final_float says otherwise
+    int8_keep_final_float: bool = False
 
     def export(self, out_dir: str | Path, opset: int = 17, atol: float = 1e-4) -> dict[str, Any]:
         """Export to ``out_dir`` with ``core.export.export_onnx``; returns the parity report."""
