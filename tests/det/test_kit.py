@@ -86,6 +86,63 @@ def test_export_predict(cli, trained: Path, tmp_path: Path, nms: bool) -> None:
     assert len(list((tmp_path / "pred").glob("*.png"))) == 3
 
 
+def test_export_static_int8_with_nms(cli, trained: Path, tmp_path: Path) -> None:
+    """Static int8 (the det default mode) calibrates on real train images; NMS outputs may keep a
+    different number of boxes than fp32, which is counted, not an error; predict runs on it."""
+    export = tmp_path / "export"
+    code, out, err = cli(
+        "det", "export", "--weights", trained, "--quantize", "--out", export,
+    )  # fmt: skip
+    assert code == 0, err
+    assert last_json(out)["int8_mode"] == "static"
+    report = json.loads((export / "export_report.json").read_text())["int8"]
+    assert report["calibration"]["source"] == "calibration_inputs"
+    assert report["cases"] == 16  # tiny.yaml's train split: 16 images (calibration_samples 32)
+    assert len(report["float_nodes"]) == 3  # YOLOv3 keeps its three output convs float
+    from e2ekit.core.infer import Predictor
+    from e2ekit.det.kit import DetRunner
+
+    runner = DetRunner(Predictor(export, precision="int8"))
+    image = torch.randint(0, 255, (3, 70, 90), dtype=torch.uint8)
+    got = runner.detect(image)
+    assert got["boxes"].shape[1:] == (4,) and len(got["scores"]) == len(got["labels"])
+    assert (got["boxes"][:, 2] <= 90).all() and (got["boxes"][:, 3] <= 70).all()
+
+
+def test_quantize_counts_variable_output_shapes(tmp_path: Path) -> None:
+    """A data-dependent output (like NMS's detections) may differ in length after int8."""
+    from torch import nn
+
+    from e2ekit.core.engine.task import ExportSpec
+    from e2ekit.core.export import quantize_int8
+
+    class Thresholded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            y = self.conv(image).flatten()
+            return y[y > 0.0]  # count depends on values: int8 rounding can change it
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    spec = ExportSpec(
+        module=Thresholded().eval(),
+        example_inputs={"image": torch.randn(1, 3, 8, 8, generator=g)},
+        output_names=["values"],
+        dynamic_axes={"values": {0: "kept"}},
+        deploy={"kit": "test"},
+    )
+    spec.export(tmp_path, opset=17, atol=1e-4)
+    calib = [{"image": torch.randn(1, 3, 8, 8, generator=g).numpy()} for _ in range(8)]
+    section = quantize_int8(tmp_path, mode="static", calibration_inputs=calib)
+    assert section["passed"]
+    assert (tmp_path / "model.int8.onnx").is_file()
+    counted = section["per_output"]["values"].get("shape_mismatches", 0)
+    assert 0 <= counted <= 8
+
+
 def test_serve(trained: Path, tmp_path: Path, cli) -> None:
     from fastapi.testclient import TestClient
 

@@ -63,6 +63,8 @@ class DetExport(ExportConfig):
     atol: float = Field(1e-3, gt=0, description="max abs diff allowed vs PyTorch (boxes, scores)")
     input_size: int = Field(160, ge=32, description="export/example input (square, pixels)")
     nms: bool = Field(True, description="NMS inside the graph; false: raw boxes and scores")
+    # Conv nets: calibrated int8 convolutions (dynamic ConvInteger is slower than fp32).
+    quantize_mode: Literal["dynamic", "static"] = "static"
 
 
 class PredictConfig(Strict):

@@ -135,4 +135,5 @@ def det_export_spec(
         dynamic_axes=axes,
         deploy=deploy,
         parity_inputs=parity,
+        int8_keep_final_float=bool(getattr(det, "int8_keep_final_float", False)),
     )

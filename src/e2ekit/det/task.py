@@ -197,3 +197,19 @@ class DetTask(Task):
         ds = self.det_dataset("val") or self.det_dataset("train")
         images = [read_image(r.file) for r in ds.records[:3]] if ds is not None else []
         return det_export_spec(det, self.cfg, self.class_names, images)
+
+    def calibration_inputs(self, n: int) -> list[dict[str, np.ndarray]] | None:
+        """``n`` train (else val) images spread over the set, resized and normalised as the
+        export expects: int8 activation ranges come from real pictures, not noise, and not
+        from the val images the int8 model is then scored on."""
+        from e2ekit.det.export import preprocess, preprocess_info
+
+        ds = self.det_dataset("train") or self.det_dataset("val")
+        if ds is None or not ds.records:
+            return None
+        info = preprocess_info(self.cfg)
+        picks = np.linspace(0, len(ds.records) - 1, min(n, len(ds.records))).round().astype(int)
+        return [
+            {"image": preprocess(read_image(ds.records[i].file), info).numpy()}
+            for i in sorted(set(picks.tolist()))
+        ]

@@ -59,6 +59,9 @@ class Detector(nn.Module):
 
     num_classes: int
     strides: tuple[int, ...] = ()
+    # static int8 export: keep the output convs float (``export.quantize_keep_final_float``
+    # null). Heads whose one conv mixes box offsets with logits need it (YOLOv3).
+    int8_keep_final_float: bool = False
 
     def __init__(
         self,
