@@ -16,7 +16,18 @@ from typing import Any
 from e2ekit.core.errors import E2EError, closest, did_you_mean
 from e2ekit.core.logs import jsonable, setup_console
 
-VERBS = ("train", "eval", "predict", "export", "serve", "bench", "distill", "preview", "convert")
+VERBS = (
+    "train",
+    "eval",
+    "predict",
+    "export",
+    "serve",
+    "bench",
+    "distill",
+    "preview",
+    "convert",
+    "anchors",
+)
 COMMANDS = ("configs", "demo")
 
 USAGE = """usage: e2ekit <kit> <verb> [-c CONFIG] [-o KEY=VALUE ...] [--out DIR] [flags]
@@ -24,7 +35,7 @@ USAGE = """usage: e2ekit <kit> <verb> [-c CONFIG] [-o KEY=VALUE ...] [--out DIR]
        e2ekit demo
 
 kits:  text  seg  det  ctr  (toy: the core's example kit)
-verbs: train  eval  predict  export  serve  bench  (distill: text; preview, convert: det)
+verbs: train  eval  predict  export  serve  bench  (distill: text; preview, convert, anchors: det)
 run `e2ekit <kit> <verb> -h` for a verb's flags"""
 
 

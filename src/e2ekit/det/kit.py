@@ -157,6 +157,60 @@ def cmd_convert(kit: Kit, args: Namespace) -> dict[str, Any]:
     }
 
 
+def cmd_anchors(kit: Kit, args: Namespace) -> dict[str, Any]:
+    """k-means anchors of the train boxes at the training input size, for ``model.anchors``."""
+    from e2ekit.core.logs import log
+    from e2ekit.core.verbs import load_run_config
+    from e2ekit.det.anchors import kmeans_anchors, mean_best_iou
+
+    cfg, _ = load_run_config(kit, args)
+    ds = DetTask(cfg).det_dataset("train")
+    if ds is None or not ds.records:
+        raise ConfigError("no train annotations configured: set data.train_ann (or data.root)")
+    size = int(args.size or cfg.export.input_size)
+    keep_ratio = next(
+        (
+            bool(t.get("keep_ratio", False))
+            for t in cfg.data.train_transforms
+            if isinstance(t, dict) and t.get("type") == "Resize"
+        ),
+        False,
+    )
+    rows = []
+    for r in ds.records:
+        if not len(r.boxes):
+            continue
+        sx, sy = size / r.width, size / r.height
+        if keep_ratio:
+            sx = sy = size / max(r.width, r.height)
+        wh = (r.boxes[:, 2:] - r.boxes[:, :2]) * np.array([sx, sy], dtype=np.float32)
+        rows.append(wh)
+    if not rows:
+        raise DataError("the train annotations have no boxes to fit anchors to")
+    wh = np.concatenate(rows)
+    levels = int(args.levels)
+    k = levels * int(args.per_level)
+    anchors = kmeans_anchors(wh, k=k, seed=int(cfg.seed))
+    per = int(args.per_level)
+    sizes = [[max(1, round(float(w))), max(1, round(float(h)))] for w, h in anchors]
+    nested = [sizes[i * per : (i + 1) * per] for i in range(levels)]
+    fitted = mean_best_iou(wh, np.array(nested, dtype=np.float64).reshape(-1, 2))
+    result: dict[str, Any] = {
+        "anchors": nested,
+        "mean_best_iou": round(fitted, 4),
+        "boxes": len(wh),
+        "input_size": size,
+        "keep_ratio": keep_ratio,
+    }
+    current = cfg.model.get("anchors")
+    if current is not None:
+        result["mean_best_iou_current"] = round(
+            mean_best_iou(wh, np.asarray(current, dtype=np.float64).reshape(-1, 2)), 4
+        )
+    log.info("model.anchors (small to large, one list per level):\n  anchors: %s", nested)
+    return result
+
+
 def cmd_predict(kit: Kit, args: Namespace) -> dict[str, Any]:
     from e2ekit.core import verbs
 
@@ -193,6 +247,7 @@ class DetKit(Kit):
         return {
             "preview": cmd_preview,
             "convert": cmd_convert,
+            "anchors": cmd_anchors,
             "predict": cmd_predict,
             "eval": cmd_eval,
         }
@@ -205,6 +260,10 @@ class DetKit(Kit):
         elif verb == "preview":
             parser.add_argument("--split", default="train", help="train or val")
             parser.add_argument("--limit", type=int, default=50, help="images drawn")
+        elif verb == "anchors":
+            parser.add_argument("--size", type=int, help="input size (default export.input_size)")
+            parser.add_argument("--levels", type=int, default=3, help="feature levels (3)")
+            parser.add_argument("--per-level", type=int, default=3, help="anchors per level (3)")
         elif verb == "convert":
             parser.add_argument("--from", dest="source", required=True, help="labelme or voc")
             parser.add_argument("--input", help="labelme folder/files, or ROOT/LIST_FILE (voc)")
