@@ -1,4 +1,4 @@
-"""Create the PaddlePaddle 3.3.1 CPU + PaddleSeg 2.8.0 venv that bench_seg.py measures.
+"""Create the PaddlePaddle 3.3.1 CPU venv (PaddleSeg 2.8, PaddleDetection 2.6) benchmarks measure.
 
 Never a project dependency: the peer lives in its own venv (default
 ``benchmarks/.venvs/paddle``), created on first use from this interpreter's base Python,
@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 
 DEFAULT_VENV = Path(__file__).resolve().parent.parent / ".venvs" / "paddle"
-PACKAGES = ("paddlepaddle==3.3.1", "paddleseg==2.8.0", "scikit-learn")
-# paddleseg 2.8 pulls aistudio-sdk/datasets/huggingface_hub; newer ones need numpy 2.
+PACKAGES = ("paddlepaddle==3.3.1", "paddleseg==2.8.0", "paddledet==2.6.0", "scikit-learn")
+# paddleseg 2.8 / paddledet 2.6 pull aistudio-sdk/datasets/huggingface_hub; newer ones need numpy 2.
 CONSTRAINTS = (
     "numpy==1.23.5",
     "huggingface_hub<1",
@@ -33,8 +33,9 @@ def python_of(venv: Path) -> Path:
 def ensure_venv(venv: Path = DEFAULT_VENV, log=print) -> Path:
     """The venv's interpreter; creates and fills the venv when it has no success marker."""
     py = python_of(venv)
-    if (venv / MARKER).is_file() and py.is_file():
-        return py
+    wanted = "\n".join(PACKAGES) + "\n"
+    if py.is_file() and (venv / MARKER).is_file() and (venv / MARKER).read_text() == wanted:
+        return py  # the marker lists what was installed: a new peer tops the venv up
     base = Path(sys.base_prefix) / "bin" / "python3"
     if not py.is_file():
         log(f"creating {venv} from {base}")
@@ -47,9 +48,9 @@ def ensure_venv(venv: Path = DEFAULT_VENV, log=print) -> Path:
     cmd = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     subprocess.run([*cmd, "-c", constraints, *PACKAGES], check=True, stdout=sys.stderr)
     Path(constraints).unlink(missing_ok=True)
-    probe = "import paddle, paddleseg; print(paddle.__version__, paddleseg.__version__)"
+    probe = "import paddle, paddleseg, ppdet; print(paddle.__version__, paddleseg.__version__)"
     subprocess.run([str(py), "-c", probe], check=True, stdout=sys.stderr)
-    (venv / MARKER).write_text("ok\n")
+    (venv / MARKER).write_text(wanted)
     return py
 
 

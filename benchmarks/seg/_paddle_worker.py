@@ -2,8 +2,8 @@
 
 A long-lived worker so the parent can alternate paddle blocks with its own: it reads one JSON
 command per line on stdin and answers one JSON line each. Timing is taken here, around the
-work only. Paddle and oneDNN print to stdout from C++, so fd 1 is pointed at stderr and
-answers go to a private copy of the original stdout.
+work only. Paddle and oneDNN print to stdout from C++: ``../core/_worker_io.py`` keeps the
+answers on a private copy of the original stdout.
 
 Commands (``cmd`` key):
 - ``setup``: net, size, batch, classes, optim, lr, weight_decay, seed, train_mkldnn -> builds
@@ -19,16 +19,16 @@ Commands (``cmd`` key):
 from __future__ import annotations
 
 import gc
-import json
+import importlib
 import os
 import sys
 import tempfile
 import time
-import traceback
 from typing import Any
 
-_OUT = os.fdopen(os.dup(1), "w", buffering=1)
-os.dup2(2, 1)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "core"))
+# first, before paddle loads: it moves fd 1 away from the answer stream
+serve = importlib.import_module("_worker_io").serve
 
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
@@ -198,19 +198,7 @@ class Worker:
 
 def main() -> None:
     worker = Worker()
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        cmd = json.loads(line)
-        name = cmd.pop("cmd")
-        if name == "quit":
-            break
-        try:
-            reply = {"ok": True, **getattr(worker, name)(cmd)}
-        except Exception as e:
-            traceback.print_exc()
-            reply = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
-        _OUT.write(json.dumps(reply) + "\n")
+    serve(worker)
     worker.tmp.cleanup()
 
 

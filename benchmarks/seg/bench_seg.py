@@ -28,13 +28,10 @@ Prints one JSON line on stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,8 +45,19 @@ import torch.nn.functional as F
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "core"))
 
+from _alternate import (  # noqa: E402
+    Block,
+    WorkerClient,
+    calibrate,
+    load_warning,
+    log,
+    ratio,
+    summarize,
+)
+from _alternate import alternate as _alternate  # noqa: E402
+from _alternate import timed as _timed  # noqa: E402
 from _paddle_env import DEFAULT_VENV, ensure_venv  # noqa: E402
 
 from e2ekit.core.engine.amp import cpu_has_bf16  # noqa: E402
@@ -68,22 +76,11 @@ OPTIM = {
     "sgd": {"type": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0004},
 }
 NUM_CLASSES = 4
-Block = Callable[[int], float]  # run n iterations, return seconds
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def median(values: list[float]) -> float:
-    return float(statistics.median(values))
-
-
-def load_warning(when: str) -> float:
-    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
-    if load > cpus:
-        log(f"warning ({when}): 1-min load average {load:.1f} on {cpus} CPUs; results are noisy")
-    return round(load, 2)
+def alternate(blocks: dict[str, Block], iters: dict[str, int], args: argparse.Namespace):
+    """The shared alternation with this script's --repeats and --pause-s."""
+    return _alternate(blocks, iters, args.repeats, args.pause_s)
 
 
 def parse_args() -> argparse.Namespace:
@@ -116,100 +113,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--explore", action="store_true", help="extra variants of our train step")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
-
-
-# --------------------------------------------------------------------------- timing
-
-
-def alternate(blocks: dict[str, Block], iters: dict[str, int], args: argparse.Namespace):
-    """Rotate the order every repeat; returns seconds per iteration, per variant and repeat."""
-    names = list(blocks)
-    per_iter: dict[str, list[float]] = {n: [] for n in names}
-    for rep in range(args.repeats):
-        k = rep % len(names)
-        for name in names[k:] + names[:k]:
-            time.sleep(args.pause_s)  # the other runtimes' spinning threads go idle
-            per_iter[name].append(blocks[name](iters[name]) / iters[name])
-        cells = " ".join(f"{n}={v[-1]:.3g}" for n, v in per_iter.items())
-        log(f"  repeat {rep + 1}: s/iter {cells} (load {os.getloadavg()[0]:.1f})")
-    return per_iter
-
-
-def calibrate(blocks: dict[str, Block], warm: dict[str, float], block_s: float) -> dict:
-    """Iterations per block from one warm iteration (at least 1)."""
-    out = {}
-    for name, run in blocks.items():
-        t = warm.get(name)
-        if t is None:
-            run(1)  # warm-up (allocations, oneDNN primitives)
-            t = run(1)
-        out[name] = max(1, round(block_s / max(t, 1e-6)))
-    return out
-
-
-def summarize(per_iter: dict[str, list[float]], images: int) -> dict[str, float]:
-    return {n: round(images / median(v), 4) for n, v in per_iter.items()}
-
-
-def ratio(per_iter: dict[str, list[float]], a: str, b: str) -> float | None:
-    """Median over repeats of (a's images/s) / (b's images/s)."""
-    if a not in per_iter or b not in per_iter:
-        return None
-    return round(median([tb / ta for ta, tb in zip(per_iter[a], per_iter[b], strict=True)]), 3)
-
-
-# --------------------------------------------------------------------------- paddle
-
-
-class PaddleClient:
-    """The long-lived ``_paddle_worker.py`` process in the paddle venv (JSON lines)."""
-
-    def __init__(self, python: Path, threads: int, log_path: Path) -> None:
-        n = str(threads)
-        env = {
-            **os.environ,
-            "BENCH_THREADS": n,
-            "OMP_NUM_THREADS": n,
-            "MKL_NUM_THREADS": n,
-            "GLOG_minloglevel": "2",
-            "PYTHONWARNINGS": "ignore",
-        }
-        env.pop("PYTHONPATH", None)
-        self.log_path = log_path
-        self.log_fh = log_path.open("w")
-        self.proc = subprocess.Popen(
-            [str(python), str(HERE / "_paddle_worker.py")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log_fh,
-            text=True,
-            env=env,
-            cwd=tempfile.gettempdir(),
-        )
-
-    def call(self, cmd: str, **kw: Any) -> dict[str, Any]:
-        assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write(json.dumps({"cmd": cmd, **kw}) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            tail = self.log_path.read_text()[-3000:]
-            raise RuntimeError(f"paddle worker exited during {cmd!r}; its log ends:\n{tail}")
-        reply = json.loads(line)
-        if not reply.pop("ok"):
-            raise RuntimeError(f"paddle worker {cmd!r} failed: {reply['error']}")
-        return reply
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            assert self.proc.stdin
-            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log_fh.close()
 
 
 # --------------------------------------------------------------------------- ours / plain
@@ -338,7 +241,7 @@ def explore_variants(
 
 
 def bench_train(
-    net: str, size: int, args: argparse.Namespace, tmp: Path, paddle: PaddleClient | None
+    net: str, size: int, args: argparse.Namespace, tmp: Path, paddle: WorkerClient | None
 ) -> tuple[dict[str, Any], Any]:
     gen = torch.Generator().manual_seed(args.seed)
     x = torch.randn(args.batch, 3, size, size, generator=gen)
@@ -417,7 +320,7 @@ def bench_infer(
     trainer: Any,
     args: argparse.Namespace,
     tmp: Path,
-    paddle: PaddleClient | None,
+    paddle: WorkerClient | None,
 ) -> dict[str, Any]:
     from e2ekit.core.export import quantize_int8
     from e2ekit.core.infer import Predictor
@@ -513,13 +416,6 @@ def bench_infer(
     return out
 
 
-def _timed(fn: Callable[[], Any], n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return time.perf_counter() - start
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -560,7 +456,9 @@ def main() -> None:
         paddle = None
         if not args.skip_paddle:
             python = ensure_venv(args.paddle_venv, log=log)
-            paddle = PaddleClient(python, args.threads, tmp / "paddle_worker.log")
+            paddle = WorkerClient(
+                python, HERE / "_paddle_worker.py", args.threads, tmp / "paddle_worker.log"
+            )
             settings["paddle"] = {
                 "train": "dygraph, F.cross_entropy(int64 labels, axis=1), float(loss) per step",
                 "train_FLAGS_use_mkldnn": args.paddle_train_mkldnn,
