@@ -8,8 +8,6 @@ exact resume (weights, optimizer, scheduler, scaler, EMA, step, data order, RNG)
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import time
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +21,13 @@ from torch.utils.data import DataLoader
 from e2ekit.core.config import save_config, to_dict
 from e2ekit.core.engine import dist
 from e2ekit.core.engine.amp import autocast, make_scaler, resolve_amp
+from e2ekit.core.engine.best import (
+    best_record,
+    defined,
+    is_better,
+    require_metric,
+    write_final_metrics,
+)
 from e2ekit.core.engine.checkpoint import (
     FORMAT,
     atomic_torch_save,
@@ -427,22 +432,12 @@ class Trainer:
         return metrics
 
     def _track_best(self, metrics: dict[str, Any]) -> bool:
-        if self.metric_name not in metrics:
-            raise ConfigError(
-                f"train.metric '{self.metric_name}' is not reported by evaluation; "
-                f"available: {', '.join(sorted(metrics))}"
-            )
+        require_metric(self.metric_name, metrics)
         value = float(metrics[self.metric_name])
-        delta = self.tc.early_stop.min_delta
-        if self.best is None:
-            better = True
-        elif self.metric_mode == "max":
-            better = value > self.best["value"] + delta
-        else:
-            better = value < self.best["value"] - delta
-        if better and not math.isnan(value):
-            self.best = {"metric": self.metric_name, "value": value, "step": self.step}
-            self.best["metrics"] = jsonable(metrics)
+        if defined(value) and is_better(
+            self.best, value, self.metric_mode, self.tc.early_stop.min_delta
+        ):
+            self.best = best_record(self.metric_name, value, self.step, metrics)
             self.bad_evals = 0
             return True
         self.bad_evals += 1
@@ -455,14 +450,7 @@ class Trainer:
     def _finish(self) -> dict[str, Any]:
         result: dict[str, Any] = {}
         if self.is_main:
-            if self.best is not None:
-                result = dict(self.best["metrics"])
-                result.update(step=self.best["step"], best_metric=self.metric_name)
-            else:
-                result = {"step": self.step}
-            tmp = self.out_dir / "metrics.json.tmp"
-            tmp.write_text(json.dumps(jsonable(result), indent=2, ensure_ascii=False) + "\n")
-            tmp.replace(self.out_dir / "metrics.json")
+            result = write_final_metrics(self.out_dir, self.best, self.step)
         dist.barrier()
         return result
 

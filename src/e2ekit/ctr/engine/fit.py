@@ -10,8 +10,6 @@ order of an epoch is a function of (seed, epoch).
 from __future__ import annotations
 
 import functools
-import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,13 @@ import torch
 
 from e2ekit.core.config import save_config, to_dict
 from e2ekit.core.engine import dist
+from e2ekit.core.engine.best import (
+    best_record,
+    defined,
+    is_better,
+    require_metric,
+    write_final_metrics,
+)
 from e2ekit.core.engine.checkpoint import (
     atomic_torch_save,
     capture_rng,
@@ -338,49 +343,26 @@ class CtrTrainer:
 
     def _track_best(self, metrics: dict[str, Any]) -> bool:
         name = self.tc.metric or "auc"
-        if name not in metrics:  # a typo in train.metric must not silently keep no best.pt
-            valid = sorted(k for k, v in metrics.items() if isinstance(v, float))
-            raise ConfigError(
-                f"train.metric '{name}' is not reported by ctr evaluation; "
-                f"choose one of {', '.join(valid)}"
-            )
+        require_metric(name, metrics, "ctr evaluation")
         value = metrics[name]
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        if not defined(value):
             # e.g. AUC of a one-class val set: keep the first checkpoint as best, say why
             if self.best is None:
-                self.best = {"metric": name, "value": None, "step": self.step}
-                self.best["metrics"] = jsonable(metrics)
+                self.best = best_record(name, None, self.step, metrics)
                 log.warning("eval: %s is undefined on this val data (one class?)", name)
                 return True
             return False
-        better = (
-            self.best is None
-            or self.best.get("value") is None
-            or (
-                value > self.best["value"]
-                if self.tc.metric_mode == "max"
-                else value < self.best["value"]
-            )
-        )
-        if better:
-            self.best = {"metric": name, "value": float(value), "step": self.step}
-            self.best["metrics"] = jsonable(metrics)
-        return better
+        if is_better(self.best, float(value), self.tc.metric_mode):
+            self.best = best_record(name, float(value), self.step, metrics)
+            return True
+        return False
 
     def _finish(self) -> dict[str, Any]:
         result: dict[str, Any] = {}
         if self.is_main:
-            if self.best is not None:
-                result = dict(self.best["metrics"])
-                result.update(step=self.best["step"], best_metric=self.best["metric"])
-            else:
-                result = {"step": self.step}
-            result.pop("calibration_bins", None)
-            tmp = self.out_dir / "metrics.json.tmp"
-            full = dict(self.best["metrics"]) if self.best else dict(result)
-            full.update({k: v for k, v in result.items() if k in ("step", "best_metric")})
-            tmp.write_text(json.dumps(jsonable(full), indent=2) + "\n")
-            tmp.replace(self.out_dir / "metrics.json")
+            result = write_final_metrics(
+                self.out_dir, self.best, self.step, summary_drop=("calibration_bins",)
+            )
         if self.step == 0 and not self.resume:
             raise E2EError("training ran no step: the train data yields no rows")
         return result
