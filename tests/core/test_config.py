@@ -32,6 +32,21 @@ def test_base_merges_dicts_and_replaces_lists(tmp_path: Path) -> None:
     assert prov["train.batch_size"].endswith("child.yaml")
 
 
+def test_delete_replaces_a_base_section(tmp_path: Path) -> None:
+    write(tmp_path / "base.yaml", "model: {type: yolo, anchors: [[1, 2]]}\ntrain: {epochs: 3}\n")
+    child = write(
+        tmp_path / "child.yaml",
+        "_base_: base.yaml\nmodel:\n  _delete_: true\n  type: retina\n  head: {depth: 2}\n",
+    )
+    tree, _ = load_yaml_tree(child)
+    assert tree["model"] == {"type": "retina", "head": {"depth": 2}}  # no leaked anchors
+    assert tree["train"] == {"epochs": 3}
+    # without a base, or nested, the marker never reaches the schema
+    assert merge({}, {"a": {"_delete_": True, "b": {"_delete_": True, "c": 1}}}) == {
+        "a": {"b": {"c": 1}}
+    }
+
+
 def test_merge_does_not_mutate_inputs() -> None:
     a = {"x": {"y": 1}}
     b = {"x": {"z": 2}}

@@ -19,6 +19,7 @@ from e2ekit.core.errors import ConfigError, did_you_mean
 
 C = TypeVar("C", bound=BaseModel)
 BASE_KEY = "_base_"
+DELETE_KEY = "_delete_"
 OVERRIDE_SOURCE = "-o"
 
 
@@ -82,14 +83,27 @@ def _record(prov: Provenance, tree: dict[str, Any], source: str, prefix: str = "
             _record(prov, value, source, dotted + ".")
 
 
+def _without_delete(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_delete(v) for k, v in value.items() if k != DELETE_KEY}
+    return copy.deepcopy(value)
+
+
 def merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``child`` into a copy of ``base``: dicts merge, anything else replaces."""
+    """Deep-merge ``child`` into a copy of ``base``: dicts merge, anything else replaces.
+
+    A child mapping with ``_delete_: true`` replaces the base's mapping instead of merging
+    into it (as in mmdetection's configs), e.g. a ``model:`` section whose keys belong to
+    another architecture than the base's.
+    """
     out = copy.deepcopy(base)
     for key, value in child.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and value.get(DELETE_KEY) is True:
+            out[key] = _without_delete(value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         else:
-            out[key] = copy.deepcopy(value)
+            out[key] = _without_delete(value)
     return out
 
 
