@@ -94,7 +94,9 @@ def test_export_static_int8_with_nms(cli, trained: Path, tmp_path: Path) -> None
         "det", "export", "--weights", trained, "--quantize", "--out", export,
     )  # fmt: skip
     assert code == 0, err
-    assert last_json(out)["int8_mode"] == "static"
+    summary = last_json(out)
+    assert summary["int8_mode"] == "static" and summary["int8_max_abs_diff"] is None
+    assert "int8_cases_length_changed" in summary and "int8_mismatch_fraction" not in summary
     report = json.loads((export / "export_report.json").read_text())["int8"]
     assert report["calibration"]["source"] == "calibration_inputs"
     assert report["cases"] == 16  # tiny.yaml's train split: 16 images (calibration_samples 32)
@@ -139,8 +141,9 @@ def test_quantize_counts_variable_output_shapes(tmp_path: Path) -> None:
     section = quantize_int8(tmp_path, mode="static", calibration_inputs=calib)
     assert section["passed"]
     assert (tmp_path / "model.int8.onnx").is_file()
-    counted = section["per_output"]["values"].get("shape_mismatches", 0)
-    assert 0 <= counted <= 8
+    entry = section["per_output"]["values"]
+    assert entry["variable_length"] is True and 0 <= entry["length_changed_cases"] <= 8
+    assert section["max_abs_diff"] is None  # no fixed-shape output to diff
 
 
 def test_serve(trained: Path, tmp_path: Path, cli) -> None:

@@ -897,14 +897,18 @@ def quantize_int8(
             got = int8_sess.run(out_names, feeds)
             for n, r, g in zip(out_names, ref, got, strict=True):
                 e = per_output[n]
-                if r.shape != g.shape:
-                    if n not in variable:  # a fixed-shape output must keep its shape
-                        raise ExportError(f"int8 output {n!r} shape {g.shape} != fp32 {r.shape}")
-                    # e.g. detections after NMS: int8 keeps a different number of boxes, so
-                    # element diffs do not apply; the case is counted (judge these by a
+                if n in variable:
+                    # e.g. detections after NMS: int8 may keep other boxes, in another order,
+                    # so element diffs mean nothing; count length changes (judge these by a
                     # task metric such as AP)
-                    e["shape_mismatches"] = e.get("shape_mismatches", 0) + 1
+                    e["cases"] = e.get("cases", 0) + 1
+                    e["length_changed"] = e.get("length_changed", 0) + int(r.shape != g.shape)
+                    e["length_diff_sum"] = e.get("length_diff_sum", 0) + abs(
+                        (r.shape[0] if r.ndim else 1) - (g.shape[0] if g.ndim else 1)
+                    )
                     continue
+                if r.shape != g.shape:
+                    raise ExportError(f"int8 output {n!r} shape {g.shape} != fp32 {r.shape}")
                 e["count"] += r.size
                 if r.dtype.kind in "iub":  # class ids: abs diffs are meaningless
                     integer.add(n)
@@ -914,7 +918,7 @@ def quantize_int8(
                 e["max_abs_diff"] = max(e["max_abs_diff"], mx)
                 e["sum_abs"] += mean * r.size
         del fp32_sess, int8_sess
-        floats = [e for n, e in per_output.items() if n not in integer]
+        floats = [e for n, e in per_output.items() if n not in integer and n not in variable]
         fractions = {
             n: per_output[n]["mismatches"] / max(per_output[n]["count"], 1) for n in integer
         }
@@ -927,26 +931,12 @@ def quantize_int8(
             max_abs = mean_abs = math.nan  # written as null
             passed = atol is None or all(f <= atol for f in fractions.values())
         int8_bytes, fp32_bytes = q_path.stat().st_size, fp32_path.stat().st_size
+        reports = {n: _output_report(n, e, integer, variable) for n, e in per_output.items()}
         section: dict[str, Any] = {
             "mode": mode,
             "max_abs_diff": _finite_or_none(max_abs),
             "mean_abs_diff": _finite_or_none(mean_abs),
-            "per_output": {
-                n: (
-                    {"mismatch_fraction": fractions[n]}
-                    if n in integer
-                    else {
-                        "max_abs_diff": _finite_or_none(e["max_abs_diff"]),
-                        "mean_abs_diff": _finite_or_none(e["sum_abs"] / max(e["count"], 1)),
-                        **(
-                            {"shape_mismatches": e["shape_mismatches"]}
-                            if "shape_mismatches" in e
-                            else {}
-                        ),
-                    }
-                )
-                for n, e in per_output.items()
-            },
+            "per_output": reports,
             "model_bytes": int8_bytes,
             "fp32_model_bytes": fp32_bytes,
             "size_ratio": round(int8_bytes / fp32_bytes, 4),
@@ -995,6 +985,23 @@ def quantize_int8(
     deploy["int8_model_file"] = INT8_MODEL_FILE
     _write_yaml(folder / DEPLOY_FILE, deploy)
     return section
+
+
+def _output_report(name: str, e: dict[str, Any], integer: set[str], variable: set[str]) -> dict:
+    """One output's int8-vs-fp32 entry in the export report."""
+    if name in variable:
+        cases = max(e.get("cases", 0), 1)
+        return {
+            "variable_length": True,
+            "length_changed_cases": e.get("length_changed", 0),
+            "mean_length_diff": e.get("length_diff_sum", 0) / cases,
+        }
+    if name in integer:
+        return {"mismatch_fraction": e["mismatches"] / max(e["count"], 1)}
+    return {
+        "max_abs_diff": _finite_or_none(e["max_abs_diff"]),
+        "mean_abs_diff": _finite_or_none(e["sum_abs"] / max(e["count"], 1)),
+    }
 
 
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})

@@ -131,6 +131,11 @@ def cmd_export(kit: Kit, args: Namespace) -> dict[str, Any]:
         ]
         if fractions:
             summary["int8_mismatch_fraction"] = max(fractions)
+        changed = [
+            o["length_changed_cases"] for o in int8["per_output"].values() if "variable_length" in o
+        ]
+        if changed:  # e.g. boxes after NMS: element diffs do not apply, judge int8 by AP
+            summary["int8_cases_length_changed"] = f"{max(changed)}/{int8['cases']}"
         summary["int8_size_ratio"] = int8["size_ratio"]
     return summary
 
