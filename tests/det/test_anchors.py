@@ -44,3 +44,11 @@ def test_anchors_verb(cli) -> None:
     assert len(result["anchors"]) == 2 and all(len(level) == 3 for level in result["anchors"])
     assert result["input_size"] == 96 and result["boxes"] > 0
     assert 0.5 < result["mean_best_iou"] <= 1.0
+
+
+def test_anchors_verb_bad_flags(cli) -> None:
+    config = str(ROOT / "configs" / "det" / "tiny.yaml")
+    code, _, err = cli("det", "anchors", "-c", config, "--levels", "0")
+    assert code != 0 and "--levels must be >= 1" in err
+    code, _, err = cli("det", "anchors", "-c", config, "--levels", "9", "--per-level", "9")
+    assert code != 0 and "cannot fit 81 anchors" in err and "Traceback" not in err

@@ -105,6 +105,7 @@ class ExportConfig(Strict):
     )
     quantize_op_types: list[str] | None = Field(
         None,
+        min_length=1,
         description="ONNX op types to quantize (default: MatMul/Gemm dynamic, Conv/MatMul/Gemm "
         "static); add the ops between convolutions (e.g. LeakyRelu, Add, Concat) so int8 "
         "kernels chain without float round trips",

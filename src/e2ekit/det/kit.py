@@ -164,6 +164,11 @@ def cmd_anchors(kit: Kit, args: Namespace) -> dict[str, Any]:
     from e2ekit.det.anchors import kmeans_anchors, mean_best_iou
 
     cfg, _ = load_run_config(kit, args)
+    for flag, value in (("--levels", args.levels), ("--per-level", args.per_level)):
+        if value < 1:
+            raise E2EError(f"{flag} must be >= 1, got {value}")
+    if args.size is not None and args.size < 8:
+        raise E2EError(f"--size must be the input size in pixels (>= 8), got {args.size}")
     ds = DetTask(cfg).det_dataset("train")
     if ds is None or not ds.records:
         raise ConfigError("no train annotations configured: set data.train_ann (or data.root)")
@@ -190,6 +195,11 @@ def cmd_anchors(kit: Kit, args: Namespace) -> dict[str, Any]:
     wh = np.concatenate(rows)
     levels = int(args.levels)
     k = levels * int(args.per_level)
+    if len(wh) < k:
+        raise DataError(
+            f"{len(wh)} train boxes cannot fit {k} anchors ({levels} levels x "
+            f"{args.per_level}); lower --levels/--per-level or add data"
+        )
     anchors = kmeans_anchors(wh, k=k, seed=int(cfg.seed))
     per = int(args.per_level)
     sizes = [[max(1, round(float(w))), max(1, round(float(h)))] for w, h in anchors]
@@ -203,10 +213,9 @@ def cmd_anchors(kit: Kit, args: Namespace) -> dict[str, Any]:
         "keep_ratio": keep_ratio,
     }
     current = cfg.model.get("anchors")
-    if current is not None:
-        result["mean_best_iou_current"] = round(
-            mean_best_iou(wh, np.asarray(current, dtype=np.float64).reshape(-1, 2)), 4
-        )
+    current_wh = np.asarray(current if current is not None else [], dtype=np.float64)
+    if current_wh.size and current_wh.size % 2 == 0:  # malformed anchors fail at model build
+        result["mean_best_iou_current"] = round(mean_best_iou(wh, current_wh.reshape(-1, 2)), 4)
     log.info("model.anchors (small to large, one list per level):\n  anchors: %s", nested)
     return result
 
