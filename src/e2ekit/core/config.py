@@ -193,6 +193,11 @@ def _format_error(err: dict[str, Any], schema: type[BaseModel], prov: Provenance
     dotted = ".".join(str(p) for p in loc)
     source = prov.source(dotted)
     kind = err["type"]
+    if not loc and kind == "value_error":  # a whole-config check: "key.path: why"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        key, sep, _ = msg.partition(": ")
+        where = prov.source(key) if sep and " " not in key else source
+        return f"{where}: {msg}"
     if kind == "extra_forbidden":
         hint = did_you_mean(str(loc[-1]), _fields_at(schema, loc))
         prefix = ".".join(str(p) for p in loc[:-1])

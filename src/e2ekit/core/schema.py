@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -120,7 +120,14 @@ class InferConfig(Strict):
 
 
 class RunConfig(Strict):
-    """Sections every kit has; kits narrow ``model`` and ``data`` with their own schemas."""
+    """Sections every kit has; kits narrow ``model`` and ``data`` with their own schemas.
+
+    A shared key that a kit cannot honour is listed in the kit schema's ``unsupported``
+    (dotted key -> why): setting it to anything but its default is a config error that
+    says why, so no accepted key is ever silently ignored.
+    """
+
+    unsupported: ClassVar[dict[str, str]] = {}
 
     seed: int = 42
     deterministic: bool = False
@@ -133,3 +140,23 @@ class RunConfig(Strict):
     export: ExportConfig = ExportConfig()
     infer: InferConfig = InferConfig()
     serve: ServeSettings = ServeSettings()
+
+    @model_validator(mode="after")
+    def _refuse_unsupported(self) -> RunConfig:
+        for key, why in self.unsupported.items():
+            if _value_at(self, key) != default_at(type(self), key):
+                raise ValueError(f"{key}: not supported by this kit: {why}")
+        return self
+
+
+def _value_at(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def default_at(schema: type[BaseModel], dotted: str) -> Any:
+    """The schema's default for a dotted key (its section's default, walked down)."""
+    first, _, rest = dotted.partition(".")
+    value = schema.model_fields[first].get_default(call_default_factory=True)
+    return _value_at(value, rest) if rest else value

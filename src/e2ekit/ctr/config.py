@@ -68,6 +68,7 @@ class CtrTrain(TrainConfig):
         None, ge=1, description="torch threads per process; default: cores / processes"
     )
     batch_size: int = Field(4096, ge=1, description="per process")
+    drop_last: bool = Field(False, description="drop a short last batch (always under ddp)")
     eval_batch_size: int | None = Field(16384, ge=1)
     log_interval: int = Field(50, ge=1)
     metric: str | None = "auc"
@@ -96,6 +97,15 @@ class CtrExport(ExportConfig):
 
 
 class CtrConfig(RunConfig):
+    unsupported = {
+        "train.ema.enabled": "the slot table is updated sparsely, row by row; an EMA copy "
+        "would cost a pass over the whole table every step",
+        "train.num_workers": "files are parsed in a background thread; use data.prefetch "
+        "(batches read ahead) and train.threads",
+        "train.channels_last": "CTR models have no convolutions",
+        "train.grad_accum": "ctr trains with large batches instead; raise train.batch_size",
+    }
+
     model: CtrModel = CtrModel()  # type: ignore[assignment]
     data: CtrData = CtrData()  # type: ignore[assignment]
     train: CtrTrain = CtrTrain()
@@ -106,6 +116,19 @@ class CtrConfig(RunConfig):
 
     @model_validator(mode="after")
     def _checks(self) -> CtrConfig:
-        if self.train.grad_accum != 1:
-            raise ValueError("train.grad_accum: ctr trains with large batches instead; use 1")
+        if self.train.mode == "async" and self.train.hooks:
+            raise ValueError(
+                "train.hooks: Hogwild workers step in other processes, where hooks cannot "
+                "run; use train.mode=sync or ddp with hooks"
+            )
+        if self.train.mode == "async" and self.train.eval_interval:
+            raise ValueError(
+                "train.eval_interval: async passes run in worker processes and evaluate "
+                "when each pass ends; use train.mode=sync or ddp to evaluate every N steps"
+            )
+        if self.train.mode == "async" and self.train.save_interval:
+            raise ValueError(
+                "train.save_interval: an async pass saves when it ends; use "
+                "train.mode=sync or ddp for step-interval saves"
+            )
         return self

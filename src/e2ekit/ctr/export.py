@@ -64,6 +64,26 @@ def sample_inputs(model: CtrModel, n: int, seed: int = 0) -> dict[str, torch.Ten
     return {"dense": dense, "emb": emb.float()}
 
 
+def calibration_inputs(model: CtrModel, cfg: CtrConfig, n: int) -> list[dict[str, np.ndarray]]:
+    """Up to ``n`` real rows of ``data.val`` (else ``data.train``) as export inputs, to
+    calibrate static int8 on the value ranges the model really sees."""
+    from e2ekit.ctr.data.splits import make_stream, split_paths
+
+    paths = split_paths(cfg, "val") or split_paths(cfg, "train")
+    if paths is None:
+        return []
+    out: list[dict[str, np.ndarray]] = []
+    with torch.no_grad():
+        for batch in make_stream(cfg, paths, train=False, batch_size=min(n, 256)):
+            emb = model.tables(batch["sparse"]).float()
+            for i in range(len(batch["label"])):
+                row = {"dense": batch["dense"][i : i + 1], "emb": emb[i : i + 1]}
+                out.append({k: v.numpy() for k, v in row.items()})
+                if len(out) >= n:
+                    return out
+    return out
+
+
 def deploy_info(model: CtrModel, cfg: CtrConfig, version: str) -> dict[str, Any]:
     return {
         "kit": "ctr",

@@ -113,7 +113,7 @@ def cmd_eval(kit: Kit, args: Namespace) -> dict[str, Any]:
 
 def cmd_export(kit: Kit, args: Namespace) -> dict[str, Any]:
     from e2ekit.core.export import quantize_int8
-    from e2ekit.ctr.export import export_model
+    from e2ekit.ctr.export import calibration_inputs, export_model
 
     cfg, ckpt, model, stepper = _load(kit, args)
     out = Path(args.out) if args.out else default_export_dir(kit, args.weights)
@@ -132,8 +132,18 @@ def cmd_export(kit: Kit, args: Namespace) -> dict[str, Any]:
         "model_version": version,
     }
     if args.quantize or cfg.export.quantize:
-        int8 = quantize_int8(out, mode=cfg.export.quantize_mode)
-        summary.update(int8_mode=cfg.export.quantize_mode, int8_max_abs_diff=int8["max_abs_diff"])
+        ec = cfg.export
+        calib = None
+        if ec.quantize_mode == "static":
+            calib = calibration_inputs(model, cfg, ec.calibration_samples) or None
+        int8 = quantize_int8(
+            out,
+            mode=ec.quantize_mode,
+            calibration_inputs=calib,
+            op_types=ec.quantize_op_types,
+            keep_final_float=bool(ec.quantize_keep_final_float),
+        )
+        summary.update(int8_mode=ec.quantize_mode, int8_max_abs_diff=int8["max_abs_diff"])
     return summary
 
 

@@ -9,14 +9,23 @@ import numpy as np
 import torch
 
 from e2ekit.core.engine.dist import local_rank
+from e2ekit.core.errors import ConfigError
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` takes this rank's CUDA device when there is one, else the CPU."""
+def resolve_device(name: str, key: str = "device") -> torch.device:
+    """``auto`` takes this rank's CUDA device when there is one, else the CPU; ``cuda`` on a
+    machine without one is a one-line error naming ``key`` (never a silent CPU run)."""
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
+    if name not in ("auto", "cuda") and not name.startswith("cuda:"):
+        raise ConfigError(f"{key}={name}: use auto, cpu or cuda")
     if not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but no CUDA device is visible")
+        raise ConfigError(
+            f"{key}={name}: this machine has no usable CUDA device (torch "
+            f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use {key}=cpu"
+        )
+    if name.startswith("cuda:"):
+        return torch.device(name)
     return torch.device("cuda", local_rank())
 
 

@@ -15,12 +15,17 @@ from e2ekit.core.schema import OptimConfig, SchedConfig
 OPTIMIZERS = ("adamw", "adam", "sgd")
 
 
-def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """Biases and norm weights (1-D params) get no weight decay, as BERT/timm do."""
+def param_groups(
+    model: nn.Module, cfg: OptimConfig, params: list[nn.Parameter] | None = None
+) -> list[dict]:
+    """Biases and norm weights (1-D params) get no weight decay, as BERT/timm do.
+
+    ``params`` restricts the groups to those parameters (e.g. all but a sparse table)."""
+    chosen = list(model.parameters()) if params is None else params
     if not cfg.no_decay_norm_bias or cfg.weight_decay == 0:
-        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        return [{"params": [p for p in chosen if p.requires_grad]}]
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in chosen:
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     return [

@@ -3,13 +3,16 @@
 Correctness-critical math lives only here: gradient accumulation normalisation,
 AMP loss scaling and unscale-before-clip, DDP ``no_sync`` on accumulation steps,
 exact resume (weights, optimizer, scheduler, scaler, EMA, step, data order, RNG).
+The run folder and best/early-stop bookkeeping are :class:`~e2ekit.core.engine.run.Run`'s.
+
+On CUDA a step never waits for the device: the loss stays a device tensor, summed over
+the log window and read (with the first non-finite step, if any) only at log intervals.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +21,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from e2ekit.core.config import save_config, to_dict
+from e2ekit.core.config import to_dict
 from e2ekit.core.engine import dist
 from e2ekit.core.engine.amp import autocast, make_scaler, resolve_amp
-from e2ekit.core.engine.best import (
-    best_record,
-    defined,
-    is_better,
-    require_metric,
-    write_final_metrics,
-)
 from e2ekit.core.engine.checkpoint import (
     FORMAT,
-    atomic_torch_save,
     capture_rng,
     load_checkpoint,
     model_state,
@@ -42,11 +37,14 @@ from e2ekit.core.engine.ema import ModelEMA
 from e2ekit.core.engine.env import resolve_device, seed_everything, set_determinism
 from e2ekit.core.engine.hooks import Hook, build_hooks
 from e2ekit.core.engine.optim import build_optimizer, build_scheduler
+from e2ekit.core.engine.run import Run, default_run_dir
 from e2ekit.core.engine.sampler import ResumableBatchSampler, SeededDataset
 from e2ekit.core.engine.task import Task
-from e2ekit.core.errors import CheckpointError, ConfigError, E2EError
-from e2ekit.core.logs import MetricsWriter, add_file_log, jsonable, log, remove_handler
+from e2ekit.core.errors import ConfigError, E2EError
+from e2ekit.core.logs import jsonable, log
 from e2ekit.core.progress import progress
+
+__all__ = ["Trainer", "default_run_dir", "eval_loader", "run_evaluation", "to_device", "unwrap"]
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -58,11 +56,6 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
-
-
-def default_run_dir(kit: str, config_name: str) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / kit / config_name / stamp
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -81,7 +74,11 @@ def eval_loader(task: Task, split: str = "val", batch_size: int | None = None) -
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
         batches = [order[i : i + size] for i in range(0, len(order), size)]
         return DataLoader(
-            ds, batch_sampler=batches, num_workers=tc.num_workers, collate_fn=task.collate_fn(split)
+            ds,
+            batch_sampler=batches,
+            num_workers=tc.num_workers,
+            collate_fn=task.collate_fn(split),
+            persistent_workers=tc.num_workers > 0,
         )
     return DataLoader(
         ds,
@@ -90,13 +87,16 @@ def eval_loader(task: Task, split: str = "val", batch_size: int | None = None) -
         num_workers=tc.num_workers,
         collate_fn=task.collate_fn(split),
         generator=torch.Generator().manual_seed(0),
+        persistent_workers=tc.num_workers > 0,  # evaluated many times in one run
     )
 
 
-def run_evaluation(task: Task, model: nn.Module, loader: DataLoader, device: torch.device) -> dict:
+def run_evaluation(
+    task: Task, model: nn.Module, loader: DataLoader, device: torch.device, bar: bool = True
+) -> dict:
     was_training = model.training
     model.eval()
-    bar = progress(loader, total=len(loader), desc="eval", unit="batch")
+    bar = progress(loader, total=len(loader), desc="eval", unit="batch", enabled=bar)
     try:
         with torch.inference_mode():
             metrics = task.evaluate(model, bar, device)
@@ -117,6 +117,7 @@ class Trainer:
         config_name: str = "config",
         resume: bool = False,
         weights: str | Path | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.task = task
         self.cfg = task.cfg
@@ -127,6 +128,17 @@ class Trainer:
         self.rank, self.world = dist.rank(), dist.world_size()
         self.is_main = self.rank == 0
         self.out_dir = Path(out_dir) if out_dir else default_run_dir(task.kit, config_name)
+        self.metric_name = self.tc.metric or task.default_metric
+        self.metric_mode = self.tc.metric_mode if self.tc.metric else task.metric_mode
+        self.run = Run(
+            self.cfg,
+            self.out_dir,
+            metric=self.metric_name,
+            mode=self.metric_mode,
+            resume=resume,
+            overwrite=overwrite,
+            is_main=self.is_main,
+        )
         set_determinism(self.cfg.deterministic)
         seed_everything(self.cfg.seed)
 
@@ -147,7 +159,8 @@ class Trainer:
             lengths=task.sample_lengths(train_ds),
             bucket=task.bucket,
         )
-        # A private generator keeps DataLoader worker seeding off the global RNG stream.
+        # A private generator keeps DataLoader worker seeding off the global RNG stream;
+        # workers persist across epochs (samples are keyed by epoch, so order stays exact).
         self.loader = DataLoader(
             SeededDataset(train_ds, self.cfg.seed),
             batch_sampler=self.sampler,
@@ -155,6 +168,7 @@ class Trainer:
             collate_fn=task.collate_fn("train"),
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(self.cfg.seed),
+            persistent_workers=self.tc.num_workers > 0,
         )
         self.val_loader = eval_loader(task, "val") if self.is_main else None
         self.batches_per_epoch = len(self.sampler)
@@ -174,15 +188,10 @@ class Trainer:
             else None
         )
         self.hooks: list[Hook] = build_hooks([h.model_dump() for h in self.tc.hooks])
-        self.metric_name = self.tc.metric or task.default_metric
-        self.metric_mode = self.tc.metric_mode if self.tc.metric else task.metric_mode
 
         self.step = 0
         self.micro = 0
-        self.best: dict[str, Any] | None = None
-        self.bad_evals = 0
         self.last_metrics: dict[str, Any] = {}
-        self.stop_reason = ""
         if resume:
             self._load_resume_state()
         elif weights:
@@ -195,12 +204,22 @@ class Trainer:
         if not resume:
             seed_everything(self.cfg.seed + self.rank)
 
+    # -- run bookkeeping (kept on the Run; these read through for hooks and callers) ------
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return self.run.best
+
+    @property
+    def stop_reason(self) -> str:
+        return self.run.stop_reason
+
+    @property
+    def writer(self) -> Any:
+        return self.run.writer
+
     # -- state ------------------------------------------------------------------------
     def _load_resume_state(self) -> None:
-        path = self.out_dir / "last.pt"
-        if not path.is_file():
-            raise CheckpointError(f"--resume: {path} does not exist; nothing to resume from")
-        ckpt = load_checkpoint(path, map_location=self.device)
+        ckpt = load_checkpoint(self.run.last_checkpoint(), map_location=self.device)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -209,8 +228,7 @@ class Trainer:
         if self.ema is not None and ckpt.get("ema"):
             self.ema.load_state_dict(ckpt["ema"])
         self.step, self.micro = int(ckpt["step"]), int(ckpt["micro"])
-        self.best = ckpt.get("best")
-        self.bad_evals = int(ckpt.get("bad_evals", 0))
+        self.run.load_state_dict(ckpt)
         self.last_metrics = ckpt.get("metrics") or {}
         for hook, state in zip(self.hooks, ckpt.get("hooks", []), strict=False):
             hook.load_state_dict(state)
@@ -247,8 +265,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rngs if self.world > 1 else rngs[0],
-            "best": self.best,
-            "bad_evals": self.bad_evals,
+            **self.run.state_dict(),
             "metrics": jsonable(self.last_metrics),
             "hooks": [h.state_dict() for h in self.hooks],
             "config": to_dict(self.cfg),
@@ -257,36 +274,19 @@ class Trainer:
 
     def save(self, name: str = "last.pt") -> None:
         state = self.state_dict()  # every rank joins the RNG gather
-        if self.is_main:
-            path = self.out_dir / name
-            atomic_torch_save(state, path)
+        for path in self.run.save(state, name):
             for hook in self.hooks:
                 hook.after_checkpoint(self, str(path))
         dist.barrier()
 
     # -- loop ---------------------------------------------------------------------------
-    def _prepare_run_dir(self) -> None:
-        if not self.is_main:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if not self.resume:
-            save_config(self.cfg, self.out_dir / "config.yaml")
-        self._file_log = add_file_log(self.out_dir / "train.log")
-        self.writer = MetricsWriter(self.out_dir, self.tc.tensorboard)
-        if self.resume:
-            self.writer.truncate_after(self.step)
-
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps``; returns the best evaluation's metrics."""
-        self._file_log = None
-        self.writer: MetricsWriter | None = None
-        self._prepare_run_dir()
+        self.run.open(self.step)
         try:
             return self._fit()
         finally:
-            if self.writer is not None:
-                self.writer.close()
-            remove_handler(self._file_log)
+            self.run.close()
 
     def _fit(self) -> dict[str, Any]:
         tc = self.tc
@@ -310,24 +310,27 @@ class Trainer:
         for hook in self.hooks:
             hook.before_train(self)
         self.model.train()
-        bar = progress(total=self.total_steps, initial=self.step, desc="train", unit="step")
-        t0, seen, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
+        bar = progress(
+            total=self.total_steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            enabled=tc.progress,
+        )
+        t0, seen = time.perf_counter(), 0
         start_step = self.step
+        self._reset_window()
         while self.step < self.total_steps and not self.stop_reason:
             epoch, within = divmod(self.micro, self.batches_per_epoch)
             self.sampler.set_epoch(epoch, within)
             for batch in self.loader:
-                loss_value, n = self._micro_step(batch)
-                seen += n * self.world
-                window_loss += loss_value
-                window_n += 1
+                seen += self._micro_step(batch) * self.world
                 if self.micro % tc.grad_accum:
                     continue
                 self._optimizer_step()
                 bar.update(1)
                 if self.step % tc.log_interval == 0 or self.step == self.total_steps:
-                    self._log_train(window_loss / max(window_n, 1), seen, t0, bar)
-                    window_loss, window_n = 0.0, 0
+                    self._log_train(seen, t0, bar)
                 for hook in self.hooks:
                     hook.after_step(self)
                 self._maybe_eval_and_save()
@@ -341,7 +344,16 @@ class Trainer:
             hook.after_train(self)
         return result
 
-    def _micro_step(self, batch: Any) -> tuple[float, int]:
+    def _reset_window(self) -> None:
+        """Loss sums of the log window, kept on the device (no host sync per step)."""
+        self._window_loss = torch.zeros((), device=self.device)
+        self._window_n = 0
+        # step of the first non-finite loss in the window; -1 while all are finite
+        self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._bad_parts: dict[str, torch.Tensor] = {}
+
+    def _micro_step(self, batch: Any) -> int:
+        """Forward and backward of one micro-batch; returns its sample count."""
         batch = to_device(batch, self.device)
         last = (self.micro + 1) % self.tc.grad_accum == 0
         sync = contextlib.nullcontext()
@@ -353,15 +365,28 @@ class Trainer:
             if not isinstance(losses, dict) or not losses:
                 raise TypeError("in training mode the model must return a dict of losses")
             loss = sum(losses.values())
-            if not torch.isfinite(loss) and not self.scaler.is_enabled():
-                parts = {k: float(v) for k, v in losses.items()}
-                raise E2EError(
-                    f"loss became {float(loss)} at step {self.step} ({parts}); lower optim.lr, "
-                    "set train.clip_grad_norm, or check the data for bad values"
-                )
+            self._watch(loss.detach(), losses)
             self.scaler.scale(loss / self.tc.grad_accum).backward()
         self.micro += 1
-        return float(loss.detach()), _batch_len(batch)
+        return _batch_len(batch)
+
+    def _watch(self, loss: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
+        """Add ``loss`` to the window and remember the first non-finite step, on the device.
+
+        Under fp16 loss scaling a non-finite loss is the scaler's business (it skips the
+        step), so only runs without a scaler fail on it, at the next log."""
+        self._window_loss += loss.float()
+        self._window_n += 1
+        if self.scaler.is_enabled():
+            return
+        bad = ~torch.isfinite(loss) & (self._bad_step < 0)
+        step = torch.full_like(self._bad_step, self.step)
+        self._bad_step = torch.where(bad, step, self._bad_step)
+        if not self._bad_parts:
+            self._bad_parts = {k: v.detach().float().clone() for k, v in losses.items()}
+        else:
+            for k, v in losses.items():
+                self._bad_parts[k] = torch.where(bad, v.detach().float(), self._bad_parts[k])
 
     def _optimizer_step(self) -> None:
         if self.tc.clip_grad_norm:
@@ -375,7 +400,17 @@ class Trainer:
             self.ema.update(unwrap(self.model))
         self.step += 1
 
-    def _log_train(self, loss: float, seen: int, t0: float, bar: Any) -> None:
+    def _log_train(self, seen: int, t0: float, bar: Any) -> None:
+        """Read the window's loss (the one host sync of the window) and log it."""
+        loss = float(self._window_loss) / max(self._window_n, 1)
+        bad_step = int(self._bad_step)
+        if bad_step >= 0:
+            parts = {k: float(v) for k, v in self._bad_parts.items()}
+            raise E2EError(
+                f"loss became non-finite at step {bad_step} ({parts}); lower optim.lr, "
+                "set train.clip_grad_norm, or check the data for bad values"
+            )
+        self._reset_window()
         if not self.is_main:
             return
         lr = self.optimizer.param_groups[0]["lr"]
@@ -389,8 +424,7 @@ class Trainer:
             lr,
             rate,
         )
-        if self.writer is not None:
-            self.writer.scalars({"loss": loss, "lr": lr, "samples_per_s": rate}, self.step)
+        self.run.log_scalars({"loss": loss, "lr": lr, "samples_per_s": rate}, self.step)
 
     def _eval_due(self) -> bool:
         if self.step >= self.total_steps:
@@ -415,15 +449,16 @@ class Trainer:
         improved = False
         if self.is_main and self.val_loader is not None:
             model = self.ema.module if self.ema is not None else unwrap(self.model)
-            metrics = run_evaluation(self.task, model, self.val_loader, self.device)
-            improved = self._track_best(metrics)
+            metrics = run_evaluation(
+                self.task, model, self.val_loader, self.device, bar=self.tc.progress
+            )
+            improved = self.run.track(metrics, self.step)
             record = {"step": self.step, "epoch": round(self.micro / self.batches_per_epoch, 4)}
             record.update(metrics)
-            if self.writer is not None:
-                self.writer.write_eval(record)
+            self.run.record_eval(record)
             log.info("eval step %d: %s", self.step, _fmt(metrics))
         metrics, improved, stop = dist.broadcast_object((metrics, improved, self.stop_reason))
-        self.stop_reason = stop
+        self.run.stop_reason = stop
         self.last_metrics = metrics
         if improved:
             self.save("best.pt")
@@ -431,26 +466,8 @@ class Trainer:
             hook.after_eval(self, metrics)
         return metrics
 
-    def _track_best(self, metrics: dict[str, Any]) -> bool:
-        require_metric(self.metric_name, metrics)
-        value = float(metrics[self.metric_name])
-        if defined(value) and is_better(
-            self.best, value, self.metric_mode, self.tc.early_stop.min_delta
-        ):
-            self.best = best_record(self.metric_name, value, self.step, metrics)
-            self.bad_evals = 0
-            return True
-        self.bad_evals += 1
-        patience = self.tc.early_stop.patience
-        if patience and self.bad_evals >= patience:
-            self.stop_reason = f"early stop: no {self.metric_name} gain in {patience} evaluations"
-            log.info(self.stop_reason)
-        return False
-
     def _finish(self) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        if self.is_main:
-            result = write_final_metrics(self.out_dir, self.best, self.step)
+        result = self.run.finish(self.step)
         dist.barrier()
         return result
 

@@ -51,7 +51,7 @@ def make_stream(
     stream = BatchStream(
         reader,
         batch_size=size,
-        shuffle_buffer=cfg.data.shuffle_buffer if train else 0,
+        shuffle_buffer=cfg.data.shuffle_buffer if train and cfg.train.shuffle else 0,
         seed=cfg.seed,
         prefetch=cfg.data.prefetch,
         drop_last=drop_last,

@@ -1,41 +1,31 @@
-"""``e2ekit ctr train``: the CTR trainer (sync, Hogwild async, DDP) with the run-dir contract.
+"""``e2ekit ctr train``: the CTR training loop (sync, Hogwild async, DDP) on the core run.
 
-Same outputs as the core trainer (config.yaml, best.pt/last.pt, metrics.jsonl/json,
-TensorBoard, train.log) but its own loop: data are streamed files, not an indexable
-dataset, and the slot table is updated by a fused row optimizer. Resume is exact: a
-checkpoint records the epoch and how many batches of it were trained, and the shuffled
-order of an epoch is a function of (seed, epoch).
+The run folder, logs, metrics, best/early-stop tracking and final metrics are the core's
+:class:`~e2ekit.core.engine.run.Run`, as for every kit; this loop only knows what is CTR:
+data are streamed files rather than an indexable dataset, the slot table is updated by a
+fused row optimizer, and epochs may be Hogwild passes or streaming partitions. Resume is
+exact: a checkpoint records the epoch and how many batches of it were trained, and the
+shuffled order of an epoch is a function of (seed, epoch).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from e2ekit.core.config import save_config, to_dict
+from e2ekit.core.config import to_dict
 from e2ekit.core.engine import dist
-from e2ekit.core.engine.best import (
-    best_record,
-    defined,
-    is_better,
-    require_metric,
-    write_final_metrics,
-)
-from e2ekit.core.engine.checkpoint import (
-    atomic_torch_save,
-    capture_rng,
-    load_checkpoint,
-    model_state,
-    restore_rng,
-)
-from e2ekit.core.engine.env import seed_everything
-from e2ekit.core.engine.trainer import default_run_dir
+from e2ekit.core.engine.checkpoint import capture_rng, load_checkpoint, model_state, restore_rng
+from e2ekit.core.engine.env import resolve_device, seed_everything, set_determinism
+from e2ekit.core.engine.hooks import Hook, build_hooks
+from e2ekit.core.engine.run import Run, default_run_dir
 from e2ekit.core.errors import CheckpointError, ConfigError, E2EError
-from e2ekit.core.logs import MetricsWriter, add_file_log, jsonable, log, remove_handler
+from e2ekit.core.logs import jsonable, log
 from e2ekit.core.progress import progress
 from e2ekit.ctr.config import CtrConfig
 from e2ekit.ctr.data.splits import estimate_rows, make_stream, split_paths
@@ -50,7 +40,7 @@ def default_threads(processes: int) -> int:
 
 
 class CtrTrainer:
-    """Builds model, optimizers and run folder from the config; ``fit()`` trains."""
+    """Builds model, optimizers and run from the config; ``fit()`` trains."""
 
     def __init__(
         self,
@@ -60,39 +50,98 @@ class CtrTrainer:
         config_name: str = "config",
         resume: bool = False,
         weights: str | Path | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.cfg = cfg
         self.tc = cfg.train
         self.resume = resume
+        self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda" and self.tc.mode == "async":
+            raise ConfigError(
+                "train.mode=async: Hogwild workers share the tables in CPU memory; on CUDA "
+                "use train.mode=sync (one GPU) or ddp (torchrun), or set device=cpu"
+            )
         self.distributed = self.tc.mode == "ddp" and dist.env_world_size() > 1
         if self.tc.mode == "ddp" and not self.distributed:
             log.warning("train.mode=ddp without torchrun: training in one process (sync)")
         if self.distributed:
-            dist.init_distributed(torch.device("cpu"))
+            dist.init_distributed(self.device)
         self.rank, self.world = (dist.rank(), dist.world_size()) if self.distributed else (0, 1)
         self.is_main = self.rank == 0
         self.out_dir = Path(out_dir) if out_dir else default_run_dir("ctr", config_name)
+        self.run = Run(
+            cfg,
+            self.out_dir,
+            metric=self.tc.metric or "auc",
+            mode=self.tc.metric_mode,
+            resume=resume,
+            overwrite=overwrite,
+            is_main=self.is_main,
+            metric_source="ctr evaluation",
+            summary_drop=("calibration_bins",),
+        )
         if self.tc.mode != "async":  # Hogwild workers set their own; the parent keeps all
             torch.set_num_threads(self.tc.threads or default_threads(self.world))
+        set_determinism(cfg.deterministic)
         seed_everything(cfg.seed)
         self.model = build_model(cfg)
-        self.stepper = Stepper(self.model, cfg, distributed=self.distributed)
+        self.stepper = Stepper(
+            self.model,
+            cfg,
+            distributed=self.distributed,
+            device=self.device,
+            total_steps=self.schedule_steps(),
+        )
+        self.hooks: list[Hook] = build_hooks([h.model_dump() for h in self.tc.hooks])
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
         self.rows_seen = 0
-        self.best: dict[str, Any] | None = None
         self.last_metrics: dict[str, Any] = {}
         self.stream_state: dict[str, Any] = {"trained": []}
-        self.writer: MetricsWriter | None = None
-        self._file_log: Any = None
         self.pool: Any = None
         self._eval_step = -1
+        self._window_loss = torch.zeros((), device=self.device)
+        self._window_n = 0
         self.from_weights = bool(weights) and not resume  # a trained model from the start
         if resume:
             self._load_resume()
         elif weights:
             self.load_weights(weights)
+
+    # -- run bookkeeping (on the core Run; read through for hooks and the stream loop) ------
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return self.run.best
+
+    @property
+    def stop_reason(self) -> str:
+        return self.run.stop_reason
+
+    @property
+    def writer(self) -> Any:
+        return self.run.writer
+
+    def schedule_steps(self) -> int | None:
+        """Optimizer steps the LR schedule spans (per Hogwild worker in async mode); None
+        for a constant LR. Without ``train.max_steps`` it is estimated from the data size."""
+        sched = self.cfg.sched
+        if sched.type == "constant" and not (sched.warmup_steps or sched.warmup_ratio):
+            return None
+        if self.tc.max_steps:
+            total = self.tc.max_steps
+        else:
+            rows = estimate_rows(self.train_paths) if self.train_paths else None
+            if not rows:
+                raise ConfigError(
+                    f"sched.type={sched.type}: cannot size the schedule from data.train; "
+                    "set train.max_steps"
+                )
+            per_step = self.tc.batch_size * self.world
+            total = (self.tc.epochs or 1) * math.ceil(rows / per_step)
+        if self.tc.mode == "async":
+            total = math.ceil(total / self.tc.workers)
+        return max(1, total)
 
     # -- data (resolved lazily: built-in data are generated only when used) ----------------
     @functools.cached_property
@@ -105,22 +154,21 @@ class CtrTrainer:
 
     # -- state ------------------------------------------------------------------------------
     def _load_resume(self) -> None:
-        path = self.out_dir / "last.pt"
-        if not path.is_file():
-            raise CheckpointError(f"--resume: {path} does not exist; nothing to resume from")
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(self.run.last_checkpoint(), map_location=self.device)
         self.model.load_state_dict(ckpt["model"])
         self.stepper.load_state_dict(ckpt["stepper"])
         self.step, self.epoch = int(ckpt["step"]), int(ckpt["epoch"])
         self.batch_in_epoch, self.rows_seen = int(ckpt["batch_in_epoch"]), int(ckpt["rows_seen"])
-        self.best = ckpt.get("best")
+        self.run.load_state_dict(ckpt)
+        for hook, state in zip(self.hooks, ckpt.get("hooks", []), strict=False):
+            hook.load_state_dict(state)
         self.last_metrics = ckpt.get("metrics") or {}
         self.stream_state = ckpt.get("stream") or {"trained": []}
         restore_rng(ckpt["rng"])
 
     def load_weights(self, weights: str | Path) -> None:
         """Start from another run's model (streaming from an earlier model, fine-tuning)."""
-        ckpt = load_checkpoint(weights)
+        ckpt = load_checkpoint(weights, map_location=self.device)
         try:
             self.model.load_state_dict(model_state(ckpt))
         except RuntimeError as exc:
@@ -142,9 +190,10 @@ class CtrTrainer:
             "rows_seen": self.rows_seen,
             "model": self.model.state_dict(),
             "stepper": self.stepper.state_dict(),
-            "best": self.best,
+            **self.run.state_dict(),
             "metrics": jsonable(self.last_metrics),
             "stream": self.stream_state,
+            "hooks": [h.state_dict() for h in self.hooks],
             "rng": capture_rng(),
             "config": to_dict(self.cfg),
         }
@@ -152,31 +201,21 @@ class CtrTrainer:
     def save(self, *names: str) -> None:
         if not self.is_main:
             return
-        state = self.state_dict()
-        for name in names or ("last.pt",):
-            atomic_torch_save(state, self.out_dir / name)
+        for path in self.run.save(self.state_dict(), *names):
+            for hook in self.hooks:
+                hook.after_checkpoint(self, str(path))
 
     # -- run folder -------------------------------------------------------------------------
     def open_run_dir(self) -> None:
-        if not self.is_main:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if not self.resume:
-            save_config(self.cfg, self.out_dir / "config.yaml")
-        self._file_log = add_file_log(self.out_dir / "train.log")
-        self.writer = MetricsWriter(self.out_dir, self.tc.tensorboard)
-        if self.resume:
-            self.writer.truncate_after(self.step)
+        self.run.open(self.step)
+        for hook in self.hooks:
+            hook.before_train(self)
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-        remove_handler(self._file_log)
-        self._file_log = None
+        self.run.close()
 
     # -- training ---------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -189,7 +228,7 @@ class CtrTrainer:
             if self.tc.mode == "async":
                 self.start_pool()  # spawn once, before any timing
             epochs = self.tc.epochs or 1
-            while self.epoch < epochs and not self._steps_done():
+            while self.epoch < epochs and not self._steps_done() and not self.stop_reason:
                 self.train_pass(self.train_paths, epoch=self.epoch, skip=self.batch_in_epoch)
                 if self._steps_done() and self.batch_in_epoch:
                     break  # max_steps hit mid-epoch: the final eval below covers it
@@ -198,7 +237,10 @@ class CtrTrainer:
                 self.evaluate_and_save()
             if self._eval_step != self.step:  # same decision on every rank
                 self.evaluate_and_save()
-            return self._finish()
+            result = self._finish()
+            for hook in self.hooks:
+                hook.after_train(self)
+            return result
         finally:
             self.close()
 
@@ -210,12 +252,14 @@ class CtrTrainer:
             return
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info(
-            "train ctr %s (%s, %d proc x %d threads): %.2fM params (table %d rows x %d), "
-            "batch %d, data %s, out %s%s",
+            "train ctr %s (%s, %d proc x %d threads, device %s, amp %s): %.2fM params "
+            "(table %d rows x %d), batch %d, data %s, out %s%s",
             self.cfg.model.type,
             self.tc.mode,
             self.tc.workers if self.tc.mode == "async" else self.world,
             torch.get_num_threads(),
+            self.device,
+            self.stepper.amp_dtype or "off",
             n_params / 1e6,
             self.stepper.table.shape[0],
             self.stepper.width,
@@ -233,20 +277,25 @@ class CtrTrainer:
             return self._async_pass(paths, epoch=epoch, desc=desc)
         shard = (self.rank, self.world) if self.distributed else None
         stream = make_stream(
-            self.cfg, paths, train=True, epoch=epoch, shard=shard, drop_last=self.distributed
+            self.cfg,
+            paths,
+            train=True,
+            epoch=epoch,
+            shard=shard,
+            drop_last=self.distributed or self.tc.drop_last,
         )
         total = estimate_rows(paths)
         bar = progress(
             total=total, desc=desc, unit="row", unit_scale=True, enabled=self.tc.progress
         )
-        t0, rows, window, window_n = time.perf_counter(), 0, 0.0, 0
+        t0, rows = time.perf_counter(), 0
         index = -1
         self.model.train()
         it = iter(stream)
         try:
             while True:
                 batch = next(it, None)
-                if self.distributed and not dist_all_have(batch is not None):
+                if self.distributed and not dist_all_have(batch is not None, self.device):
                     break  # ranks stop together; at most world-1 batches left untrained
                 if batch is None:
                     break
@@ -255,19 +304,21 @@ class CtrTrainer:
                 bar.update(n)
                 if index < skip:
                     continue
-                loss = self.stepper.step(batch)
+                self._window_loss += self.stepper.step(batch)  # stays on the device
+                self._window_n += 1
                 self.step += 1
                 self.batch_in_epoch = index + 1
                 self.rows_seen += n
                 rows += n
-                window += loss
-                window_n += 1
                 if self.step % self.tc.log_interval == 0:
-                    self._log_train(window / window_n, rows, t0, bar)
-                    window, window_n = 0.0, 0
+                    self._log_train(rows, t0, bar)
+                for hook in self.hooks:
+                    hook.after_step(self)
                 if self.tc.eval_interval and self.step % self.tc.eval_interval == 0:
                     self.evaluate_and_save()
-                if self._steps_done():
+                elif self.tc.save_interval and self.step % self.tc.save_interval == 0:
+                    self.save("last.pt")
+                if self._steps_done() or self.stop_reason:
                     break
         finally:
             bar.close()
@@ -295,7 +346,7 @@ class CtrTrainer:
     def _async_pass(self, paths: str | list[str], *, epoch: int, desc: str) -> dict[str, Any]:
         if self.pool is None:
             self.start_pool()
-        stats = self.pool.train(paths, epoch=epoch, desc=desc)
+        stats = self.pool.train(paths, epoch=epoch, step=self.step, desc=desc)
         self.step += stats["steps"]
         self.rows_seen += stats["rows"]
         self.batch_in_epoch = 0
@@ -305,14 +356,23 @@ class CtrTrainer:
             )
         return stats
 
-    def _log_train(self, loss: float, rows: int, t0: float, bar: Any) -> None:
+    def _log_train(self, rows: int, t0: float, bar: Any) -> None:
+        """Read the window's mean loss (one host sync per log interval) and log it."""
+        loss = float(self._window_loss) / max(self._window_n, 1)
+        self._window_loss.zero_()
+        self._window_n = 0
+        if not math.isfinite(loss) and not self.stepper.scaler.is_enabled():
+            raise E2EError(
+                f"loss became {loss} by step {self.step}; lower optim.lr or "
+                "sparse_optim.lr, set train.clip_grad_norm, or check the data for bad values"
+            )
         if not self.is_main:
             return
         rate = rows / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{loss:.4f}")
-        log.info("step %d loss %.4f %.0f samples/s", self.step, loss, rate)
-        if self.writer is not None:
-            self.writer.scalars({"loss": loss, "samples_per_s": rate}, self.step)
+        lr = self.stepper.dense_opt.param_groups[0]["lr"]
+        log.info("step %d loss %.4f lr %.3e %.0f samples/s", self.step, loss, lr, rate)
+        self.run.log_scalars({"loss": loss, "lr": lr, "samples_per_s": rate}, self.step)
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate_paths(self, paths: str | list[str], desc: str = "eval") -> dict[str, Any]:
@@ -328,49 +388,33 @@ class CtrTrainer:
         self._eval_step = self.step
         if self.is_main and self.val_paths is not None:
             metrics = self.evaluate_paths(self.val_paths)
-            improved = self._track_best(metrics)
+            improved = self.run.track(metrics, self.step)
             record = {"step": self.step, "epoch": self.epoch, "rows_seen": self.rows_seen}
             record.update(record_extra or {})
             record.update(metrics)
-            if self.writer is not None:
-                self.writer.write_eval(record)
+            self.run.record_eval(record)
             log.info("eval step %d: %s", self.step, fmt_metrics(metrics))
+        if self.distributed:
+            stop = dist.broadcast_object(self.stop_reason)
+            self.run.stop_reason = stop
         self.last_metrics = metrics
         self.save(*(("last.pt", "best.pt") if improved else ("last.pt",)))
+        for hook in self.hooks:
+            hook.after_eval(self, metrics)
         if self.distributed:
             dist.barrier()
         return metrics
 
-    def _track_best(self, metrics: dict[str, Any]) -> bool:
-        name = self.tc.metric or "auc"
-        require_metric(name, metrics, "ctr evaluation")
-        value = metrics[name]
-        if not defined(value):
-            # e.g. AUC of a one-class val set: keep the first checkpoint as best, say why
-            if self.best is None:
-                self.best = best_record(name, None, self.step, metrics)
-                log.warning("eval: %s is undefined on this val data (one class?)", name)
-                return True
-            return False
-        if is_better(self.best, float(value), self.tc.metric_mode):
-            self.best = best_record(name, float(value), self.step, metrics)
-            return True
-        return False
-
     def _finish(self) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        if self.is_main:
-            result = write_final_metrics(
-                self.out_dir, self.best, self.step, summary_drop=("calibration_bins",)
-            )
+        result = self.run.finish(self.step)
         if self.step == 0 and not self.resume:
             raise E2EError("training ran no step: the train data yields no rows")
         return result
 
 
-def dist_all_have(flag: bool) -> bool:
+def dist_all_have(flag: bool, device: torch.device) -> bool:
     """True when every rank still has a batch (one tiny all-reduce per step)."""
-    t = torch.tensor([0 if flag else 1], dtype=torch.int32)
+    t = torch.tensor([0 if flag else 1], dtype=torch.int32, device=device)
     torch.distributed.all_reduce(t)
     return int(t) == 0
 

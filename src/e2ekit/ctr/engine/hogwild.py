@@ -38,6 +38,7 @@ def _worker(
     tasks: Any,
     results: Any,
     counter: Any,
+    total_steps: int | None = None,
 ) -> None:
     """One Hogwild worker: waits for (paths, epoch) tasks, trains its shard, reports stats."""
     from e2ekit.ctr.engine.stepper import Stepper
@@ -45,21 +46,22 @@ def _worker(
     torch.set_num_threads(threads)
     cfg = CtrConfig.model_validate(cfg_dict)
     torch.manual_seed(cfg.seed * 1000 + index)
-    stepper = Stepper(model, cfg)
+    stepper = Stepper(model, cfg, total_steps=total_steps)
     stepper.rows.state = row_state  # share the optimizer state, not a private copy
     model.train()
     while True:
         task = tasks.get()
         if task is None:
             return
-        paths, epoch = task
+        paths, epoch, global_step = task
+        stepper.fast_forward(global_step // count)  # a resumed run keeps its LR schedule
         try:
             stream = make_stream(cfg, paths, train=True, epoch=epoch, shard=(index, count))
             steps = rows = 0
             loss_sum = 0.0
             t0 = time.perf_counter()
             for batch in stream:
-                loss_sum += stepper.step(batch)
+                loss_sum += float(stepper.step(batch))  # CPU only: no device to wait for
                 n = len(batch["label"])
                 steps += 1
                 rows += n
@@ -114,6 +116,7 @@ class HogwildPool:
                     self.tasks[i],
                     self.results,
                     self.counter,
+                    trainer.stepper.total_steps,
                 ),
                 daemon=True,
                 name=f"e2ekit-ctr-hogwild-{i}",
@@ -122,12 +125,15 @@ class HogwildPool:
             self.procs.append(proc)
         log.info("hogwild: %d worker processes x %d threads on shared tables", self.count, threads)
 
-    def train(self, paths: str | list[str], *, epoch: int, desc: str = "train") -> dict[str, Any]:
-        """Every worker trains its shard of ``paths`` once; returns summed stats."""
+    def train(
+        self, paths: str | list[str], *, epoch: int, step: int = 0, desc: str = "train"
+    ) -> dict[str, Any]:
+        """Every worker trains its shard of ``paths`` once (from global ``step``, which
+        positions the LR schedule); returns summed stats."""
         with self.counter.get_lock():
             self.counter.value = 0
         for q in self.tasks:
-            q.put((paths, epoch))
+            q.put((paths, epoch, step))
         bar = progress(
             total=estimate_rows(paths),
             desc=desc,

@@ -45,16 +45,18 @@ class RowOptimizer:
         self.weight_decay = weight_decay
         self.initial_accumulator = initial_accumulator
         rows, width = table.shape
+        dev = table.device  # state lives beside the table (CPU, shared memory, or CUDA)
         self.state: dict[str, torch.Tensor] = {}
         if kind == "adagrad":
-            self.state["sum"] = torch.full((rows, width), initial_accumulator)
+            self.state["sum"] = torch.full((rows, width), initial_accumulator, device=dev)
         elif kind == "rowwise_adagrad":
-            self.state["sum"] = torch.full((rows,), initial_accumulator)
+            self.state["sum"] = torch.full((rows,), initial_accumulator, device=dev)
         elif kind == "adam":
-            self.state["exp_avg"] = torch.zeros(rows, width)
-            self.state["exp_avg_sq"] = torch.zeros(rows, width)
-        # Step count for Adam's bias correction; a tensor so Hogwild workers share it.
-        self.state["step"] = torch.zeros((), dtype=torch.float64)
+            self.state["exp_avg"] = torch.zeros(rows, width, device=dev)
+            self.state["exp_avg_sq"] = torch.zeros(rows, width, device=dev)
+        # Step count for Adam's bias correction; a tensor so Hogwild workers share it and a
+        # CUDA step never reads it back to the host.
+        self.state["step"] = torch.zeros((), dtype=torch.float64, device=dev)
 
     # -- update -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -81,21 +83,24 @@ class RowOptimizer:
             self.table.index_add_(0, rows, g.mul_(scale), alpha=-self.lr)
         else:  # adam
             b1, b2 = self.betas
-            t = float(self.state["step"])
+            t = self.state["step"]
             m = self.state["exp_avg"].index_select(0, rows).mul_(b1).add_(g, alpha=1 - b1)
             v = self.state["exp_avg_sq"].index_select(0, rows).mul_(b2)
             v.addcmul_(g, g, value=1 - b2)
             self.state["exp_avg"].index_copy_(0, rows, m)
             self.state["exp_avg_sq"].index_copy_(0, rows, v)
-            denom = v.div_(1 - b2**t).sqrt_().add_(self.eps)
-            self.table.index_add_(0, rows, m.div_(denom), alpha=-self.lr / (1 - b1**t))
+            bias1 = (1 - torch.pow(b1, t)).to(m.dtype)
+            bias2 = (1 - torch.pow(b2, t)).to(v.dtype)
+            denom = v.div_(bias2).sqrt_().add_(self.eps)
+            self.table.index_add_(0, rows, m.div_(denom).div_(bias1), alpha=-self.lr)
 
     @torch.no_grad()
     def reset_rows(self, rows: torch.Tensor, init_std: float = 1e-4) -> None:
         """Forget ``rows`` (eviction): fresh small init and empty optimizer state."""
         if rows.numel() == 0:
             return
-        fresh = torch.randn(rows.numel(), self.table.shape[1]) * init_std
+        fresh = torch.randn(rows.numel(), self.table.shape[1], device=self.table.device)
+        fresh *= init_std
         self.table.index_copy_(0, rows, fresh)
         for name, value in self.state.items():
             if name != "step":
@@ -132,4 +137,4 @@ class RowOptimizer:
                 else (acc - self.initial_accumulator)
             )
             return torch.nonzero(acc > 0).squeeze(1)
-        return torch.arange(self.table.shape[0])
+        return torch.arange(self.table.shape[0], device=self.table.device)

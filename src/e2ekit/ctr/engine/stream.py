@@ -11,7 +11,6 @@ up in the model exactly once.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from e2ekit.core.errors import DataError
+from e2ekit.core.fileio import atomic_write_json
 from e2ekit.core.logs import jsonable, log
 from e2ekit.ctr.data.criteo import list_files
 from e2ekit.ctr.engine.fit import CtrTrainer, fmt_metrics
@@ -108,9 +108,9 @@ def fit_stream(trainer: CtrTrainer, root: str | Path) -> dict[str, Any]:
         "progressive_auc_mean": sum(progressive) / len(progressive) if progressive else None,
     }
     if trainer.is_main:
-        tmp = trainer.out_dir / "metrics.json.tmp"
-        tmp.write_text(json.dumps(jsonable({**summary, "history": history}), indent=2) + "\n")
-        tmp.replace(trainer.out_dir / "metrics.json")
+        atomic_write_json(
+            trainer.out_dir / "metrics.json", jsonable({**summary, "history": history})
+        )
     return summary
 
 
