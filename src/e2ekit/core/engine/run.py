@@ -11,6 +11,7 @@ evaluation), with best-metric tracking and early stopping decided here alone.
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ __all__ = ["Run", "default_run_dir"]
 
 # Files whose presence makes a folder a run that a new training would overwrite.
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "metrics.json")
+# What --overwrite removes before the new run starts (so no file mixes two runs).
+OWN_FILES = (*RUN_FILES, "train.log", "env.json")
+OWN_FOLDERS = ("tb", "checkpoints", "exports")
 
 
 def default_run_dir(kit: str, config_name: str) -> Path:
@@ -95,6 +99,8 @@ class Run:
         if not self.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.overwrite and not self.resume:
+            self._clear_previous_run()
         if not self.resume:
             save_config(self.cfg, self.out_dir / "config.yaml")
         write_env_record(self.out_dir / "env.json")
@@ -102,6 +108,14 @@ class Run:
         self.writer = MetricsWriter(self.out_dir, self.cfg.train.tensorboard)
         if self.resume:
             self.writer.truncate_after(step)
+
+    def _clear_previous_run(self) -> None:
+        """``--overwrite``: remove the old run's files, nothing else in the folder."""
+        for name in OWN_FILES:
+            (self.out_dir / name).unlink(missing_ok=True)
+        for name in OWN_FOLDERS:
+            if (self.out_dir / name).is_dir():
+                shutil.rmtree(self.out_dir / name)
 
     def close(self) -> None:
         if self.writer is not None:

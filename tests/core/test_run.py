@@ -1,0 +1,130 @@
+"""The run skeleton under every training loop: no run is overwritten, env.json is written,
+a non-finite loss is caught at the next log (without a per-step host sync), and the ctr loop
+uses the same best/early-stop bookkeeping and honours the shared train keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from e2ekit.core.config import load_config
+from e2ekit.core.engine import Trainer
+from e2ekit.core.engine.checkpoint import load_checkpoint
+from e2ekit.core.engine.run import default_run_dir
+from e2ekit.core.errors import CheckpointError, E2EError
+from e2ekit.toy.task import ToyConfig, ToyTask
+
+from ..conftest import ROOT
+
+TOY = ROOT / "configs" / "toy" / "tiny.yaml"
+CTR = ROOT / "configs" / "ctr" / "tiny.yaml"
+
+
+def toy_trainer(out: Path, *overrides: str, **kw) -> Trainer:
+    cfg = load_config(TOY, ToyConfig, ["train.max_steps=3", "train.tensorboard=false", *overrides])
+    return Trainer(ToyTask(cfg), out, **kw)
+
+
+def test_a_run_folder_is_never_silently_overwritten(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    toy_trainer(run).fit()
+    first = load_checkpoint(run / "last.pt")["model"]
+    with pytest.raises(CheckpointError, match="already holds a run.*--resume.*--overwrite"):
+        toy_trainer(run)
+    assert load_checkpoint(run / "last.pt")["model"].keys() == first.keys()  # untouched
+    toy_trainer(run, "optim.lr=0.5", overwrite=True).fit()  # explicit: replaced
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1  # one run's evaluations, not two runs mixed
+    (tmp_path / "empty").mkdir()
+    toy_trainer(tmp_path / "empty").fit()  # an empty folder is fine
+
+
+def test_default_run_dir_is_unique(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    first = default_run_dir("toy", "tiny")
+    first.mkdir(parents=True)
+    second = default_run_dir("toy", "tiny")
+    assert second != first and not second.exists()
+
+
+def test_env_json_records_versions_and_hardware(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    toy_trainer(run).fit()
+    env = json.loads((run / "env.json").read_text())
+    assert env["packages"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert env["cpu"]["threads"] >= 1 and "python" in env and "gpus" in env
+
+
+class _NanAfter(nn.Module):
+    """Wraps the toy model; its loss becomes NaN from the ``after``-th call on."""
+
+    def __init__(self, inner: nn.Module, after: int) -> None:
+        super().__init__()
+        self.inner, self.after, self.calls = inner, after, 0
+
+    def forward(self, batch: dict) -> dict:
+        losses = self.inner(batch)
+        self.calls += 1
+        if self.calls >= self.after:
+            losses = {k: v * float("nan") for k, v in losses.items()}
+        return losses
+
+
+def test_non_finite_loss_is_caught_at_the_next_log_naming_its_step(tmp_path: Path) -> None:
+    cfg = load_config(
+        TOY, ToyConfig, ["train.max_steps=8", "train.log_interval=4", "train.tensorboard=false"]
+    )
+
+    class NanTask(ToyTask):
+        def build_model(self) -> nn.Module:
+            return _NanAfter(super().build_model(), after=2)
+
+    trainer = Trainer(NanTask(cfg), tmp_path / "run")
+    with pytest.raises(E2EError, match=r"non-finite at step 1 \(\{'loss_ce': nan\}\)"):
+        trainer.fit()
+    assert trainer.step == 4  # found at the first log, not by a sync in every step
+
+
+def ctr_train(out: Path, *overrides: str) -> dict:
+    from e2ekit.ctr.config import CtrConfig
+    from e2ekit.ctr.engine.fit import CtrTrainer
+
+    cfg = load_config(CTR, CtrConfig, ["train.progress=false", *overrides])
+    trainer = CtrTrainer(cfg, out)
+    result = trainer.fit()
+    result["_trainer"] = trainer
+    return result
+
+
+def test_ctr_loop_stops_early_on_the_shared_bookkeeping(tmp_path: Path) -> None:
+    # a learning rate of ~0 never improves AUC after the first evaluation
+    result = ctr_train(
+        tmp_path / "run",
+        "train.epochs=6",
+        "optim.lr=1e-12",
+        "sparse_optim.lr=1e-12",
+        "train.early_stop.patience=2",
+        "train.early_stop.min_delta=0.01",
+    )
+    trainer = result["_trainer"]
+    assert trainer.stop_reason.startswith("early stop")
+    assert trainer.epoch == 3  # evaluations after epochs 1, 2, 3: best, then 2 without gain
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["bad_evals"] == 2 and ckpt["best"]["step"] == result["step"]
+    assert (tmp_path / "run" / "env.json").is_file()
+
+
+def test_ctr_schedule_and_clipping_change_training(tmp_path: Path) -> None:
+    plain = ctr_train(tmp_path / "a", "train.max_steps=6")["_trainer"]
+    cosine = ctr_train(
+        tmp_path / "b", "train.max_steps=6", "sched.type=cosine", "train.clip_grad_norm=0.01"
+    )["_trainer"]
+    assert plain.stepper.dense_opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    assert cosine.stepper.dense_opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
+    assert cosine.stepper.rows.lr == pytest.approx(0.0, abs=1e-9)
+    a, b = plain.model.state_dict(), cosine.model.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
