@@ -33,7 +33,7 @@ def test_a_run_folder_is_never_silently_overwritten(tmp_path: Path) -> None:
     run = tmp_path / "run"
     toy_trainer(run).fit()
     first = load_checkpoint(run / "last.pt")["model"]
-    with pytest.raises(CheckpointError, match="already holds a run.*--resume.*--overwrite"):
+    with pytest.raises(CheckpointError, match=r"already holds a run.*--resume.*--overwrite"):
         toy_trainer(run)
     assert load_checkpoint(run / "last.pt")["model"].keys() == first.keys()  # untouched
     toy_trainer(run, "optim.lr=0.5", overwrite=True).fit()  # explicit: replaced
