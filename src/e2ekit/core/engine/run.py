@@ -12,6 +12,7 @@ evaluation), with best-metric tracking and early stopping decided here alone.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,23 @@ from e2ekit.core.errors import CheckpointError
 from e2ekit.core.logs import MetricsWriter, add_file_log, log, remove_handler
 from e2ekit.core.schema import RunConfig
 
-__all__ = ["Run", "default_run_dir"]
+__all__ = ["Run", "RunLoop", "RunOptions", "default_run_dir"]
 
 # Files whose presence makes a folder a run that a new training would overwrite.
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "metrics.json")
 # What --overwrite removes before the new run starts (so no file mixes two runs).
 OWN_FILES = (*RUN_FILES, "train.log", "env.json")
 OWN_FOLDERS = ("tb", "checkpoints", "exports")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run starts, as ``train``'s flags say: from scratch, resumed, or from weights."""
+
+    config_name: str = "config"
+    resume: bool = False
+    weights: str | Path | None = None
+    overwrite: bool = False
 
 
 def default_run_dir(kit: str, config_name: str) -> Path:
@@ -187,3 +198,31 @@ class Run:
         if not self.is_main:
             return {}
         return write_final_metrics(self.out_dir, self.best, step, self.summary_drop)
+
+
+class RunLoop:
+    """Base of a training loop that stands on a :class:`Run`: hooks and callers read the
+    run's state through the loop (``trainer.best``, ``trainer.stop_reason``)."""
+
+    run: Run
+    out_dir: Path
+    step: int
+
+    def attach_run(
+        self, cfg: RunConfig, out_dir: str | Path | None, kit: str, config_name: str, **options: Any
+    ) -> None:
+        """Create the loop's :class:`Run` (in ``out_dir`` or a new default run folder)."""
+        self.out_dir = Path(out_dir) if out_dir else default_run_dir(kit, config_name)
+        self.run = Run(cfg, self.out_dir, **options)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return self.run.best
+
+    @property
+    def stop_reason(self) -> str:
+        return self.run.stop_reason
+
+    @property
+    def writer(self) -> MetricsWriter | None:
+        return self.run.writer

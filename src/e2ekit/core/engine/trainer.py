@@ -37,7 +37,7 @@ from e2ekit.core.engine.ema import ModelEMA
 from e2ekit.core.engine.env import resolve_device, seed_everything, set_determinism
 from e2ekit.core.engine.hooks import Hook, build_hooks
 from e2ekit.core.engine.optim import build_optimizer, build_scheduler
-from e2ekit.core.engine.run import Run, default_run_dir
+from e2ekit.core.engine.run import RunLoop, default_run_dir
 from e2ekit.core.engine.sampler import ResumableBatchSampler, SeededDataset
 from e2ekit.core.engine.task import Task
 from e2ekit.core.errors import ConfigError, E2EError
@@ -106,7 +106,7 @@ def run_evaluation(
     return {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()}
 
 
-class Trainer:
+class Trainer(RunLoop):
     """Builds everything from ``task.cfg`` before touching ``out_dir``, then trains."""
 
     def __init__(
@@ -127,12 +127,13 @@ class Trainer:
         dist.init_distributed(self.device)
         self.rank, self.world = dist.rank(), dist.world_size()
         self.is_main = self.rank == 0
-        self.out_dir = Path(out_dir) if out_dir else default_run_dir(task.kit, config_name)
         self.metric_name = self.tc.metric or task.default_metric
         self.metric_mode = self.tc.metric_mode if self.tc.metric else task.metric_mode
-        self.run = Run(
+        self.attach_run(
             self.cfg,
-            self.out_dir,
+            out_dir,
+            task.kit,
+            config_name,
             metric=self.metric_name,
             mode=self.metric_mode,
             resume=resume,
@@ -203,19 +204,6 @@ class Trainer:
         # RNG of everything after init differs per rank (dropout), but is reproducible.
         if not resume:
             seed_everything(self.cfg.seed + self.rank)
-
-    # -- run bookkeeping (kept on the Run; these read through for hooks and callers) ------
-    @property
-    def best(self) -> dict[str, Any] | None:
-        return self.run.best
-
-    @property
-    def stop_reason(self) -> str:
-        return self.run.stop_reason
-
-    @property
-    def writer(self) -> Any:
-        return self.run.writer
 
     # -- state ------------------------------------------------------------------------
     def _load_resume_state(self) -> None:

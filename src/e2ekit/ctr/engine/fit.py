@@ -23,7 +23,7 @@ from e2ekit.core.engine import dist
 from e2ekit.core.engine.checkpoint import capture_rng, load_checkpoint, model_state, restore_rng
 from e2ekit.core.engine.env import resolve_device, seed_everything, set_determinism
 from e2ekit.core.engine.hooks import Hook, build_hooks
-from e2ekit.core.engine.run import Run, default_run_dir
+from e2ekit.core.engine.run import RunLoop, RunOptions
 from e2ekit.core.errors import CheckpointError, ConfigError, E2EError
 from e2ekit.core.logs import jsonable, log
 from e2ekit.core.progress import progress
@@ -39,19 +39,14 @@ def default_threads(processes: int) -> int:
     return max(1, (torch.get_num_threads() or 1) // max(processes, 1))
 
 
-class CtrTrainer:
+class CtrTrainer(RunLoop):
     """Builds model, optimizers and run from the config; ``fit()`` trains."""
 
     def __init__(
-        self,
-        cfg: CtrConfig,
-        out_dir: str | Path | None = None,
-        *,
-        config_name: str = "config",
-        resume: bool = False,
-        weights: str | Path | None = None,
-        overwrite: bool = False,
+        self, cfg: CtrConfig, out_dir: str | Path | None = None, options: RunOptions | None = None
     ) -> None:
+        opts = options or RunOptions()
+        resume, weights = opts.resume, opts.weights
         self.cfg = cfg
         self.tc = cfg.train
         self.resume = resume
@@ -68,14 +63,15 @@ class CtrTrainer:
             dist.init_distributed(self.device)
         self.rank, self.world = (dist.rank(), dist.world_size()) if self.distributed else (0, 1)
         self.is_main = self.rank == 0
-        self.out_dir = Path(out_dir) if out_dir else default_run_dir("ctr", config_name)
-        self.run = Run(
+        self.attach_run(
             cfg,
-            self.out_dir,
+            out_dir,
+            "ctr",
+            opts.config_name,
             metric=self.tc.metric or "auc",
             mode=self.tc.metric_mode,
             resume=resume,
-            overwrite=overwrite,
+            overwrite=opts.overwrite,
             is_main=self.is_main,
             metric_source="ctr evaluation",
             summary_drop=("calibration_bins",),
@@ -108,19 +104,6 @@ class CtrTrainer:
             self._load_resume()
         elif weights:
             self.load_weights(weights)
-
-    # -- run bookkeeping (on the core Run; read through for hooks and the stream loop) ------
-    @property
-    def best(self) -> dict[str, Any] | None:
-        return self.run.best
-
-    @property
-    def stop_reason(self) -> str:
-        return self.run.stop_reason
-
-    @property
-    def writer(self) -> Any:
-        return self.run.writer
 
     def schedule_steps(self) -> int | None:
         """Optimizer steps the LR schedule spans (per Hogwild worker in async mode); None
