@@ -68,16 +68,17 @@ def _load(kit: Kit, args: Namespace) -> tuple[CtrConfig, dict[str, Any], Any, An
 
 
 def cmd_train(kit: Kit, args: Namespace) -> dict[str, Any]:
+    from e2ekit.core.engine.run import RunOptions
     from e2ekit.ctr.engine.fit import CtrTrainer
 
     cfg, name = load_run_config(kit, args)
-    trainer = CtrTrainer(
-        cfg,
-        args.resume or args.out,
+    options = RunOptions(
         config_name=name,
         resume=bool(args.resume),
         weights=args.weights,
+        overwrite=bool(getattr(args, "overwrite", False)),
     )
+    trainer = CtrTrainer(cfg, args.resume or args.out, options)
     if getattr(args, "stream", None):
         from e2ekit.ctr.engine.stream import fit_stream
 
