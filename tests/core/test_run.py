@@ -14,6 +14,7 @@ from torch import nn
 from e2ekit.core.config import load_config
 from e2ekit.core.engine import Trainer
 from e2ekit.core.engine.checkpoint import load_checkpoint
+from e2ekit.core.engine.hooks import Hook
 from e2ekit.core.engine.run import default_run_dir
 from e2ekit.core.errors import CheckpointError, E2EError
 from e2ekit.toy.task import ToyConfig, ToyTask
@@ -128,3 +129,85 @@ def test_ctr_schedule_and_clipping_change_training(tmp_path: Path) -> None:
     assert cosine.stepper.rows.lr == pytest.approx(0.0, abs=1e-9)
     a, b = plain.model.state_dict(), cosine.model.state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+class _BadRows(torch.utils.data.Dataset):
+    """A train split whose samples fail to load (a corrupt file found at step 0)."""
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int) -> dict:
+        raise E2EError(f"data/train.csv:{i + 1}: malformed row")
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path: Path) -> None:
+    cfg = load_config(TOY, ToyConfig, ["train.max_steps=3", "train.tensorboard=false"])
+
+    class BadData(ToyTask):
+        def build_dataset(self, split: str):  # type: ignore[override]
+            return _BadRows() if split == "train" else super().build_dataset(split)
+
+    with pytest.raises(E2EError, match="malformed row"):
+        Trainer(BadData(cfg), tmp_path / "run").fit()
+    assert not (tmp_path / "run").exists()
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("user file")
+    with pytest.raises(E2EError):
+        Trainer(BadData(cfg), keep).fit()
+    assert sorted(p.name for p in keep.iterdir()) == ["notes.txt"]  # only what was there
+
+
+class _CtrlCAt(Hook):
+    """Stands in for Ctrl-C pressed after a given optimizer step."""
+
+    def __init__(self, step: int) -> None:
+        self.at = step
+
+    def after_step(self, trainer: Trainer) -> None:  # type: ignore[override]
+        if trainer.step == self.at:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_saves_last_pt_and_resume_continues(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    trainer = toy_trainer(run, "train.max_steps=6", "train.grad_accum=2")
+    trainer.hooks.append(_CtrlCAt(3))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["step"] == 3 and ckpt["micro"] == 6
+    resumed = Trainer(trainer.task, run, resume=True)
+    assert resumed.step == 3
+    resumed.fit()
+    assert load_checkpoint(run / "last.pt")["step"] == 6
+
+
+def test_stale_save_temps_are_removed_and_a_full_disk_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    toy_trainer(run).fit()
+    stale = run / ".last.pt.tmp-12345"
+    stale.write_bytes(b"half a checkpoint")
+    resumed = toy_trainer(run, "train.max_steps=4", resume=True)
+    resumed.run.open(resumed.step)
+    resumed.run.close()
+    assert not stale.exists()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"^no space left on device: .*last\.pt$"):
+        resumed.save("last.pt")
+    assert not list(run.glob(".*.tmp-*"))
+
+
+def test_ctr_run_with_no_valid_rows_writes_no_checkpoint(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("not\ta\tcriteo\trow\n" * 20)
+    with pytest.raises(E2EError, match="no step"):
+        ctr_train(tmp_path / "run", f"data.train={bad}", f"data.val={bad}")
+    assert not (tmp_path / "run").exists()

@@ -6,6 +6,7 @@ unpickling arbitrary objects; anything else is refused with a clear error.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
@@ -20,15 +21,36 @@ from e2ekit.core.errors import CheckpointError
 FORMAT = "e2ekit-checkpoint-v1"
 
 
+TMP_MARK = ".tmp-"  # ``.<name>.tmp-<pid>``: what a kill during a save leaves behind
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """Write to a temp file, fsync, then rename: a kill mid-save never leaves a torn file."""
+    """Write to a temp file, fsync, then rename: a kill mid-save never leaves a torn file.
+
+    A failed write (a full disk) removes its temp file and says so in one line."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise CheckpointError(f"no space left on device: {path}") from None
+        if isinstance(exc, RuntimeError) and "No space left" in str(exc):
+            raise CheckpointError(f"no space left on device: {path}") from None
+        raise
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Temp files of saves that a kill cut short (any process's): never resumable data."""
+    stale = [p for p in folder.glob(f".*.pt{TMP_MARK}*") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

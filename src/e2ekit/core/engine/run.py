@@ -25,7 +25,7 @@ from e2ekit.core.engine.best import (
     require_metric,
     write_final_metrics,
 )
-from e2ekit.core.engine.checkpoint import atomic_torch_save
+from e2ekit.core.engine.checkpoint import atomic_torch_save, remove_stale_temps
 from e2ekit.core.engine.provenance import write_env_record
 from e2ekit.core.errors import CheckpointError
 from e2ekit.core.logs import MetricsWriter, add_file_log, log, remove_handler
@@ -90,6 +90,8 @@ class Run:
         self.stop_reason = ""
         self.writer: MetricsWriter | None = None
         self._file_log: Any = None
+        self._created_dir = False  # this run made the folder (so a failed start removes it)
+        self._saved = False  # a checkpoint exists: the run is worth keeping
         if not resume:
             self._refuse_existing_run()
 
@@ -109,7 +111,10 @@ class Run:
         """Create the folder and its files; on resume, drop metrics logged after ``step``."""
         if not self.is_main:
             return
+        self._created_dir = not self.out_dir.exists()
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temps(self.out_dir):
+            log.info("removed %s (a save cut short by a kill)", stale.name)
         if self.overwrite and not self.resume:
             self._clear_previous_run()
         if not self.resume:
@@ -127,6 +132,16 @@ class Run:
         for name in OWN_FOLDERS:
             if (self.out_dir / name).is_dir():
                 shutil.rmtree(self.out_dir / name)
+
+    def discard_if_unsaved(self) -> None:
+        """A new run that failed before its first checkpoint (bad data at step 0, Ctrl-C)
+        leaves nothing behind: its own files go, and the folder if the run made it."""
+        if not self.is_main or self.resume or self._saved or not self.out_dir.is_dir():
+            return
+        self.close()
+        self._clear_previous_run()
+        if self._created_dir and not any(self.out_dir.iterdir()):
+            self.out_dir.rmdir()
 
     def close(self) -> None:
         if self.writer is not None:
@@ -185,6 +200,7 @@ class Run:
         paths = [self.out_dir / name for name in (names or ("last.pt",))]
         for path in paths:
             atomic_torch_save(state, path)
+        self._saved = True
         return paths
 
     def last_checkpoint(self) -> Path:

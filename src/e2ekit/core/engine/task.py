@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -19,10 +19,6 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from e2ekit.core.schema import RunConfig
-
-if TYPE_CHECKING:
-    from e2ekit.core.infer import Predictor
-    from e2ekit.core.serve import Endpoint
 
 
 @dataclass
@@ -108,6 +104,3 @@ class Task:
         """Up to ``n`` real model inputs (as the export takes them, keyed by input name) to
         calibrate static int8 quantization; None falls back to the export's sample inputs."""
         return None
-
-    def serve_endpoints(self, predictor: Predictor) -> list[Endpoint]:
-        raise NotImplementedError

@@ -271,10 +271,28 @@ class Trainer(RunLoop):
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps``; returns the best evaluation's metrics."""
         self.run.open(self.step)
+        finished = False
         try:
-            return self._fit()
+            result = self._fit()
+            finished = True
+            return result
+        except KeyboardInterrupt:
+            self._save_at_interrupt()
+            raise
         finally:
             self.run.close()
+            if not finished:
+                self.run.discard_if_unsaved()
+
+    def _save_at_interrupt(self) -> None:
+        """Ctrl-C: keep the work done so far in ``last.pt`` (at the last whole optimizer
+        step) so ``--resume`` continues from there; a run with no step keeps nothing."""
+        if self.world > 1 or self.step == 0:
+            return
+        self.micro -= self.micro % self.tc.grad_accum  # a half-accumulated step is redone
+        self.optimizer.zero_grad(set_to_none=True)
+        self.save("last.pt")
+        log.info("interrupted at step %d: saved %s", self.step, self.out_dir / "last.pt")
 
     def _fit(self) -> dict[str, Any]:
         tc = self.tc

@@ -206,6 +206,7 @@ class CtrTrainer(RunLoop):
         if self.train_paths is None:
             raise ConfigError("no training data: set data.train (a file, folder or glob)")
         self.open_run_dir()
+        finished = False
         try:
             self._log_start(self.train_paths)
             if self.tc.mode == "async":
@@ -213,6 +214,8 @@ class CtrTrainer(RunLoop):
             epochs = self.tc.epochs or 1
             while self.epoch < epochs and not self._steps_done() and not self.stop_reason:
                 self.train_pass(self.train_paths, epoch=self.epoch, skip=self.batch_in_epoch)
+                if self.step == 0:  # before any checkpoint: an untrained model is no run
+                    raise E2EError("training ran no step: the train data yields no rows")
                 if self._steps_done() and self.batch_in_epoch:
                     break  # max_steps hit mid-epoch: the final eval below covers it
                 self.epoch += 1
@@ -223,9 +226,17 @@ class CtrTrainer(RunLoop):
             result = self._finish()
             for hook in self.hooks:
                 hook.after_train(self)
+            finished = True
             return result
+        except KeyboardInterrupt:
+            if self.step and self.tc.mode != "async" and not self.distributed:
+                self.save("last.pt")
+                log.info("interrupted at step %d: saved %s", self.step, self.out_dir / "last.pt")
+            raise
         finally:
             self.close()
+            if not finished:
+                self.run.discard_if_unsaved()
 
     def _steps_done(self) -> bool:
         return self.tc.max_steps is not None and self.step >= self.tc.max_steps
