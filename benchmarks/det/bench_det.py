@@ -275,8 +275,8 @@ def ap_check(run_dir: Path, args: argparse.Namespace, tmp: Path) -> dict[str, An
     from e2ekit.core.imageio import read_image
     from e2ekit.core.infer import Predictor
     from e2ekit.det.config import DetConfig
-    from e2ekit.det.kit import DetRunner
     from e2ekit.det.metrics import coco_evaluate, to_coco_detections
+    from e2ekit.det.runner import DetRunner
     from e2ekit.det.task import DetTask
 
     export_dir = tmp / f"ap_{run_dir.name}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -195,7 +196,113 @@ def test_announced_kit_not_built_yet(cli, monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setitem(kit.KITS, "det", None)  # every public kit is built now: fake one
     code, _, err = cli("det", "train")
-    assert code != 0 and "not in this build yet" in err and "#6" in err
+    assert code != 0 and "not in this build yet" in err and "available now: text, seg" in err
+    assert "#" not in err and "det," not in err
+
+
+SHARED = ["train", "eval", "export", "predict", "serve", "bench"]
+
+
+def _verbs_listed(help_text: str) -> list[str]:
+    block = help_text.split("verbs:\n", 1)[1].split("\n\n", 1)[0]
+    return [line.split()[0] for line in block.splitlines()]
+
+
+def test_kit_help_lists_exactly_its_verbs(cli) -> None:
+    code, out, _ = cli("det", "-h")
+    assert code == 0
+    assert _verbs_listed(out) == [*SHARED, "preview", "convert", "anchors"]
+    code, out, _ = cli("toy", "--help")
+    assert code == 0 and _verbs_listed(out) == SHARED
+    code, out, _ = cli("det", "anchors", "-h")
+    assert code == 0 and "--per-level" in out and "verbs of det:" in out and "anchors" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["seg", "anchors"], "e2ekit seg has no verb 'anchors'"),
+        (["text", "distill"], "e2ekit text has no verb 'distill'"),
+        (["toy"], "missing verb: e2ekit toy <verb>"),
+    ],
+)
+def test_missing_or_other_kits_verb_names_this_kits_verbs(
+    cli, args: list[str], needle: str
+) -> None:
+    code, _, err = cli(*args)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+    assert err.strip().endswith("verbs: " + ", ".join(SHARED))
+
+
+def test_usage_points_to_kit_help_and_names_no_kit_verb() -> None:
+    from e2ekit.core.cli import USAGE
+
+    assert "e2ekit <kit> -h" in USAGE
+    assert not {"distill", "preview", "convert", "anchors"} & set(USAGE.replace(",", " ").split())
+
+
+KIT_ONLY = re.compile(
+    r"""["'](preview|convert|anchors|distill)["']|\b(anchors|distill)\b"""
+    r"|--(stream|classwise|draw-threshold|from|label-list|levels|per-level)\b"
+    r"|\b(draw_threshold|classwise)\b"
+)
+
+
+def test_core_names_no_kit_verb_or_flag() -> None:
+    """Kits own their verbs: the core must not know any kit's verbs or flags by name."""
+    core = ROOT / "src" / "e2ekit" / "core"
+    hits = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in sorted(core.rglob("*.py"))
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if KIT_ONLY.search(line)
+    ]
+    assert not hits, "\n".join(hits)
+
+
+@pytest.mark.parametrize("verb", ["predict", "serve", "bench"])
+def test_inference_verbs_take_a_device(verb: str) -> None:
+    from e2ekit.core.cli import UsageError, parse_verb
+    from e2ekit.core.kit import get_kit
+
+    kit = get_kit("toy")
+    assert parse_verb(kit, verb, ["--device", "cuda"])[1].device == "cuda"
+    assert parse_verb(kit, verb, [])[1].device is None
+    with pytest.raises(UsageError, match="--device"):
+        parse_verb(kit, verb, ["--device", "tpu"])
+
+
+def test_train_overwrite_flag_reaches_every_kits_train() -> None:
+    from e2ekit.core.cli import parse_verb
+    from e2ekit.core.kit import get_kit
+
+    for name in ("toy", "ctr"):  # ctr runs its own train handler, on the shared flags
+        kit = get_kit(name)
+        assert parse_verb(kit, "train", ["--overwrite"])[1].overwrite is True
+        assert parse_verb(kit, "train", [])[1].overwrite is False
+
+
+def test_predict_flags_reach_the_kit_as_options(
+    cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """det's own predict flag arrives in ``Kit.predict``'s options; nothing stays on the kit."""
+    from e2ekit.core import verbs
+    from e2ekit.core.kit import get_kit
+
+    det = get_kit("det")
+    seen: list[dict] = []
+
+    def fake_predict(predictor, input_path, out_dir, options) -> dict:
+        seen.append(dict(options))
+        return {"images": 0}
+
+    monkeypatch.setattr(verbs, "make_predictor", lambda kit, args: object())
+    monkeypatch.setattr(det, "predict", fake_predict)
+    for extra, expected in ((["--draw-threshold", "0.7"], 0.7), ([], None)):
+        code, _, err = cli("det", "predict", "--input", tmp_path, "--out", tmp_path, *extra)
+        assert code == 0, err
+        assert seen[-1]["draw_threshold"] == expected and seen[-1]["input"] == str(tmp_path)
+    assert "draw_threshold" not in vars(det)
 
 
 @pytest.mark.parametrize(

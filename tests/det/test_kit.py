@@ -78,12 +78,48 @@ def test_export_predict(cli, trained: Path, tmp_path: Path, nms: bool) -> None:
         "--draw-threshold", "0.0",
     )  # fmt: skip
     assert code == 0, err
-    assert last_json(out)["images"] == 3
+    summary = last_json(out)
+    assert summary["images"] == 3
     rows = [
         json.loads(x) for x in (tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()
     ]
     assert len(rows) == 3 and all("detections" in r for r in rows)
     assert len(list((tmp_path / "pred").glob("*.png"))) == 3
+    # --draw-threshold 0 draws every detection that predictions.jsonl lists
+    assert summary["boxes_drawn"] == sum(len(r["detections"]) for r in rows)
+
+
+class FixedDetections:
+    """A predictor that finds the same two boxes (scores 0.9 and 0.5) in every image."""
+
+    deploy = {
+        "kit": "det",
+        "preprocess": {"resize": [32, 32], "mean": [0, 0, 0], "std": [1, 1, 1]},
+        "class_names": ["a", "b"],
+        "nms": True,
+        "draw_threshold": 0.3,
+    }
+
+    def run(self, inputs: dict) -> dict:
+        boxes = np.array([[1, 1, 10, 10], [5, 5, 30, 20]], np.float32)
+        return {"boxes": boxes, "scores": np.array([0.9, 0.5], np.float32), "labels": [0, 1]}
+
+
+@pytest.mark.parametrize(("options", "drawn"), [({"draw_threshold": 0.6}, 1), ({}, 2)])
+def test_predict_draws_above_the_threshold_option(
+    tmp_path: Path, options: dict, drawn: int
+) -> None:
+    """``options['draw_threshold']`` (``predict --draw-threshold``), else the export's."""
+    from PIL import Image
+
+    from e2ekit.det.kit import KIT
+
+    Image.fromarray(np.zeros((40, 64, 3), np.uint8)).save(tmp_path / "a.png")
+    out = tmp_path / "pred"
+    summary = KIT.predict(FixedDetections(), tmp_path / "a.png", out, options)
+    assert summary["boxes_drawn"] == drawn and (out / "a.png").is_file()
+    rows = (out / "predictions.jsonl").read_text().splitlines()
+    assert len(json.loads(rows[0])["detections"]) == 2  # the JSON keeps every detection
 
 
 def test_export_static_int8_with_nms(cli, trained: Path, tmp_path: Path) -> None:
@@ -102,7 +138,7 @@ def test_export_static_int8_with_nms(cli, trained: Path, tmp_path: Path) -> None
     assert report["cases"] == 16  # tiny.yaml's train split: 16 images (calibration_samples 32)
     assert len(report["float_nodes"]) == 3  # YOLOv3 keeps its three output convs float
     from e2ekit.core.infer import Predictor
-    from e2ekit.det.kit import DetRunner
+    from e2ekit.det.runner import DetRunner
 
     runner = DetRunner(Predictor(export, precision="int8"))
     image = torch.randint(0, 255, (3, 70, 90), dtype=torch.uint8)
@@ -165,6 +201,24 @@ def test_serve(trained: Path, tmp_path: Path, cli) -> None:
         bad = client.post("/predict", json={"image": base64.b64encode(b"not an image").decode()})
         assert bad.status_code == 422
         assert client.post("/predict", json={"image": "%%%"}).status_code == 422
+
+
+def test_image_field_errors_are_4xx_naming_the_field() -> None:
+    """The one base64 image decoder both vision kits serve with."""
+    from e2ekit.core.imageio import decode_image_field, encode_png
+    from e2ekit.core.serve import BadRequest
+
+    png = base64.b64encode(encode_png(np.zeros((6, 5, 3), np.uint8))).decode()
+    assert tuple(decode_image_field(png).shape) == (3, 6, 5)
+    cases = [
+        ("%%%", {}, 422, "'image' is not valid base64"),
+        (base64.b64encode(b"junk").decode(), {}, 422, "'image' could not be decoded"),
+        (png, {"max_pixels": 29}, 413, "image is 5x6; at most 29 pixels"),
+    ]
+    for value, kw, status, message in cases:
+        with pytest.raises(BadRequest, match=message) as info:
+            decode_image_field(value, **kw)
+        assert info.value.status_code == status
 
 
 def test_preview_and_convert(cli, tmp_path: Path) -> None:

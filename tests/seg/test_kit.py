@@ -89,7 +89,7 @@ def test_export_predict_serve(cli, trained: Path, tmp_path: Path) -> None:
     from e2ekit.core.infer import Predictor
     from e2ekit.core.serve import create_app
     from e2ekit.seg.kit import KIT
-    from e2ekit.seg.predict import rle_decode
+    from e2ekit.seg.runner import rle_decode
 
     app = create_app(KIT.endpoints(Predictor(export)))
     png = (images / "im1.png").read_bytes()

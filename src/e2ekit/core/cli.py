@@ -1,7 +1,8 @@
 """``e2ekit <kit> <verb> [-c CONFIG] [-o KEY=VALUE ...] [--out DIR] [flags]``.
 
 Dispatch is by hand so an unknown kit, verb or flag names itself and the closest
-valid choice; ``E2EError`` becomes a one-line message and exit status 1.
+valid choice; ``E2EError`` becomes a one-line message and exit status 1. Each kit
+lists its verbs and their flags in ``Kit.verbs()``: this file names none of them.
 """
 
 from __future__ import annotations
@@ -10,33 +11,25 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from e2ekit.core.errors import E2EError, closest, did_you_mean
 from e2ekit.core.logs import jsonable, setup_console
 
-VERBS = (
-    "train",
-    "eval",
-    "predict",
-    "export",
-    "serve",
-    "bench",
-    "distill",
-    "preview",
-    "convert",
-    "anchors",
-)
-COMMANDS = ("configs", "demo")
+if TYPE_CHECKING:
+    from e2ekit.core.kit import Kit, Verb
 
-USAGE = """usage: e2ekit <kit> <verb> [-c CONFIG] [-o KEY=VALUE ...] [--out DIR] [flags]
+COMMANDS = ("configs", "demo")
+SHAPE = "[-c CONFIG] [-o KEY=VALUE ...] [--out DIR] [flags]"
+
+USAGE = f"""usage: e2ekit <kit> <verb> {SHAPE}
        e2ekit configs [KIT]
        e2ekit demo
 
 kits:  text  seg  det  ctr  (toy: the core's example kit)
-verbs: train  eval  predict  export  serve  bench  (distill: text; preview, convert, anchors: det)
-run `e2ekit <kit> <verb> -h` for a verb's flags"""
+verbs: train  eval  predict  export  serve  bench, and each kit's own
+run `e2ekit <kit> -h` for a kit's verbs, `e2ekit <kit> <verb> -h` for a verb's flags"""
 
 
 class UsageError(E2EError):
@@ -60,7 +53,15 @@ class _Parser(argparse.ArgumentParser):
         return ns
 
 
-def _common(p: argparse.ArgumentParser, out_help: str = "output folder") -> None:
+def parse_verb(kit: Kit[Any], verb: str, argv: list[str]) -> tuple[Verb, argparse.Namespace]:
+    """The kit's ``verb`` and its parsed flags (``-h`` prints the help and exits)."""
+    table = kit.verbs()
+    spec = _lookup(kit, table, verb)
+    p = _Parser(
+        prog=f"e2ekit {kit.name} {verb}",
+        description=spec.help,
+        epilog=f"verbs of {kit.name}: {', '.join(table)}",
+    )
     p.add_argument("-c", "--config", help="config file, or a shipped config name (default: quick)")
     p.add_argument(
         "-o",
@@ -70,64 +71,38 @@ def _common(p: argparse.ArgumentParser, out_help: str = "output folder") -> None
         metavar="KEY=VALUE",
         help="override a config key (YAML-typed value); repeatable",
     )
-    p.add_argument("--out", help=out_help)
+    p.add_argument("--out", help=spec.out_help)
+    if spec.add_arguments is not None:
+        spec.add_arguments(p)
+    return spec, p.parse_args(argv)
 
 
-def verb_parser(kit: str, verb: str) -> argparse.ArgumentParser:
-    p = _Parser(prog=f"e2ekit {kit} {verb}")
-    _common(p, "also write the full JSON to this file" if verb == "bench" else "output folder")
-    if verb == "train":
-        p.add_argument(
-            "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from last.pt"
+def _lookup(kit: Kit[Any], table: dict[str, Verb], verb: str) -> Verb:
+    if verb not in table:
+        raise UsageError(
+            f"e2ekit {kit.name} has no verb '{verb}'{did_you_mean(verb, table)}; "
+            f"its verbs: {', '.join(table)}"
         )
-        p.add_argument("--weights", help="initialise from a checkpoint (fine-tuning)")
-    elif verb == "eval":
-        p.add_argument("--weights", help="checkpoint file or run folder")
-        p.add_argument("--split", default="val", help="data split to evaluate (default: val)")
-    elif verb == "export":
-        p.add_argument("--weights", help="checkpoint file or run folder")
-        p.add_argument(
-            "--quantize",
-            action="store_true",
-            help="also write an int8 model (export.quantize_mode: dynamic|static)",
-        )
-    elif verb in ("predict", "serve"):
-        p.add_argument("--weights", help="checkpoint (PyTorch, no export needed)")
-        p.add_argument("--model", help="export folder (model.onnx + deploy.yaml)")
-        p.add_argument("--backend", choices=("onnxruntime", "torch"), help="default: onnxruntime")
-        p.add_argument("--precision", choices=("fp32", "int8"), help="int8 needs export --quantize")
-        p.add_argument("--threads", type=int, help="inference threads")
-        if verb == "predict":
-            p.add_argument("--input", help="file, folder or list file to predict on")
-        else:
-            p.add_argument("--host", help="bind address (default 127.0.0.1)")
-            p.add_argument("--port", type=int, help="port (default 8000)")
-    elif verb == "bench":
-        p.description = (
-            "Speed of an export folder on this machine: items/s and ms per call (p50/p90) for "
-            "onnxruntime fp32, int8 and torch, per batch size, on its saved sample inputs."
-        )
-        p.add_argument("--model", help="export folder (needs its sample_inputs.npz)")
-        p.add_argument("--batch-sizes", default="1,8", help="comma-separated (default: 1,8)")
-        p.add_argument(
-            "--seconds", type=float, default=3.0, help="timed seconds per variant and batch size"
-        )
-        p.add_argument("--threads", type=int, help="inference threads (default: runtime's own)")
-    return p
+    return table[verb]
 
 
-def _verb_table() -> dict[str, Callable[..., dict[str, Any]]]:
-    from e2ekit.core import verbs
-    from e2ekit.core.bench import cmd_bench
-
-    return {
-        "train": verbs.cmd_train,
-        "eval": verbs.cmd_eval,
-        "export": verbs.cmd_export,
-        "predict": verbs.cmd_predict,
-        "serve": verbs.cmd_serve,
-        "bench": cmd_bench,
-    }
+def kit_help(kit: Kit[Any]) -> str:
+    """``e2ekit <kit> -h``: the kit's verbs with one line each."""
+    table = kit.verbs()
+    width = max(map(len, table))
+    rows = [f"  {name:<{width}}  {spec.help}" for name, spec in table.items()]
+    return "\n".join(
+        [
+            f"usage: e2ekit {kit.name} <verb> {SHAPE}",
+            "",
+            f"{kit.name}: {kit.description}",
+            "",
+            "verbs:",
+            *rows,
+            "",
+            f"run `e2ekit {kit.name} <verb> -h` for a verb's flags",
+        ]
+    )
 
 
 def cmd_configs(argv: list[str]) -> int:
@@ -147,23 +122,27 @@ def cmd_configs(argv: list[str]) -> int:
 def run_kit_verb(kit_name: str, verb: str, argv: list[str]) -> int:
     from e2ekit.core.kit import get_kit
 
-    if verb not in VERBS:
-        raise UsageError(
-            f"unknown verb '{verb}'{did_you_mean(verb, VERBS)}; verbs: {', '.join(VERBS)}"
-        )
     kit = get_kit(kit_name)
-    parser = verb_parser(kit_name, verb)
-    add_arguments = getattr(kit, "add_arguments", None)
-    if add_arguments is not None:  # kit-specific flags (ctr: train --stream)
-        add_arguments(verb, parser)
-    args = parser.parse_args(argv)
-    extra = getattr(kit, "verbs", lambda: {})()
-    table = {**_verb_table(), **extra}
-    if verb not in table:
-        raise UsageError(f"kit {kit_name} has no verb '{verb}'; it has: {', '.join(table)}")
-    result = table[verb](kit, args)
+    try:
+        spec, args = parse_verb(kit, verb, argv)
+    except SystemExit as exc:  # -h/--help printed the verb's help
+        return int(exc.code or 0)
+    result = spec.handler(kit, args)
     print(json.dumps(jsonable(result), ensure_ascii=False))
     return 0
+
+
+def run_kit(kit_name: str, argv: list[str]) -> int:
+    """``e2ekit <kit> ...``: its help, a verb, or an error naming the kit's verbs."""
+    from e2ekit.core.kit import get_kit
+
+    if argv and not argv[0].startswith("-"):
+        return run_kit_verb(kit_name, argv[0], argv[1:])
+    kit = get_kit(kit_name)
+    if argv and argv[0] in ("-h", "--help"):
+        print(kit_help(kit))
+        return 0
+    raise UsageError(f"missing verb: e2ekit {kit_name} <verb>; its verbs: {', '.join(kit.verbs())}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,9 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 + (f" (did you mean '{hint}'?)" if hint else "")
                 + f"; kits: {', '.join(KITS)}; commands: {', '.join(COMMANDS)}"
             )
-        if len(argv) < 2 or argv[1].startswith("-"):
-            raise UsageError(f"missing verb: e2ekit {head} <verb>; verbs: {', '.join(VERBS)}")
-        return run_kit_verb(head, argv[1], argv[2:])
+        return run_kit(head, argv[1:])
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,35 +11,19 @@ import argparse
 import json
 import threading
 import time
-from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
+from e2ekit.core.cli import parse_verb
 from e2ekit.core.errors import E2EError
-from e2ekit.core.kit import PUBLIC_KITS, available_kits, get_kit
+from e2ekit.core.kit import PUBLIC_KITS, Kit, available_kits, get_kit
 from e2ekit.core.logs import log
 
 
-def _ns(**kw: Any) -> Namespace:
-    base = dict(
-        config=None,
-        override=[],
-        out=None,
-        resume=None,
-        weights=None,
-        split="val",
-        quantize=False,
-        model=None,
-        backend=None,
-        precision=None,
-        threads=None,
-        input=None,
-        host=None,
-        port=None,
-        stream=None,
-    )
-    base.update(kw)
-    return Namespace(**base)
+def _run(kit: Kit[Any], verb: str, *argv: str | Path) -> dict[str, Any]:
+    """``e2ekit <kit> <verb> ARGV`` in-process: the kit's own handler and flag defaults."""
+    spec, args = parse_verb(kit, verb, [str(a) for a in argv])
+    return spec.handler(kit, args)
 
 
 def _serve_once(kit: Any, export_dir: Path) -> dict[str, Any]:
@@ -72,27 +56,24 @@ def _serve_once(kit: Any, export_dir: Path) -> dict[str, Any]:
 
 
 def demo_kit(name: str, root: Path) -> dict[str, Any]:
-    from e2ekit.core import verbs
     from e2ekit.core.paths import resolve_config
+    from e2ekit.core.verbs import load_run_config
 
     kit = get_kit(name)
-    own = getattr(kit, "verbs", lambda: {})()  # a kit may replace a shared verb
-    cmd_train = own.get("train", verbs.cmd_train)
-    cmd_eval = own.get("eval", verbs.cmd_eval)
-    cmd_export = own.get("export", verbs.cmd_export)
     run_dir = root / name
     t0 = time.perf_counter()
     cfg_path = str(resolve_config(name, kit.demo_config))
     log.info("[%s] train %s", name, cfg_path)
-    train = cmd_train(kit, _ns(config=cfg_path, out=str(run_dir)))
-    weights = str(run_dir / "best.pt")
-    evaluation = cmd_eval(kit, _ns(weights=weights))
+    train = _run(kit, "train", "-c", cfg_path, "--out", run_dir)
+    weights = run_dir / "best.pt"
+    evaluation = _run(kit, "eval", "--weights", weights)
     export_dir = run_dir / "export"
-    export = cmd_export(kit, _ns(weights=weights, out=str(export_dir)))
-    cfg, _ = verbs.load_run_config(kit, _ns(weights=weights))
+    export = _run(kit, "export", "--weights", weights, "--out", export_dir)
+    _, args = parse_verb(kit, "eval", ["--weights", str(weights)])
+    cfg, _ = load_run_config(kit, args)
     input_path = kit.demo_input(cfg, run_dir)
-    pred = verbs.cmd_predict(
-        kit, _ns(model=str(export_dir), input=str(input_path), out=str(run_dir / "predict"))
+    pred = _run(
+        kit, "predict", "--model", export_dir, "--input", input_path, "--out", run_dir / "predict"
     )
     served = _serve_once(kit, export_dir)
     metric = train.get("best_metric", "")

@@ -13,6 +13,8 @@ train on the wrong classes.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import warnings
 from pathlib import Path
@@ -26,8 +28,10 @@ from e2ekit.core.errors import DataError
 
 __all__ = [
     "IMAGE_EXTS",
+    "MAX_REQUEST_PIXELS",
     "colorize",
     "decode_image_bytes",
+    "decode_image_field",
     "encode_png",
     "get_palette",
     "list_inputs",
@@ -93,6 +97,33 @@ def decode_image_bytes(data: bytes) -> torch.Tensor:
         raise DataError("cannot decode image: no bytes received")
     tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     return _decode(tensor, bytes(data), f"({len(data)} bytes)")
+
+
+MAX_REQUEST_PIXELS = 4096 * 4096
+
+
+def decode_image_field(
+    value: str, field: str = "image", max_pixels: int = MAX_REQUEST_PIXELS
+) -> torch.Tensor:
+    """A request's base64 image field as uint8 (3, H, W) RGB, for the vision kits' servers.
+
+    Bad base64 or an undecodable image is HTTP 422, an image over ``max_pixels`` is 413,
+    each naming the field, so a bad request never reaches the model.
+    """
+    from e2ekit.core.serve import BadRequest  # serving only: keep FastAPI out of training
+
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"'{field}' is not valid base64", 422) from None
+    try:
+        image = decode_image_bytes(raw)
+    except DataError as exc:
+        raise BadRequest(f"'{field}' could not be decoded: {exc}", 422) from None
+    h, w = image.shape[-2:]
+    if h * w > max_pixels:
+        raise BadRequest(f"image is {w}x{h}; at most {max_pixels} pixels", 413)
+    return image
 
 
 def read_label(path: str | Path) -> np.ndarray:

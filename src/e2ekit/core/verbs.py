@@ -17,14 +17,14 @@ from e2ekit.core.engine import Trainer, eval_loader, run_evaluation
 from e2ekit.core.engine.checkpoint import load_checkpoint, model_state
 from e2ekit.core.engine.env import resolve_device, seed_everything
 from e2ekit.core.errors import CheckpointError, ConfigError, E2EError
-from e2ekit.core.kit import Kit
+from e2ekit.core.kit import C, Kit
 from e2ekit.core.logs import jsonable, log
 from e2ekit.core.paths import resolve_config
 from e2ekit.core.schema import RunConfig, Strict
 from e2ekit.core.serve.settings import ServeSettings
 
 
-def load_run_config(kit: Kit, args: Namespace) -> tuple[RunConfig, str]:
+def load_run_config(kit: Kit[C], args: Namespace) -> tuple[C, str]:
     """``-c`` (default: the kit's quick config) or, for --resume/--weights, the run's own."""
     source: Path | None = None
     if getattr(args, "resume", None):
@@ -63,7 +63,12 @@ def cmd_train(kit: Kit, args: Namespace) -> dict[str, Any]:
     cfg, name = load_run_config(kit, args)
     out = args.resume or args.out
     trainer = Trainer(
-        kit.make_task(cfg), out, config_name=name, resume=bool(args.resume), weights=args.weights
+        kit.make_task(cfg),
+        out,
+        config_name=name,
+        resume=bool(args.resume),
+        weights=args.weights,
+        overwrite=bool(getattr(args, "overwrite", False)),
     )
     metrics = trainer.fit()
     if trainer.is_main:
@@ -200,7 +205,7 @@ def cmd_predict(kit: Kit, args: Namespace) -> dict[str, Any]:
     predictor = make_predictor(kit, args)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix=f"e2ekit-{kit.name}-pred-"))
     t0 = time.perf_counter()
-    summary = kit.predict(predictor, Path(args.input), out)
+    summary = kit.predict(predictor, Path(args.input), out, vars(args))
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary
 

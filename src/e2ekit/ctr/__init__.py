@@ -1,1 +1,1 @@
-"""CTR kit: Criteo data, CTR models, async and streaming training (issue #5)."""
+"""CTR kit: Criteo data, CTR models, async and streaming training, sparse-store export."""

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import argparse
 import os
-from argparse import Namespace
-from collections.abc import Callable
+from argparse import ArgumentParser, Namespace
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,8 @@ from pydantic import BaseModel, Field
 
 from e2ekit.core.engine.checkpoint import load_checkpoint, model_state
 from e2ekit.core.errors import CheckpointError, ConfigError, E2EError
-from e2ekit.core.kit import Kit
+from e2ekit.core.fileio import atomic_open
+from e2ekit.core.kit import Kit, Verb
 from e2ekit.core.logs import jsonable, log
 from e2ekit.core.progress import progress
 from e2ekit.core.serve import BadRequest, Endpoint
@@ -148,26 +148,36 @@ def cmd_export(kit: Kit, args: Namespace) -> dict[str, Any]:
     return summary
 
 
-class CtrKit(Kit):
+def _train_flags(p: ArgumentParser) -> None:
+    p.add_argument(
+        "--stream",
+        metavar="DIR",
+        help="train on DIR/YYYYMMDD/HH/ partitions as their donefile appears",
+    )
+
+
+class CtrKit(Kit[CtrConfig]):
     name = "ctr"
     schema = CtrConfig
     description = "click-through-rate models on hashed Criteo features: sync, async, streaming"
 
-    def make_task(self, cfg: CtrConfig) -> CtrTask:  # type: ignore[override]
+    def make_task(self, cfg: CtrConfig) -> CtrTask:
         return CtrTask(cfg)
 
-    def verbs(self) -> dict[str, Callable[..., dict[str, Any]]]:
-        return {"train": cmd_train, "eval": cmd_eval, "export": cmd_export}
+    def verbs(self) -> dict[str, Verb]:
+        """The shared verbs; train, eval and export run ctr's own engine (streamed data,
+        fused sparse tables, a sparse store beside the ONNX graph)."""
+        shared = super().verbs()
+        return {
+            **shared,
+            "train": shared["train"].extend(cmd_train, _train_flags),
+            "eval": shared["eval"].extend(cmd_eval),
+            "export": shared["export"].extend(cmd_export),
+        }
 
-    def add_arguments(self, verb: str, parser: argparse.ArgumentParser) -> None:
-        if verb == "train":
-            parser.add_argument(
-                "--stream",
-                metavar="DIR",
-                help="train on DIR/YYYYMMDD/HH/ partitions as their donefile appears",
-            )
-
-    def predict(self, predictor: Any, input_path: Path, out_dir: Path) -> dict[str, Any]:
+    def predict(
+        self, predictor: Any, input_path: Path, out_dir: Path, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
         from e2ekit.ctr.data.formats import open_reader
         from e2ekit.ctr.metrics import CtrMetrics
         from e2ekit.ctr.runner import CtrRunner
@@ -177,12 +187,11 @@ class CtrKit(Kit):
             str(input_path), format="auto", hash_size=runner.hash_size, batch_size=8192
         )
         out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / ".predictions.tsv.tmp"
         metrics = CtrMetrics()
         rows = 0
         bar = progress(desc="predict", unit="row", unit_scale=True)
         try:
-            with open(tmp, "w", encoding="utf-8") as fh:
+            with atomic_open(out_dir / "predictions.tsv") as fh:
                 fh.write("prob\tlabel\n")
                 for batch in reader:
                     probs = runner.score(batch["dense"], batch["sparse"])
@@ -191,10 +200,8 @@ class CtrKit(Kit):
                     metrics.update(labels, probs)
                     rows += len(probs)
                     bar.update(len(probs))
-            tmp.replace(out_dir / "predictions.tsv")
         finally:
             bar.close()
-            tmp.unlink(missing_ok=True)
         if rows == 0:
             raise E2EError(f"--input {input_path}: no valid rows to predict")
         result = metrics.compute()
@@ -237,7 +244,7 @@ class CtrKit(Kit):
 
         return [Endpoint("/predict", PredictRequest, to_items, run_batch, to_response)]
 
-    def demo_input(self, cfg: CtrConfig, folder: Path) -> Path:  # type: ignore[override]
+    def demo_input(self, cfg: CtrConfig, folder: Path) -> Path:
         from e2ekit.ctr.data.splits import split_paths
 
         source = split_paths(cfg, "val")

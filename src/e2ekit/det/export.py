@@ -18,6 +18,7 @@ from torchvision.ops import batched_nms
 
 from e2ekit.core.engine.task import ExportSpec
 from e2ekit.det.config import DetConfig
+from e2ekit.det.runner import preprocess
 
 # torchvision's nms wrapper calls torch.jit.script while tracing; the export is unaffected
 warnings.filterwarnings(
@@ -54,7 +55,8 @@ class DetExportModule(nn.Module):
 
 
 def preprocess_info(cfg: DetConfig) -> dict[str, Any]:
-    """What a runtime must do to a uint8 RGB image: resize (no ratio kept), normalise."""
+    """``deploy.preprocess`` from the config: what a runtime must do to a uint8 RGB image
+    (resize, no ratio kept; normalise); ``det.runner.Preprocess`` does it."""
     mean, std, is_scale = DEFAULT_MEAN, DEFAULT_STD, True
     for spec in cfg.data.val_transforms:
         name = spec.get("type") if isinstance(spec, dict) else None
@@ -70,17 +72,6 @@ def preprocess_info(cfg: DetConfig) -> dict[str, Any]:
         "std": std,
         "is_scale": is_scale,
     }
-
-
-def preprocess(image: torch.Tensor, info: dict[str, Any]) -> torch.Tensor:
-    """uint8 (3, H, W) -> the exported graph's input (1, 3, S, S), as ``deploy.preprocess``."""
-    from torchvision.transforms.v2 import functional as TF
-
-    resized = TF.resize(image, list(info["resize"]), antialias=True).float()
-    unit = 255.0 if info.get("is_scale", True) else 1.0
-    mean = torch.tensor(info["mean"], dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(info["std"], dtype=torch.float32).view(-1, 1, 1)
-    return ((resized / unit - mean) / std)[None]
 
 
 def det_export_spec(

@@ -1,29 +1,27 @@
-"""det kit wiring: predict (drawn images + JSON lines), ``POST /predict``, preview, convert."""
+"""det kit wiring: predict (drawn images + JSON lines), ``POST /predict``, and the det-only
+verbs ``preview``, ``convert`` and ``anchors``; pre/post-processing lives in ``det.runner``."""
 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
-from argparse import Namespace
+from argparse import ArgumentParser, Namespace
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from pydantic import BaseModel, Field
-from torchvision.transforms.v2 import functional as TF
-from torchvision.utils import draw_bounding_boxes
 
 from e2ekit.core.errors import ConfigError, DataError, E2EError
-from e2ekit.core.imageio import decode_image_bytes, list_inputs, read_image
-from e2ekit.core.kit import Kit
+from e2ekit.core.fileio import atomic_open
+from e2ekit.core.imageio import decode_image_field, list_inputs, read_image
+from e2ekit.core.kit import Kit, Verb
 from e2ekit.core.progress import progress
-from e2ekit.core.serve import BadRequest, Endpoint
+from e2ekit.core.serve import Endpoint
 from e2ekit.det.config import DetConfig
+from e2ekit.det.runner import DetRunner, draw, save_image
 from e2ekit.det.task import DetTask
-
-MAX_PIXELS = 4096 * 4096
 
 
 class PredictRequest(BaseModel):
@@ -33,86 +31,7 @@ class PredictRequest(BaseModel):
     )
 
 
-class DetRunner:
-    """uint8 image -> detections in original pixels, from an export or a checkpoint."""
-
-    def __init__(self, predictor: Any) -> None:
-        self.predictor = predictor
-        deploy = predictor.deploy
-        if deploy.get("kit") != "det":
-            raise DataError(f"this is a {deploy.get('kit')!r} model, not a det export")
-        pre = deploy["preprocess"]
-        self.size = [int(x) for x in pre["resize"]]
-        unit = 255.0 if pre.get("is_scale", True) else 1.0
-        mean = torch.tensor(pre["mean"], dtype=torch.float32).view(-1, 1, 1)
-        std = torch.tensor(pre["std"], dtype=torch.float32).view(-1, 1, 1)
-        self.scale, self.shift = 1.0 / (unit * std), -mean / std
-        self.names = list(deploy["class_names"])
-        self.nms = bool(deploy["nms"])
-        self.deploy = deploy
-
-    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
-        resized = TF.resize(image, self.size, antialias=True)
-        return resized.float() * self.scale + self.shift  # (3, S, S)
-
-    def detect(self, image: torch.Tensor) -> dict[str, np.ndarray]:
-        h, w = image.shape[-2:]
-        x = self.preprocess(image)[None].numpy()
-        out = self.predictor.run({"image": x})
-        if self.nms:
-            boxes, scores, labels = out["boxes"], out["scores"], out["labels"]
-        else:
-            from e2ekit.det.models.base import multiclass_nms
-
-            d = self.deploy
-            det = multiclass_nms(
-                torch.as_tensor(out["boxes"][0]),
-                torch.as_tensor(out["scores"][0]),
-                d["score_thresh"],
-                d["nms_thresh"],
-                d["max_detections"],
-            )
-            boxes, scores, labels = (det[k].numpy() for k in ("boxes", "scores", "labels"))
-        sy, sx = h / self.size[0], w / self.size[1]
-        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * [sx, sy, sx, sy]
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
-        return {
-            "boxes": boxes,
-            "scores": np.asarray(scores, dtype=np.float32).reshape(-1),
-            "labels": np.asarray(labels, dtype=np.int64).reshape(-1),
-        }
-
-    def as_json(self, det: dict[str, np.ndarray], threshold: float = 0.0) -> list[dict[str, Any]]:
-        return [
-            {
-                "label": self.names[int(lab)] if 0 <= int(lab) < len(self.names) else int(lab),
-                "class_id": int(lab),
-                "score": round(float(s), 5),
-                "box": [round(float(v), 2) for v in b],
-            }
-            for b, s, lab in zip(det["boxes"], det["scores"], det["labels"], strict=True)
-            if s >= threshold
-        ]
-
-
-def draw(image: torch.Tensor, boxes: np.ndarray, captions: list[str]) -> torch.Tensor:
-    """Boxes and captions drawn on a uint8 (3, H, W) image."""
-    if len(boxes) == 0:
-        return image
-    width = max(1, round(max(image.shape[-2:]) / 200))
-    return draw_bounding_boxes(
-        image, torch.as_tensor(boxes, dtype=torch.float32), labels=captions, width=width
-    )
-
-
-def save_image(image: torch.Tensor, path: Path) -> None:
-    from PIL import Image
-
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
-
-
-def cmd_preview(kit: Kit, args: Namespace) -> dict[str, Any]:
+def cmd_preview(kit: Kit[DetConfig], args: Namespace) -> dict[str, Any]:
     """Draw the ground truth of the train (or ``--split``) annotations for checking."""
     from e2ekit.core.verbs import load_run_config
 
@@ -132,7 +51,7 @@ def cmd_preview(kit: Kit, args: Namespace) -> dict[str, Any]:
     return {"images": min(limit, len(ds.records)), "boxes": ds.num_boxes, "output": str(out)}
 
 
-def cmd_convert(kit: Kit, args: Namespace) -> dict[str, Any]:
+def cmd_convert(kit: Kit[DetConfig], args: Namespace) -> dict[str, Any]:
     """``det convert --from labelme|voc --input ... --out train.json``."""
     from e2ekit.det.data import labelme_to_coco, voc_to_coco
 
@@ -157,7 +76,7 @@ def cmd_convert(kit: Kit, args: Namespace) -> dict[str, Any]:
     }
 
 
-def cmd_anchors(kit: Kit, args: Namespace) -> dict[str, Any]:
+def cmd_anchors(kit: Kit[DetConfig], args: Namespace) -> dict[str, Any]:
     """k-means anchors of the train boxes at the training input size, for ``model.anchors``."""
     from e2ekit.core.logs import log
     from e2ekit.core.verbs import load_run_config
@@ -220,14 +139,7 @@ def cmd_anchors(kit: Kit, args: Namespace) -> dict[str, Any]:
     return result
 
 
-def cmd_predict(kit: Kit, args: Namespace) -> dict[str, Any]:
-    from e2ekit.core import verbs
-
-    kit.draw_threshold = getattr(args, "draw_threshold", None)  # type: ignore[attr-defined]
-    return verbs.cmd_predict(kit, args)
-
-
-def cmd_eval(kit: Kit, args: Namespace) -> dict[str, Any]:
+def cmd_eval(kit: Kit[DetConfig], args: Namespace) -> dict[str, Any]:
     from e2ekit.core import verbs
     from e2ekit.core.logs import log
 
@@ -242,52 +154,76 @@ def cmd_eval(kit: Kit, args: Namespace) -> dict[str, Any]:
     return metrics
 
 
-class DetKit(Kit):
+def _eval_flags(p: ArgumentParser) -> None:
+    p.add_argument("--classwise", action="store_true", help="per-class AP table")
+
+
+def _predict_flags(p: ArgumentParser) -> None:
+    p.add_argument(
+        "--draw-threshold", type=float, help="min score drawn (0..1; default: the export's)"
+    )
+
+
+def _preview_flags(p: ArgumentParser) -> None:
+    p.add_argument("--split", default="train", help="train or val")
+    p.add_argument("--limit", type=int, default=50, help="images drawn")
+
+
+def _convert_flags(p: ArgumentParser) -> None:
+    p.add_argument("--from", dest="source", required=True, help="labelme or voc")
+    p.add_argument("--input", help="labelme folder/files, or ROOT/LIST_FILE (voc)")
+    p.add_argument("--label-list", help="voc: label list file")
+
+
+def _anchors_flags(p: ArgumentParser) -> None:
+    p.add_argument("--size", type=int, help="input size (default export.input_size)")
+    p.add_argument("--levels", type=int, default=3, help="feature levels (3)")
+    p.add_argument("--per-level", type=int, default=3, help="anchors per level (3)")
+
+
+class DetKit(Kit[DetConfig]):
     name = "det"
     schema = DetConfig
     description = "object detection (PaddleDetection-style): YOLOv3, RetinaNet, SSD, BlazeFace"
 
-    def make_task(self, cfg: DetConfig) -> DetTask:  # type: ignore[override]
+    def make_task(self, cfg: DetConfig) -> DetTask:
         return DetTask(cfg)
 
-    draw_threshold: float | None = None
-
-    def verbs(self) -> dict[str, Any]:
+    def verbs(self) -> dict[str, Verb]:
+        shared = super().verbs()
         return {
-            "preview": cmd_preview,
-            "convert": cmd_convert,
-            "anchors": cmd_anchors,
-            "predict": cmd_predict,
-            "eval": cmd_eval,
+            **shared,
+            "eval": shared["eval"].extend(cmd_eval, _eval_flags),
+            "predict": shared["predict"].extend(add_arguments=_predict_flags),
+            "preview": Verb(
+                cmd_preview,
+                "draw a split's ground-truth boxes, to check annotations",
+                _preview_flags,
+            ),
+            "convert": Verb(
+                cmd_convert,
+                "labelme or VOC annotations -> one COCO json",
+                _convert_flags,
+                out_help="the COCO json to write",
+            ),
+            "anchors": Verb(
+                cmd_anchors,
+                "k-means anchors of the train boxes at the input size, for model.anchors",
+                _anchors_flags,
+            ),
         }
 
-    def add_arguments(self, verb: str, parser: Any) -> None:
-        if verb == "predict":
-            parser.add_argument("--draw-threshold", type=float, help="min score drawn (0..1)")
-        elif verb == "eval":
-            parser.add_argument("--classwise", action="store_true", help="per-class AP table")
-        elif verb == "preview":
-            parser.add_argument("--split", default="train", help="train or val")
-            parser.add_argument("--limit", type=int, default=50, help="images drawn")
-        elif verb == "anchors":
-            parser.add_argument("--size", type=int, help="input size (default export.input_size)")
-            parser.add_argument("--levels", type=int, default=3, help="feature levels (3)")
-            parser.add_argument("--per-level", type=int, default=3, help="anchors per level (3)")
-        elif verb == "convert":
-            parser.add_argument("--from", dest="source", required=True, help="labelme or voc")
-            parser.add_argument("--input", help="labelme folder/files, or ROOT/LIST_FILE (voc)")
-            parser.add_argument("--label-list", help="voc: label list file")
-
-    def predict(self, predictor: Any, input_path: Path, out_dir: Path) -> dict[str, Any]:
+    def predict(
+        self, predictor: Any, input_path: Path, out_dir: Path, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
         runner = DetRunner(predictor)
         files = list_inputs(input_path)
         out_dir.mkdir(parents=True, exist_ok=True)
-        threshold = self.draw_threshold
+        threshold = options.get("draw_threshold")
         if threshold is None:
             threshold = float(runner.deploy.get("draw_threshold", 0.5))
         boxes_total = 0
-        tmp = out_dir / ".predictions.jsonl.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic_open(out_dir / "predictions.jsonl") as fh:
             for path in progress(files, desc="predict", unit="img"):
                 image = read_image(path)
                 det = runner.detect(image)
@@ -300,25 +236,13 @@ class DetKit(Kit):
                 ]
                 save_image(draw(image, det["boxes"][keep], caps), out_dir / f"{path.stem}.png")
                 boxes_total += int(keep.sum())
-        tmp.replace(out_dir / "predictions.jsonl")
         return {"images": len(files), "boxes_drawn": boxes_total, "output": str(out_dir)}
 
     def endpoints(self, predictor: Any) -> list[Endpoint]:
         runner = DetRunner(predictor)
 
         def to_items(req: PredictRequest) -> list[dict[str, Any]]:
-            try:
-                raw = base64.b64decode(req.image, validate=True)
-            except (binascii.Error, ValueError):
-                raise BadRequest("'image' is not valid base64", 422) from None
-            try:
-                image = decode_image_bytes(raw)
-            except DataError as exc:
-                raise BadRequest(f"'image' could not be decoded: {exc}", 422) from None
-            h, w = image.shape[-2:]
-            if h * w > MAX_PIXELS:
-                raise BadRequest(f"image is {w}x{h}; at most {MAX_PIXELS} pixels", 413)
-            return [{"image": image}]
+            return [{"image": decode_image_field(req.image)}]
 
         def run_batch(items: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
             return [runner.detect(item["image"]) for item in items]  # NMS graphs: one image
@@ -329,7 +253,7 @@ class DetKit(Kit):
 
         return [Endpoint("/predict", PredictRequest, to_items, run_batch, to_response)]
 
-    def demo_input(self, cfg: DetConfig, folder: Path) -> Path:  # type: ignore[override]
+    def demo_input(self, cfg: DetConfig, folder: Path) -> Path:
         task = DetTask(cfg)
         ds = task.det_dataset("val")
         assert ds is not None

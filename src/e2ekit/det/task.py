@@ -202,7 +202,8 @@ class DetTask(Task):
         """``n`` train (else val) images spread over the set, resized and normalised as the
         export expects: int8 activation ranges come from real pictures, not noise, and not
         from the val images the int8 model is then scored on."""
-        from e2ekit.det.export import preprocess, preprocess_info
+        from e2ekit.det.export import preprocess_info
+        from e2ekit.det.runner import preprocess
 
         ds = self.det_dataset("train") or self.det_dataset("val")
         if ds is None or not ds.records:

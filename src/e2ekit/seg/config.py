@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from e2ekit.core.schema import ExportConfig, RunConfig, Strict
-from e2ekit.seg.infer import TestConfig
+from e2ekit.seg.test_time import TestConfig
 
 BUILTIN_PREFIX = "builtin:"
 

@@ -1,10 +1,13 @@
-"""Seg kit wiring: task factory, predict over files/folders/lists, ``POST /predict``."""
+"""Seg kit wiring: task factory, predict over files/folders/lists, ``POST /predict``.
+
+Pre- and post-processing for both live in ``seg.runner``.
+"""
 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,13 +15,13 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from e2ekit.core.errors import DataError
-from e2ekit.core.imageio import decode_image_bytes, encode_png, list_inputs, read_image
+from e2ekit.core.fileio import atomic_open
+from e2ekit.core.imageio import decode_image_field, encode_png, list_inputs
 from e2ekit.core.kit import Kit
 from e2ekit.core.progress import progress
-from e2ekit.core.serve import BadRequest, Endpoint
+from e2ekit.core.serve import Endpoint
 from e2ekit.seg.config import SegConfig
-from e2ekit.seg.predict import (
+from e2ekit.seg.runner import (
     SegRunner,
     iterate_predictions,
     resize_back,
@@ -27,29 +30,29 @@ from e2ekit.seg.predict import (
 )
 from e2ekit.seg.task import SegTask
 
-MAX_PIXELS = 4096 * 4096
-
 
 class PredictRequest(BaseModel):
     image: str = Field(..., description="base64-encoded image file (PNG, JPEG, ...)")
     format: Literal["png", "rle", "both"] = Field("png", description="mask encoding to return")
 
 
-class SegKit(Kit):
+class SegKit(Kit[SegConfig]):
     name = "seg"
     schema = SegConfig
     description = "image segmentation (PaddleSeg-style)"
 
-    def make_task(self, cfg: SegConfig) -> SegTask:  # type: ignore[override]
+    def make_task(self, cfg: SegConfig) -> SegTask:
         return SegTask(cfg)
 
-    def predict(self, predictor: Any, input_path: Path, out_dir: Path) -> dict[str, Any]:
+    def predict(
+        self, predictor: Any, input_path: Path, out_dir: Path, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
         runner = SegRunner(predictor)
         files = list_inputs(input_path)
         out_dir.mkdir(parents=True, exist_ok=True)
         ignore = predictor.deploy.get("ignore_index")
         counts = np.zeros(int(predictor.deploy["num_classes"]), dtype=np.int64)
-        with open(out_dir / ".predictions.jsonl.tmp", "w", encoding="utf-8") as fh:
+        with atomic_open(out_dir / "predictions.jsonl") as fh:
             wrap = lambda xs: progress(xs, desc="predict", unit="img")  # noqa: E731
             for path, image, label in iterate_predictions(runner, files, wrap):
                 write_outputs(out_dir, path.stem, image, label, ignore)
@@ -65,7 +68,6 @@ class SegKit(Kit):
                     )
                     + "\n"
                 )
-        (out_dir / ".predictions.jsonl.tmp").replace(out_dir / "predictions.jsonl")
         return {
             "images": len(files),
             "output": str(out_dir),
@@ -76,17 +78,8 @@ class SegKit(Kit):
         runner = SegRunner(predictor)
 
         def to_items(req: PredictRequest) -> list[dict[str, Any]]:
-            try:
-                raw = base64.b64decode(req.image, validate=True)
-            except (binascii.Error, ValueError):
-                raise BadRequest("'image' is not valid base64", 422) from None
-            try:
-                image = decode_image_bytes(raw)
-            except DataError as exc:
-                raise BadRequest(f"'image' could not be decoded: {exc}", 422) from None
+            image = decode_image_field(req.image)
             h, w = image.shape[-2:]
-            if h * w > MAX_PIXELS:
-                raise BadRequest(f"image is {w}x{h}; at most {MAX_PIXELS} pixels", 413)
             return [{"x": runner.preprocess(image), "size": (h, w)}]
 
         def run_batch(items: list[dict[str, Any]]) -> list[np.ndarray]:
@@ -115,7 +108,7 @@ class SegKit(Kit):
 
         return [Endpoint("/predict", PredictRequest, to_items, run_batch, to_response)]
 
-    def demo_input(self, cfg: SegConfig, folder: Path) -> Path:  # type: ignore[override]
+    def demo_input(self, cfg: SegConfig, folder: Path) -> Path:
         task = SegTask(cfg)
         root = task.data_root()
         first = (root / (cfg.data.val_list or "val.txt")).read_text().split()[0]
@@ -128,4 +121,4 @@ class SegKit(Kit):
 
 
 KIT = SegKit()
-__all__ = ["KIT", "SegKit", "read_image"]
+__all__ = ["KIT", "SegKit"]

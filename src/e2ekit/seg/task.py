@@ -23,9 +23,9 @@ from e2ekit.seg.data import datasets as _datasets  # noqa: F401  (registers read
 from e2ekit.seg.data.synthetic import builtin_root
 from e2ekit.seg.data.transforms import build_transforms
 from e2ekit.seg.data.validate import validate_labels
-from e2ekit.seg.infer import infer_logits
 from e2ekit.seg.losses import build_seg_losses
 from e2ekit.seg.metrics import ConfusionMatrix
+from e2ekit.seg.test_time import infer_logits
 
 __all__ = ["SegInference", "SegModel", "SegTask", "build_inference_module", "pad_collate"]
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from e2ekit.core.errors import DataError
+from e2ekit.core.fileio import atomic_open
 from e2ekit.core.kit import Kit
 from e2ekit.core.progress import progress
 from e2ekit.core.serve import BadRequest, Endpoint
@@ -51,23 +53,24 @@ def read_predict_input(task: str, path: Path) -> list[Any]:
     return items
 
 
-class TextKit(Kit):
+class TextKit(Kit[TextConfig]):
     name = "text"
     schema = TextConfig
     description = "fine-tune BERT/ERNIE-family encoders: cls, pair, ner, mrc"
 
-    def make_task(self, cfg: TextConfig) -> TextTask:  # type: ignore[override]
+    def make_task(self, cfg: TextConfig) -> TextTask:
         return TextTask(cfg)
 
-    def predict(self, predictor: Any, input_path: Path, out_dir: Path) -> dict[str, Any]:
+    def predict(
+        self, predictor: Any, input_path: Path, out_dir: Path, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
         runner = TextRunner(predictor)
         items = read_predict_input(runner.task, input_path)
         out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / ".predictions.jsonl.tmp"
         counts: dict[str, int] = {}
         bar = progress(total=len(items), desc="predict", unit="item")
         try:
-            with open(tmp, "w", encoding="utf-8") as fh:
+            with atomic_open(out_dir / "predictions.jsonl") as fh:
                 for chunk in chunked(items, 64):
                     for row in runner.run_items(chunk):
                         fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -80,7 +83,6 @@ class TextKit(Kit):
                     bar.update(len(chunk))
         finally:
             bar.close()
-        tmp.replace(out_dir / "predictions.jsonl")
         return {"items": len(items), "output": str(out_dir / "predictions.jsonl"), "counts": counts}
 
     def endpoints(self, predictor: Any) -> list[Endpoint]:
@@ -132,7 +134,7 @@ class TextKit(Kit):
 
         return [Endpoint("/predict", PredictRequest, to_items, run_batch, to_response)]
 
-    def demo_input(self, cfg: TextConfig, folder: Path) -> Path:  # type: ignore[override]
+    def demo_input(self, cfg: TextConfig, folder: Path) -> Path:
         task = TextTask(cfg)
         path = task.data_file("val")
         assert path is not None

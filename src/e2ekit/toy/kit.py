@@ -1,51 +1,54 @@
-"""Toy kit wiring: task factory, predict over CSV, and the ``/predict`` endpoint."""
+"""Toy kit wiring: task factory, predict over CSV, and the ``/predict`` endpoint.
+
+Feeding and decoding the model for both lives in ``toy.runner``.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, Field
 
+from e2ekit.core.fileio import atomic_open
 from e2ekit.core.kit import Kit
 from e2ekit.core.progress import progress
 from e2ekit.core.serve import BadRequest, Endpoint
 from e2ekit.toy.data import make_blobs, read_features
-from e2ekit.toy.task import ToyConfig, ToyTask, decode
+from e2ekit.toy.runner import ToyRunner
+from e2ekit.toy.task import ToyConfig, ToyTask
 
 
 class PredictRequest(BaseModel):
     inputs: list[list[float]] = Field(..., description="rows of num_features floats")
 
 
-class ToyKit(Kit):
+class ToyKit(Kit[ToyConfig]):
     name = "toy"
     schema = ToyConfig
     description = "MLP on generated tabular data (exercises the core)"
 
-    def make_task(self, cfg: ToyConfig) -> ToyTask:  # type: ignore[override]
+    def make_task(self, cfg: ToyConfig) -> ToyTask:
         return ToyTask(cfg)
 
-    def predict(self, predictor: Any, input_path: Path, out_dir: Path) -> dict[str, Any]:
-        deploy = predictor.deploy
-        x = read_features(input_path, int(deploy["num_features"]))
+    def predict(
+        self, predictor: Any, input_path: Path, out_dir: Path, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        runner = ToyRunner(predictor)
+        x = read_features(input_path, runner.num_features)
         out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / "predictions.jsonl.tmp"
         batch = 256
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic_open(out_dir / "predictions.jsonl") as fh:
             for start in progress(range(0, len(x), batch), desc="predict", unit="batch"):
-                probs = predictor.run({"features": x[start : start + batch]})["probs"]
-                for rec in decode(probs, deploy["class_names"]):
+                for rec in runner.run(x[start : start + batch]):
                     fh.write(json.dumps(rec) + "\n")
-        tmp.replace(out_dir / "predictions.jsonl")
         return {"rows": len(x), "output": str(out_dir / "predictions.jsonl")}
 
     def endpoints(self, predictor: Any) -> list[Endpoint]:
-        deploy = predictor.deploy
-        width = int(deploy["num_features"])
-        names = list(deploy["class_names"])
+        runner = ToyRunner(predictor)
+        width = runner.num_features
 
         def to_items(req: PredictRequest) -> list[list[float]]:
             if not req.inputs:
@@ -56,15 +59,14 @@ class ToyKit(Kit):
             return req.inputs
 
         def run_batch(rows: list[list[float]]) -> list[dict[str, Any]]:
-            probs = predictor.run({"features": np.asarray(rows, np.float32)})["probs"]
-            return decode(probs, names)
+            return runner.run(rows)
 
         def to_response(req: PredictRequest, results: list[dict[str, Any]]) -> dict[str, Any]:
             return {"predictions": results}
 
         return [Endpoint("/predict", PredictRequest, to_items, run_batch, to_response)]
 
-    def demo_input(self, cfg: ToyConfig, folder: Path) -> Path:  # type: ignore[override]
+    def demo_input(self, cfg: ToyConfig, folder: Path) -> Path:
         d = cfg.data
         x, _ = make_blobs(32, d.num_features, d.num_classes, seed=99, noise=d.noise)
         path = folder / "toy_input.csv"

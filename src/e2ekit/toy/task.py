@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -102,16 +101,3 @@ def build_inference_module(model: dict[str, Any], num_features: int, num_classes
     """Rebuild the export wrapper for the Predictor's torch backend."""
     net = MODELS.build(model, num_features=num_features, num_classes=num_classes)
     return ToyInference(net).eval()
-
-
-def decode(probs: np.ndarray, class_names: list[str]) -> list[dict[str, Any]]:
-    """Probabilities -> one ``{label, label_id, scores}`` record per row."""
-    ids = probs.argmax(axis=-1)
-    return [
-        {
-            "label": class_names[int(i)],
-            "label_id": int(i),
-            "scores": [round(float(p), 6) for p in row],
-        }
-        for i, row in zip(ids, probs, strict=True)
-    ]

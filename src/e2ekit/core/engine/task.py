@@ -2,8 +2,8 @@
 
 A kit implements one ``Task`` per problem type. In training mode its model's
 ``forward(batch)`` returns a ``dict[str, Tensor]`` of losses (the engine sums them);
-``evaluate`` turns a loader into a dict of metrics. Export and serving hooks are
-here too, so every verb of the CLI works the same way for every kit.
+``evaluate`` turns a loader into a dict of metrics; ``export_spec`` says how the model
+leaves PyTorch. Serving and predict adapters belong to the kit (``Kit``, ``runner.py``).
 """
 
 from __future__ import annotations

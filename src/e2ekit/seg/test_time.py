@@ -1,4 +1,5 @@
-"""Test-time inference: whole image or sliding window, with flip and multi-scale TTA.
+"""Test-time inference (the config's ``test`` section): whole image or sliding window, with
+flip and multi-scale TTA.
 
 Works on any ``logits_fn(x (B,3,h,w)) -> (B,K,h,w)``: the PyTorch network during
 evaluation, or an exported model (probabilities output) through the core Predictor,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from e2ekit.seg.infer import TestConfig, infer_logits, slide_logits
+from e2ekit.seg.test_time import TestConfig, infer_logits, slide_logits
 
 
 def pointwise(x: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,11 @@
-"""Prediction from deploy info alone: preprocess, run a Predictor, map back, write files."""
+"""Deploy-side seg: from ``deploy.yaml`` alone, preprocess, run a Predictor, map back, encode.
+
+Shared by ``predict`` (files: label, pseudo-colour and overlay PNGs) and ``serve`` (PNG or
+run-length masks), so both see the same numbers as evaluation.
+"""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torchvision import tv_tensors
 
+from e2ekit.core.fileio import atomic_write
 from e2ekit.core.imageio import colorize, encode_png, overlay, read_image
 from e2ekit.core.logs import log
 from e2ekit.seg.data.transforms import build_transforms
-from e2ekit.seg.infer import TestConfig, infer_logits
+from e2ekit.seg.test_time import TestConfig, infer_logits
 
 
 class SegRunner:
@@ -66,22 +70,15 @@ def resize_back(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=size, mode="nearest")[0, 0].long().numpy()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_outputs(
     out_dir: Path, stem: str, image: torch.Tensor, label: np.ndarray, ignore_index: int | None
 ) -> None:
     """class-id PNG, pseudo-colour PNG and overlay, PaddleSeg's three predict outputs."""
     ids = label.astype(np.uint8 if label.max(initial=0) < 256 else np.uint16)
-    _atomic_write(out_dir / "label" / f"{stem}.png", encode_png(ids))
-    _atomic_write(out_dir / "pseudo_color" / f"{stem}.png", encode_png(colorize(label)))
+    atomic_write(out_dir / "label" / f"{stem}.png", encode_png(ids))
+    atomic_write(out_dir / "pseudo_color" / f"{stem}.png", encode_png(colorize(label)))
     blended = overlay(image, label, alpha=0.5, ignore_index=ignore_index)
-    _atomic_write(out_dir / "overlay" / f"{stem}.png", encode_png(blended))
+    atomic_write(out_dir / "overlay" / f"{stem}.png", encode_png(blended))
 
 
 def iterate_predictions(
