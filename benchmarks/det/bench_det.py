@@ -105,7 +105,7 @@ def neutralise(convs: list[nn.Conv2d], bias: float) -> None:
 
 
 def build_ours(net: str) -> nn.Module:
-    from e2ekit.core.registry import MODELS
+    from e2ekit.det.registry import MODELS
     from e2ekit.det.task import _register_models
 
     _register_models()

@@ -14,7 +14,6 @@ from torchvision.ops import box_iou
 
 import e2ekit.det.models  # noqa: F401  (registers networks and backbones)
 from e2ekit.core.errors import ConfigError
-from e2ekit.core.registry import BACKBONES, MODELS
 from e2ekit.det.backbones.blazenet import BlazeBlock
 from e2ekit.det.models.blazeface import (
     BlazeFace,
@@ -23,6 +22,7 @@ from e2ekit.det.models.blazeface import (
     hard_negatives,
     ssd_anchor_scales,
 )
+from e2ekit.det.registry import BACKBONES, MODELS
 
 FAMILY = sorted(n for n in MODELS.names() if MODELS.get(n).__module__ == BlazeFace.__module__)
 TINY_SPECS = [{"type": n} for n in FAMILY if n.endswith("_tiny")] + [

@@ -13,9 +13,7 @@ import torchvision.models as tvm
 from torch import nn
 from torchvision.ops import box_iou
 
-import e2ekit.seg.backbones  # noqa: F401  (registers 'resnet_tiny' for the backbone-spec test)
 from e2ekit.core.errors import ConfigError
-from e2ekit.core.registry import MODELS
 from e2ekit.det.models.base import Detector
 from e2ekit.det.models.retinanet import (
     RetinaNet,
@@ -24,6 +22,7 @@ from e2ekit.det.models.retinanet import (
     retinanet_tiny,
 )
 from e2ekit.det.models.ssd import SSD, ssd_tiny, ssd_vgg16, ssdlite_mobilenet_v3
+from e2ekit.det.registry import MODELS
 
 NAMES = (
     "retinanet_r50_fpn",
@@ -311,7 +310,8 @@ def test_pretrained_imagenet_backbone_freezes_like_torchvision(tmp_path):
 
 
 def test_retinanet_on_a_registered_backbone_and_ssd_aspect_ratios():
-    model = retinanet_tiny(num_classes=2, backbone={"type": "resnet_tiny"}).eval()
+    seg_resnet = {"type": "e2ekit.seg.backbones.resnet:resnet_tiny"}  # another kit's, by path
+    model = retinanet_tiny(num_classes=2, backbone=seg_resnet).eval()
     ssd = ssd_tiny(num_classes=2, aspect_ratios=[[2, 3]] * 4).eval()
     with torch.no_grad():
         boxes, _ = model.forward_raw(torch.randn(1, 3, 64, 64))

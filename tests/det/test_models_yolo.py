@@ -16,9 +16,9 @@ from torchvision.ops import box_iou
 
 import e2ekit.det.models  # noqa: F401  (registers networks and backbones)
 from e2ekit.core.errors import ConfigError
-from e2ekit.core.registry import BACKBONES, MODELS
 from e2ekit.det.models.base import Detector, multiclass_nms, weighted_nms
 from e2ekit.det.models.yolov3 import COCO_ANCHORS, YOLOv3, assign_targets
+from e2ekit.det.registry import BACKBONES, MODELS
 
 K = 3
 FAMILY = sorted(n for n in MODELS.names() if MODELS.get(n).__module__ == YOLOv3.__module__)
@@ -26,7 +26,7 @@ YOLO_TINY = [n for n in FAMILY if n.endswith("_tiny")]
 YOLO_FULL = [n for n in FAMILY if not n.endswith("_tiny")]
 # Tiny variants exercised in full: the registered ones plus the MobileNet path of the family.
 YOLO_TINY_SPECS = [{"type": n} for n in YOLO_TINY] + [
-    {"type": "yolov3_tiny", "backbone": {"type": "det_mobilenet_v3_tiny"}}
+    {"type": "yolov3_tiny", "backbone": {"type": "mobilenet_v3_tiny"}}
 ]
 
 
@@ -61,7 +61,7 @@ def num_anchors(h: int, w: int) -> int:
 
 def test_registry_names() -> None:
     assert FAMILY == ["yolov3_darknet53", "yolov3_mobilenet_v3", "yolov3_tiny"]
-    assert {"darknet53", "darknet53_tiny", "det_mobilenet_v3_large", "det_mobilenet_v3_tiny"} <= (
+    assert {"darknet53", "darknet53_tiny", "mobilenet_v3_large", "mobilenet_v3_tiny"} <= (
         set(BACKBONES.names())
     )
 
@@ -71,8 +71,8 @@ def test_registry_names() -> None:
     [
         ("darknet53", [256, 512, 1024]),
         ("darknet53_tiny", [64, 128, 256]),
-        ("det_mobilenet_v3_large", [40, 112, 160]),
-        ("det_mobilenet_v3_tiny", [16, 32, 48]),
+        ("mobilenet_v3_large", [40, 112, 160]),
+        ("mobilenet_v3_tiny", [16, 32, 48]),
     ],
 )
 def test_backbone_maps(name: str, channels: list[int]) -> None:
@@ -103,7 +103,7 @@ def test_pretrained_loading(tmp_path) -> None:
     tv = tvm.mobilenet_v3_large(weights=None)
     torch.save(tv.state_dict(), tmp_path / "mbv3.pt")
     net = BACKBONES.build(
-        {"type": "det_mobilenet_v3_large", "pretrained": str(tmp_path / "mbv3.pt")}
+        {"type": "mobilenet_v3_large", "pretrained": str(tmp_path / "mbv3.pt")}
     )
     torch.testing.assert_close(
         net.features[3].block[0][0].weight, tv.features[3].block[0][0].weight

@@ -19,6 +19,7 @@ from torchvision import tv_tensors
 
 from e2ekit.core.errors import ConfigError, DataError
 from e2ekit.det.data import transforms as T
+from e2ekit.det.data.transforms._base import prepare
 
 H, W = 96, 128  # not square, so a swapped (h, w) shows up
 BG = (40, 40, 40)
@@ -286,7 +287,7 @@ def test_mosaic_grid_is_exact():
     """Centre fixed at the middle, tiles the input size: a 2x2 grid, boxes just shifted."""
     samples = [make_sample() for _ in range(4)]
     t = T.Mosaic(target_size=[2 * H, 2 * W], center_ratio=[1.0, 1.0])
-    out = t.mix([T._prepare(s, "test") for s in samples])
+    out = t.mix([prepare(s, "test") for s in samples])
     assert tuple(out["image"].shape) == (3, 2 * H, 2 * W)
     b = torch.tensor(BOXES, dtype=torch.float32)
     shifts = [(0, 0), (W, 0), (0, H), (W, H)]

@@ -21,7 +21,6 @@ from e2ekit.core.imageio import (
     read_image,
     read_label,
 )
-from e2ekit.core.registry import DATASETS
 from e2ekit.seg.data import synthetic
 from e2ekit.seg.data.datasets import (
     CITYSCAPES_ID_TO_TRAIN_ID,
@@ -31,6 +30,7 @@ from e2ekit.seg.data.datasets import (
 )
 from e2ekit.seg.data.synthetic import builtin_root, make_synthetic
 from e2ekit.seg.data.validate import validate_labels
+from e2ekit.seg.registry import DATASETS
 
 SHARED_SEG = Path(__file__).resolve().parents[3] / "shared" / "data" / "seg"
 

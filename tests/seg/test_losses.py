@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from e2ekit.core.errors import ConfigError
-from e2ekit.core.registry import LOSSES
 from e2ekit.seg.losses import (
     LovaszSoftmaxLoss,
     OhemCrossEntropyLoss,
     build_seg_losses,
 )
+from e2ekit.seg.registry import LOSSES
 
 IGNORE = 255
 MULTICLASS = ["cross_entropy", "ohem_cross_entropy", "dice", "lovasz_softmax", "focal"]

@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 
 from e2ekit.core.errors import DataError
-from e2ekit.core.registry import METRICS
 from e2ekit.seg.metrics import ConfusionMatrix
+from e2ekit.seg.registry import METRICS
 
 IGNORE = 255
 

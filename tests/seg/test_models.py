@@ -17,19 +17,13 @@ from torch import nn
 
 import e2ekit.seg.models  # noqa: F401  (registers networks and backbones)
 from e2ekit.core.errors import ConfigError
-from e2ekit.core.registry import BACKBONES, MODELS
 from e2ekit.seg.backbones import load_pretrained
 from e2ekit.seg.models.layers import ASPP, adaptive_avg_pool2d
+from e2ekit.seg.registry import BACKBONES, MODELS
 
 K = 3
-TINY = sorted(
-    n
-    for n in MODELS.names()
-    if n.endswith("_tiny") and MODELS.get(n).__module__.startswith("e2ekit.seg.")
-)
-SEG_BACKBONES = sorted(
-    n for n in BACKBONES.names() if BACKBONES.get(n).__module__.startswith("e2ekit.seg.")
-)
+TINY = [n for n in MODELS.names() if n.endswith("_tiny")]  # seg's registry holds only seg's
+SEG_BACKBONES = BACKBONES.names()
 TINY_BACKBONES = [n for n in SEG_BACKBONES if n.endswith("_tiny")]
 # Outputs in training mode: main head + auxiliary heads.
 TRAIN_OUTPUTS = {

@@ -15,8 +15,8 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from e2ekit.core.errors import ConfigError, DataError
-from e2ekit.core.registry import TRANSFORMS
 from e2ekit.seg.data import transforms as T
+from e2ekit.seg.registry import TRANSFORMS
 
 H, W = 96, 128  # not square, so a swapped (h, w) shows up
 PAD = 255
@@ -113,7 +113,7 @@ PHOTOMETRIC = [
 
 
 def test_every_registered_transform_is_tested() -> None:
-    ours = {n for n in TRANSFORMS.names() if TRANSFORMS.get(n).__module__ == T.__name__}
+    ours = set(TRANSFORMS.names())  # seg's own registry: every name is a seg transform
     tested = {spec["type"] for spec, _, _ in GEOMETRIC} | {s["type"] for s in PHOTOMETRIC}
     assert ours - tested == {"Normalize"}  # tested on its own below
     assert len(ours) >= 13
@@ -414,3 +414,19 @@ def test_config_errors() -> None:
         T.build_transforms([{"type": "Normalize"}, {"type": "RandomDistort"}])
     with pytest.raises(ConfigError, match="list"):
         T.build_transforms({"type": "Normalize"})  # type: ignore[arg-type]
+
+
+def test_shared_argument_checks_keep_seg_conventions() -> None:
+    """Sizes read as [width, height]; interp by name in any case or OpenCV code (not 4)."""
+    assert T.Resize(target_size=[40, 30]).target_size == (40, 30)
+    with pytest.raises(ConfigError, match=r"Padding\.target_size .*\[width, height\]"):
+        T.Padding(target_size=[0, 30])
+    assert [T.Resize(interp=v).interp for v in ("linear", 2, "RANDOM")] == [
+        "LINEAR",
+        "CUBIC",
+        "RANDOM",
+    ]
+    with pytest.raises(ConfigError, match=r"Resize\.interp 4 .*OpenCV code 0-3"):
+        T.Resize(interp=4)
+    with pytest.raises(DataError, match=r"Padding\.im_padding_value has 2 values"):
+        T.Padding(target_size=8, im_padding_value=[1, 2])({"image": torch.zeros(3, 4, 4)})

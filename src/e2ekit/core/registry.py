@@ -2,6 +2,8 @@
 
 Configs name a registered builder by short name (``type: unet``) or a dotted path
 to user code (``type: mypkg.models:MyNet``), so nothing depends on import order.
+Each kit keeps its own registries (``e2ekit/<kit>/registry.py``), so two kits may use the
+same name; core keeps only what the engine itself builds (:data:`HOOKS`).
 """
 
 from __future__ import annotations
@@ -37,10 +39,16 @@ def locate(path: str) -> Any:
 
 
 class Registry(Generic[T]):
-    """Name -> builder map for one component kind (models, losses, datasets, ...)."""
+    """Name -> builder map for one component kind (models, losses, datasets, ...).
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    ``kind`` is also the config section named in argument errors (``model.width``);
+    ``kit`` prefixes it in messages, so a user of several kits sees which registry answered
+    ("unknown seg model 'x'; registered: ...").
+    """
+
+    def __init__(self, kind: str, kit: str = "") -> None:
+        self.section = kind
+        self.kind = f"{kit} {kind}" if kit else kind
         self._items: dict[str, T] = {}
 
     def register(self, name: str | None = None) -> Callable[[T], T]:
@@ -73,7 +81,7 @@ class Registry(Generic[T]):
             raise ConfigError(f"{self.kind} spec needs a 'type' key, got {sorted(spec)}")
         name = spec.pop("type")
         fn = self.get(name)
-        check_kwargs(fn, spec, f"{self.kind} '{name}'", skip=len(args), section=self.kind)
+        check_kwargs(fn, spec, f"{self.kind} '{name}'", skip=len(args), section=self.section)
         return fn(*args, **spec, **extra)
 
     def names(self) -> list[str]:
@@ -114,38 +122,5 @@ def check_kwargs(
             )
 
 
-MODELS: Registry[Any] = Registry("model")
-BACKBONES: Registry[Any] = Registry("backbone")
-LOSSES: Registry[Any] = Registry("loss")
-DATASETS: Registry[Any] = Registry("dataset")
-TRANSFORMS: Registry[Any] = Registry("transform")
-METRICS: Registry[Any] = Registry("metric")
+#: Engine hooks: the one component kind core builds itself (kits keep theirs per kit).
 HOOKS: Registry[Any] = Registry("hook")
-
-
-def list_models() -> list[str]:
-    return MODELS.names()
-
-
-def list_backbones() -> list[str]:
-    return BACKBONES.names()
-
-
-def list_losses() -> list[str]:
-    return LOSSES.names()
-
-
-def list_datasets() -> list[str]:
-    return DATASETS.names()
-
-
-def list_transforms() -> list[str]:
-    return TRANSFORMS.names()
-
-
-def list_metrics() -> list[str]:
-    return METRICS.names()
-
-
-def list_hooks() -> list[str]:
-    return HOOKS.names()

@@ -21,11 +21,11 @@ from e2ekit.core.engine import ExportSpec, Task
 from e2ekit.core.errors import ConfigError
 from e2ekit.core.imageio import read_image
 from e2ekit.core.logs import log
-from e2ekit.core.registry import MODELS
 from e2ekit.det.config import BUILTIN, DetConfig
 from e2ekit.det.data import DetDataset, builtin_paths, read_coco, read_voc, validate
 from e2ekit.det.data.transforms import DetCollate, TransformDataset, build_transforms
 from e2ekit.det.metrics import coco_evaluate, to_coco_detections
+from e2ekit.det.registry import MODELS
 
 __all__ = ["DetTask", "DetTrainModel", "RecordsDataset"]
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from e2ekit.core.errors import ConfigError
-from e2ekit.core.registry import LOSSES
+from e2ekit.seg.registry import LOSSES
 
 __all__ = [
     "BCEDiceLoss",

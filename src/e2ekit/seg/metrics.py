@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from e2ekit.core.errors import DataError
-from e2ekit.core.registry import METRICS
+from e2ekit.seg.registry import METRICS
 
 __all__ = ["ConfusionMatrix", "confusion_matrix"]
 

@@ -15,7 +15,6 @@ from torch.utils.data import Dataset
 from e2ekit.core.engine import ExportSpec, Task, to_device
 from e2ekit.core.errors import ConfigError
 from e2ekit.core.logs import log
-from e2ekit.core.registry import DATASETS, MODELS
 from e2ekit.seg import backbones as _backbones  # noqa: F401  (registers backbones)
 from e2ekit.seg import models as _models  # noqa: F401  (registers networks)
 from e2ekit.seg.config import BUILTIN_PREFIX, SegConfig
@@ -25,6 +24,7 @@ from e2ekit.seg.data.transforms import build_transforms
 from e2ekit.seg.data.validate import validate_labels
 from e2ekit.seg.losses import build_seg_losses
 from e2ekit.seg.metrics import ConfusionMatrix
+from e2ekit.seg.registry import DATASETS, MODELS
 from e2ekit.seg.test_time import infer_logits
 
 __all__ = ["SegInference", "SegModel", "SegTask", "build_inference_module", "pad_collate"]

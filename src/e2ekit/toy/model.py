@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from e2ekit.core.registry import MODELS
+from e2ekit.toy.registry import MODELS
 
 
 class ToyMLP(nn.Module):

@@ -12,11 +12,11 @@ from pydantic import Field
 from torch import nn
 
 from e2ekit.core.engine import ExportSpec, Task, to_device
-from e2ekit.core.registry import MODELS
 from e2ekit.core.schema import RunConfig, Strict
 from e2ekit.toy import model as _models  # noqa: F401  (registers toy models)
 from e2ekit.toy.data import TabularDataset, make_blobs, read_csv
 from e2ekit.toy.model import ToyInference
+from e2ekit.toy.registry import MODELS
 
 
 class ToyData(Strict):

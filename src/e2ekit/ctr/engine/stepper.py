@@ -22,11 +22,11 @@ from e2ekit.core.engine.optim import build_optimizer, build_scheduler, param_gro
 from e2ekit.core.engine.trainer import to_device
 from e2ekit.core.errors import ConfigError
 from e2ekit.core.progress import progress
-from e2ekit.core.registry import MODELS
 from e2ekit.ctr.config import CtrConfig
 from e2ekit.ctr.engine.row_optim import RowOptimizer
 from e2ekit.ctr.metrics import CtrMetrics
 from e2ekit.ctr.models.zoo import CtrModel
+from e2ekit.ctr.registry import MODELS
 
 
 def build_model(cfg: CtrConfig) -> CtrModel:

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from e2ekit.core.registry import MODELS
 from e2ekit.ctr.models.embedding import SlotEmbedding
+from e2ekit.ctr.registry import MODELS
 
 __all__ = [
     "DCN",

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from e2ekit.core.registry import BACKBONES
 from e2ekit.core.weights import load_pretrained
+from e2ekit.det.registry import BACKBONES
 
 __all__ = ["BlazeBlock", "BlazeNet", "blazenet", "blazenet_tiny"]
 

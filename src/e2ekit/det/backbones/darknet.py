@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from e2ekit.core.registry import BACKBONES
 from e2ekit.core.weights import load_pretrained
+from e2ekit.det.registry import BACKBONES
 
 __all__ = ["ConvBNLeaky", "DarkNet", "DarkResidual", "darknet53", "darknet53_tiny"]
 

@@ -16,10 +16,10 @@ import torchvision.models as tvm
 from torch import nn
 from torchvision.models.mobilenetv3 import InvertedResidualConfig, MobileNetV3
 
-from e2ekit.core.registry import BACKBONES
 from e2ekit.core.weights import load_pretrained
+from e2ekit.det.registry import BACKBONES
 
-__all__ = ["MobileNetV3Det", "det_mobilenet_v3_large", "det_mobilenet_v3_tiny"]
+__all__ = ["MobileNetV3Det", "mobilenet_v3_large", "mobilenet_v3_tiny"]
 
 
 def _block_stride(block: nn.Module) -> int:
@@ -62,15 +62,15 @@ def _finish(features: nn.Sequential, pretrained: str | None) -> MobileNetV3Det:
     return net
 
 
-@BACKBONES.register("det_mobilenet_v3_large")
-def det_mobilenet_v3_large(pretrained: str | None = None) -> MobileNetV3Det:
+@BACKBONES.register("mobilenet_v3_large")
+def mobilenet_v3_large(pretrained: str | None = None) -> MobileNetV3Det:
     """MobileNetV3-Large taps: 40/112/160 channels at strides 8/16/32."""
     features = tvm.mobilenet_v3_large(weights=None).features
     return _finish(features[:-1], pretrained)  # drop the 960-channel 1x1 conv
 
 
-@BACKBONES.register("det_mobilenet_v3_tiny")
-def det_mobilenet_v3_tiny(pretrained: str | None = None) -> MobileNetV3Det:
+@BACKBONES.register("mobilenet_v3_tiny")
+def mobilenet_v3_tiny(pretrained: str | None = None) -> MobileNetV3Det:
     """A 6-block MobileNetV3 (SE + hardswish) with 16/32/48 channels, for tests."""
     cfg = partial(InvertedResidualConfig, width_mult=1.0)
     setting = [

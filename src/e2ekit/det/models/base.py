@@ -25,7 +25,7 @@ from torch import nn
 from torchvision.ops import batched_nms, box_iou
 
 from e2ekit.core.errors import ConfigError
-from e2ekit.core.registry import BACKBONES
+from e2ekit.det.registry import BACKBONES
 
 __all__ = [
     "Detection",
@@ -195,7 +195,8 @@ def build_backbone(
     """Build a ``BACKBONES`` spec and find which of its maps are at ``strides``.
 
     A spec without ``type`` only overrides arguments of the default backbone. Any backbone
-    exposing ``out_channels`` and ``strides`` works (the seg ones too): the detector takes the
+    exposing ``out_channels`` and ``strides`` works: det's by name, others (seg's too) by
+    dotted path, e.g. ``e2ekit.seg.backbones.resnet:resnet_tiny``; the detector takes the
     maps at the strides it needs. Returns the backbone and the indices of those maps.
     """
     merged = dict(default) if spec is None else spec if "type" in spec else {**default, **spec}

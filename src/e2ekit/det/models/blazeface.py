@@ -34,8 +34,8 @@ from torch import nn
 from torchvision.ops import box_iou, sigmoid_focal_loss
 
 from e2ekit.core.errors import ConfigError
-from e2ekit.core.registry import MODELS
 from e2ekit.det.models.base import Detector, Target, build_backbone, clip_boxes
+from e2ekit.det.registry import MODELS
 
 __all__ = [
     "BlazeFace",

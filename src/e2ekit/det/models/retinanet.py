@@ -54,9 +54,9 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from e2ekit.core.errors import ConfigError
-from e2ekit.core.registry import MODELS
 from e2ekit.core.weights import load_pretrained, read_state_dict
 from e2ekit.det.models.base import Detector, Target, build_backbone, clip_boxes
+from e2ekit.det.registry import MODELS
 
 __all__ = [
     "FPNBackbone",

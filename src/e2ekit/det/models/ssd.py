@@ -55,7 +55,6 @@ from torchvision.models.vgg import make_layers as make_vgg_layers
 from torchvision.ops.misc import Conv2dNormActivation
 
 from e2ekit.core.errors import ConfigError
-from e2ekit.core.registry import MODELS
 from e2ekit.det.models.base import Detection, Detector, Target, clip_boxes, multiclass_nms
 from e2ekit.det.models.retinanet import (
     NarrowResNet,
@@ -66,6 +65,7 @@ from e2ekit.det.models.retinanet import (
     prepare_targets,
     resnet_c3_c5,
 )
+from e2ekit.det.registry import MODELS
 
 __all__ = ["SSD", "TinySSDBackbone", "ssd_tiny", "ssd_vgg16", "ssdlite_mobilenet_v3"]
 

@@ -37,9 +37,9 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from e2ekit.core.errors import ConfigError
-from e2ekit.core.registry import MODELS
 from e2ekit.det.backbones.darknet import ConvBNLeaky
 from e2ekit.det.models.base import Detector, Target, build_backbone, clip_boxes
+from e2ekit.det.registry import MODELS
 
 __all__ = [
     "COCO_ANCHORS",
@@ -387,7 +387,7 @@ def yolov3_mobilenet_v3(
     return _create_yolov3(
         num_classes,
         backbone,
-        {"type": "det_mobilenet_v3_large"},
+        {"type": "mobilenet_v3_large"},
         anchors,
         neck_channels,
         ignore_thresh=ignore_thresh,

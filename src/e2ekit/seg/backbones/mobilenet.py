@@ -18,13 +18,13 @@ import torchvision.models as tvm
 from torch import nn
 from torchvision.models.mobilenetv3 import InvertedResidualConfig, MobileNetV3
 
-from e2ekit.core.registry import BACKBONES
 from e2ekit.seg.backbones._pretrained import (
     StagedBackbone,
     check_output_stride,
     dilate_,
     load_pretrained,
 )
+from e2ekit.seg.registry import BACKBONES
 
 __all__ = [
     "MobileNetBackbone",

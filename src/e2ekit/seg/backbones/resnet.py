@@ -18,13 +18,13 @@ import torchvision.models as tvm
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from e2ekit.core.registry import BACKBONES
 from e2ekit.seg.backbones._pretrained import (
     StagedBackbone,
     check_output_stride,
     dilate_,
     load_pretrained,
 )
+from e2ekit.seg.registry import BACKBONES
 
 __all__ = ["ResNetBackbone", "resnet18", "resnet34", "resnet50", "resnet101", "resnet_tiny"]
 

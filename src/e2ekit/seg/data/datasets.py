@@ -21,7 +21,7 @@ from torchvision import tv_tensors
 
 from e2ekit.core.errors import ConfigError, DataError
 from e2ekit.core.imageio import read_image, read_label
-from e2ekit.core.registry import DATASETS
+from e2ekit.seg.registry import DATASETS
 
 __all__ = [
     "CITYSCAPES_CLASSES",

@@ -35,8 +35,19 @@ from torchvision.transforms.v2 import functional as F
 from torchvision.transforms.v2.functional import InterpolationMode
 
 from e2ekit.core.errors import ConfigError, DataError
-from e2ekit.core.registry import TRANSFORMS
+from e2ekit.core.transform_args import (
+    fill_arg,
+    interp_arg,
+    is_int,
+    is_number,
+    is_seq,
+    number_arg,
+    pixel_fill,
+    prob_arg,
+    size_arg,
+)
 from e2ekit.core.transform_order import check_uint8_order
+from e2ekit.seg.registry import TRANSFORMS
 
 __all__ = [
     "Compose",
@@ -73,75 +84,21 @@ _INTERP = {
 }
 # Nearest with pixel centres aligned (the image resizers use half-pixel centres too).
 _LABEL_INTERP = InterpolationMode.NEAREST_EXACT
+#: Sizes are written [width, height], as in PaddleSeg.
+_WH = "width, height"
 
 
 # ----------------------------------------------------------------------------- validation
 
 
-def _size_wh(value: Any, what: str) -> tuple[int, int]:
-    """An int or a (width, height) pair of positive ints, as PaddleSeg writes sizes."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{what} must be an int or [width, height], got {value!r}")
-    if isinstance(value, int):
-        value = (value, value)
-    if (
-        not isinstance(value, Sequence)
-        or isinstance(value, str)
-        or len(value) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
-    ):
-        raise ConfigError(f"{what} must be a positive int or [width, height], got {value!r}")
-    return int(value[0]), int(value[1])
-
-
-def _number(value: Any, what: str, low: float | None = None, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ConfigError(f"{what} must be a number, got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        lo = "-inf" if low is None else f"{low:g}"
-        hi = "inf" if high is None else f"{high:g}"
-        raise ConfigError(f"{what} must be in [{lo}, {hi}], got {value!r}")
-    return float(value)
-
-
-def _prob(value: Any, what: str) -> float:
-    return _number(value, what, 0.0, 1.0)
-
-
-def _fill(value: Any, what: str) -> tuple[float, ...]:
-    """A padding colour: one number for every channel or one per channel (0..255 units)."""
-    values = [value] if isinstance(value, (int, float)) else value
-    if (
-        not isinstance(values, Sequence)
-        or isinstance(values, str)
-        or not values
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-    ):
-        raise ConfigError(f"{what} must be a number or a list of numbers, got {value!r}")
-    return tuple(float(v) for v in values)
-
-
 def _label_fill(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    """The class id that padding writes into the label map."""
+    if not is_int(value):
         raise ConfigError(f"{what} must be an int class id (255 = ignore), got {value!r}")
-    return value
+    return int(value)
 
 
 # ----------------------------------------------------------------------------- tensor helpers
-
-
-def _image_fill(fill: tuple[float, ...], image: torch.Tensor) -> list[float]:
-    """Fill values for this image: broadcast to its channels, rounded and clipped for uint8."""
-    channels = image.shape[-3]
-    if len(fill) == 1:
-        fill = fill * channels
-    elif len(fill) != channels:
-        raise DataError(
-            f"im_padding_value has {len(fill)} values but the image has {channels} channels"
-        )
-    if image.dtype == torch.uint8:
-        return [float(min(max(round(v), 0), 255)) for v in fill]
-    return list(fill)
 
 
 def _window(
@@ -231,7 +188,7 @@ class RandomHorizontalFlip(SegTransform):
     """Mirror left-right with probability ``prob``."""
 
     def __init__(self, prob: float = 0.5) -> None:
-        self.prob = _prob(prob, "RandomHorizontalFlip.prob")
+        self.prob = prob_arg(prob, "RandomHorizontalFlip.prob")
 
     def apply(self, image, label):
         if random.random() < self.prob:
@@ -245,7 +202,7 @@ class RandomVerticalFlip(SegTransform):
     """Mirror top-bottom with probability ``prob`` (PaddleSeg's default is rare: 0.1)."""
 
     def __init__(self, prob: float = 0.1) -> None:
-        self.prob = _prob(prob, "RandomVerticalFlip.prob")
+        self.prob = prob_arg(prob, "RandomVerticalFlip.prob")
 
     def apply(self, image, label):
         if random.random() < self.prob:
@@ -262,23 +219,19 @@ class Resize(SegTransform):
     """Resize to ``target_size`` (w, h); with ``keep_ratio`` fit inside it, keeping the aspect.
 
     ``keep_ratio`` follows PaddleSeg: scale = min(max(target)/long side, min(target)/short
-    side). ``interp`` is one of LINEAR, NEAREST, CUBIC, AREA or RANDOM (image only).
+    side). ``interp`` is one of LINEAR, NEAREST, CUBIC, AREA (or its OpenCV code) or RANDOM
+    (image only).
     """
 
     def __init__(
         self,
         target_size: int | Sequence[int] = (512, 512),
         keep_ratio: bool = False,
-        interp: str = "LINEAR",
+        interp: str | int = "LINEAR",
     ) -> None:
-        self.target_size = _size_wh(target_size, "Resize.target_size")
+        self.target_size = size_arg(target_size, "Resize.target_size", _WH)
         self.keep_ratio = bool(keep_ratio)
-        if interp != "RANDOM" and interp not in _INTERP:
-            raise ConfigError(
-                f"Resize.interp '{interp}' is not supported; "
-                f"use one of {', '.join([*_INTERP, 'RANDOM'])}"
-            )
-        self.interp = interp
+        self.interp = interp_arg(interp, "Resize.interp", [*_INTERP, "RANDOM"])
 
     def apply(self, image, label):
         name = random.choice(list(_INTERP)) if self.interp == "RANDOM" else self.interp
@@ -301,7 +254,7 @@ class ResizeByLong(SegTransform):
     """Scale so the longer side is ``long_size``, keeping the aspect ratio."""
 
     def __init__(self, long_size: int) -> None:
-        self.long_size = int(_number(long_size, "ResizeByLong.long_size", 1))
+        self.long_size = int(number_arg(long_size, "ResizeByLong.long_size", 1))
 
     def apply(self, image, label):
         return _resize_long(image, label, self.long_size)
@@ -312,8 +265,8 @@ class ResizeByShort(SegTransform):
     """Scale so the shorter side is ``short_size``; cap the longer at ``max_size`` if > 0."""
 
     def __init__(self, short_size: int, max_size: int = -1) -> None:
-        self.short_size = int(_number(short_size, "ResizeByShort.short_size", 1))
-        self.max_size = int(_number(max_size, "ResizeByShort.max_size"))
+        self.short_size = int(number_arg(short_size, "ResizeByShort.short_size", 1))
+        self.max_size = int(number_arg(max_size, "ResizeByShort.max_size"))
 
     def apply(self, image, label):
         h, w = image.shape[-2:]
@@ -329,10 +282,10 @@ class LimitLong(SegTransform):
 
     def __init__(self, max_long: int | None = None, min_long: int | None = None) -> None:
         self.max_long = (
-            None if max_long is None else int(_number(max_long, "LimitLong.max_long", 1))
+            None if max_long is None else int(number_arg(max_long, "LimitLong.max_long", 1))
         )
         self.min_long = (
-            None if min_long is None else int(_number(min_long, "LimitLong.min_long", 1))
+            None if min_long is None else int(number_arg(min_long, "LimitLong.min_long", 1))
         )
         if (
             self.max_long is not None
@@ -360,8 +313,8 @@ class ResizeRangeScaling(SegTransform):
     """Scale the long side to a random length in [min_value, max_value]."""
 
     def __init__(self, min_value: int = 400, max_value: int = 600) -> None:
-        self.min_value = int(_number(min_value, "ResizeRangeScaling.min_value", 1))
-        self.max_value = int(_number(max_value, "ResizeRangeScaling.max_value", 1))
+        self.min_value = int(number_arg(min_value, "ResizeRangeScaling.min_value", 1))
+        self.max_value = int(number_arg(max_value, "ResizeRangeScaling.max_value", 1))
         if self.min_value > self.max_value:
             raise ConfigError(
                 f"ResizeRangeScaling.min_value ({self.min_value}) is larger than "
@@ -388,9 +341,13 @@ class ResizeStepScaling(SegTransform):
         max_scale_factor: float = 1.25,
         scale_step_size: float = 0.25,
     ) -> None:
-        self.min_scale_factor = _number(min_scale_factor, "ResizeStepScaling.min_scale_factor", 0)
-        self.max_scale_factor = _number(max_scale_factor, "ResizeStepScaling.max_scale_factor", 0)
-        self.scale_step_size = _number(scale_step_size, "ResizeStepScaling.scale_step_size", 0)
+        self.min_scale_factor = number_arg(
+            min_scale_factor, "ResizeStepScaling.min_scale_factor", 0
+        )
+        self.max_scale_factor = number_arg(
+            max_scale_factor, "ResizeStepScaling.max_scale_factor", 0
+        )
+        self.scale_step_size = number_arg(scale_step_size, "ResizeStepScaling.scale_step_size", 0)
         if self.min_scale_factor <= 0 or self.min_scale_factor > self.max_scale_factor:
             raise ConfigError(
                 "ResizeStepScaling needs 0 < min_scale_factor <= max_scale_factor, got "
@@ -433,12 +390,12 @@ class RandomPaddingCrop(SegTransform):
         category_max_ratio: float = 1.0,
         ignore_index: int = 255,
     ) -> None:
-        self.crop_size = _size_wh(crop_size, "RandomPaddingCrop.crop_size")
-        self.im_padding_value = _fill(im_padding_value, "RandomPaddingCrop.im_padding_value")
+        self.crop_size = size_arg(crop_size, "RandomPaddingCrop.crop_size", _WH)
+        self.im_padding_value = fill_arg(im_padding_value, "RandomPaddingCrop.im_padding_value")
         self.label_padding_value = _label_fill(
             label_padding_value, "RandomPaddingCrop.label_padding_value"
         )
-        self.category_max_ratio = _number(
+        self.category_max_ratio = number_arg(
             category_max_ratio, "RandomPaddingCrop.category_max_ratio", 0, 1
         )
         self.ignore_index = int(ignore_index)
@@ -463,7 +420,7 @@ class RandomPaddingCrop(SegTransform):
                     top, left = random.randint(0, max_top), random.randint(0, max_left)
                     out_label = _window(label, top, left, ch, cw, self.label_padding_value)
             out_label = tv_tensors.wrap(out_label, like=label)
-        fill = _image_fill(self.im_padding_value, image)
+        fill = pixel_fill(self.im_padding_value, image, "RandomPaddingCrop.im_padding_value")
         out_image = tv_tensors.wrap(_window(image, top, left, ch, cw, fill), like=image)
         return out_image, out_label
 
@@ -473,14 +430,14 @@ class RandomCenterCrop(SegTransform):
     """Crop a random window keeping at least ``retain_ratio`` (w, h) of each side."""
 
     def __init__(self, retain_ratio: float | Sequence[float] = (0.5, 0.5)) -> None:
-        ratio = (
-            (retain_ratio, retain_ratio) if isinstance(retain_ratio, (int, float)) else retain_ratio
-        )
-        if not isinstance(ratio, Sequence) or len(ratio) != 2:
+        ratio = (retain_ratio, retain_ratio) if is_number(retain_ratio) else retain_ratio
+        if not is_seq(ratio) or len(ratio) != 2:
             raise ConfigError(
                 f"RandomCenterCrop.retain_ratio must be [w, h] in [0, 1], got {retain_ratio!r}"
             )
-        self.retain_ratio = tuple(_number(r, "RandomCenterCrop.retain_ratio", 0, 1) for r in ratio)
+        self.retain_ratio = tuple(
+            number_arg(r, "RandomCenterCrop.retain_ratio", 0, 1) for r in ratio
+        )
 
     def apply(self, image, label):
         rw, rh = self.retain_ratio
@@ -509,8 +466,8 @@ class Padding(SegTransform):
         im_padding_value: Fill = 127.5,
         label_padding_value: int = 255,
     ) -> None:
-        self.target_size = _size_wh(target_size, "Padding.target_size")
-        self.im_padding_value = _fill(im_padding_value, "Padding.im_padding_value")
+        self.target_size = size_arg(target_size, "Padding.target_size", _WH)
+        self.im_padding_value = fill_arg(im_padding_value, "Padding.im_padding_value")
         self.label_padding_value = _label_fill(label_padding_value, "Padding.label_padding_value")
 
     def apply(self, image, label):
@@ -524,7 +481,11 @@ class Padding(SegTransform):
         if (h, w) == (th, tw):
             return image, label
         padding = [0, 0, tw - w, th - h]  # left, top, right, bottom
-        image = F.pad(image, padding, fill=_image_fill(self.im_padding_value, image))
+        image = F.pad(
+            image,
+            padding,
+            fill=pixel_fill(self.im_padding_value, image, "Padding.im_padding_value"),
+        )
         if label is not None:
             label = F.pad(label, padding, fill=self.label_padding_value)
         return image, label
@@ -546,8 +507,8 @@ class RandomRotation(SegTransform):
         im_padding_value: Fill = 127.5,
         label_padding_value: int = 255,
     ) -> None:
-        self.max_rotation = _number(max_rotation, "RandomRotation.max_rotation", 0, 180)
-        self.im_padding_value = _fill(im_padding_value, "RandomRotation.im_padding_value")
+        self.max_rotation = number_arg(max_rotation, "RandomRotation.max_rotation", 0, 180)
+        self.im_padding_value = fill_arg(im_padding_value, "RandomRotation.im_padding_value")
         self.label_padding_value = _label_fill(
             label_padding_value, "RandomRotation.label_padding_value"
         )
@@ -556,7 +517,7 @@ class RandomRotation(SegTransform):
         if self.max_rotation <= 0:
             return image, label
         angle = random.uniform(-self.max_rotation, self.max_rotation)
-        fill = _image_fill(self.im_padding_value, image)
+        fill = pixel_fill(self.im_padding_value, image, "RandomRotation.im_padding_value")
         image = F.rotate(image, angle, InterpolationMode.BILINEAR, expand=True, fill=fill)
         if label is not None:  # the Mask kernel samples nearest on the same grid
             label = F.rotate(label, angle, expand=True, fill=float(self.label_padding_value))
@@ -571,8 +532,8 @@ class RandomScaleAspect(SegTransform):
     """
 
     def __init__(self, min_scale: float = 0.5, aspect_ratio: float = 0.33) -> None:
-        self.min_scale = _number(min_scale, "RandomScaleAspect.min_scale", 0, 1)
-        self.aspect_ratio = _number(aspect_ratio, "RandomScaleAspect.aspect_ratio", 0, 1)
+        self.min_scale = number_arg(min_scale, "RandomScaleAspect.min_scale", 0, 1)
+        self.aspect_ratio = number_arg(aspect_ratio, "RandomScaleAspect.aspect_ratio", 0, 1)
 
     def apply(self, image, label):
         if self.min_scale == 0 or self.aspect_ratio == 0:
@@ -620,16 +581,16 @@ class RandomDistort(SegTransform):
         sharpness_prob: float = 0.0,
     ) -> None:
         name = "RandomDistort"
-        self.brightness_range = _number(brightness_range, f"{name}.brightness_range", 0, 1)
-        self.brightness_prob = _prob(brightness_prob, f"{name}.brightness_prob")
-        self.contrast_range = _number(contrast_range, f"{name}.contrast_range", 0, 1)
-        self.contrast_prob = _prob(contrast_prob, f"{name}.contrast_prob")
-        self.saturation_range = _number(saturation_range, f"{name}.saturation_range", 0, 1)
-        self.saturation_prob = _prob(saturation_prob, f"{name}.saturation_prob")
-        self.hue_range = _number(hue_range, f"{name}.hue_range", 0, 128)
-        self.hue_prob = _prob(hue_prob, f"{name}.hue_prob")
-        self.sharpness_range = _number(sharpness_range, f"{name}.sharpness_range", 0, 1)
-        self.sharpness_prob = _prob(sharpness_prob, f"{name}.sharpness_prob")
+        self.brightness_range = number_arg(brightness_range, f"{name}.brightness_range", 0, 1)
+        self.brightness_prob = prob_arg(brightness_prob, f"{name}.brightness_prob")
+        self.contrast_range = number_arg(contrast_range, f"{name}.contrast_range", 0, 1)
+        self.contrast_prob = prob_arg(contrast_prob, f"{name}.contrast_prob")
+        self.saturation_range = number_arg(saturation_range, f"{name}.saturation_range", 0, 1)
+        self.saturation_prob = prob_arg(saturation_prob, f"{name}.saturation_prob")
+        self.hue_range = number_arg(hue_range, f"{name}.hue_range", 0, 128)
+        self.hue_prob = prob_arg(hue_prob, f"{name}.hue_prob")
+        self.sharpness_range = number_arg(sharpness_range, f"{name}.sharpness_range", 0, 1)
+        self.sharpness_prob = prob_arg(sharpness_prob, f"{name}.sharpness_prob")
         self._ops: list[tuple[Callable[..., torch.Tensor], float, float, float]] = [
             (F.adjust_brightness, self.brightness_prob, 1.0, self.brightness_range),
             (F.adjust_contrast, self.contrast_prob, 1.0, self.contrast_range),
@@ -693,7 +654,7 @@ class RandomBlur(SegTransform):
     _TYPES = ("gaussian", "median", "blur", "random")
 
     def __init__(self, prob: float = 0.1, blur_type: str = "gaussian") -> None:
-        self.prob = _prob(prob, "RandomBlur.prob")
+        self.prob = prob_arg(prob, "RandomBlur.prob")
         if blur_type not in self._TYPES:
             raise ConfigError(
                 f"RandomBlur.blur_type '{blur_type}' is not one of {', '.join(self._TYPES)}"
@@ -725,8 +686,8 @@ class RandomNoise(SegTransform):
     photometric = True
 
     def __init__(self, prob: float = 0.5, max_sigma: float = 10.0) -> None:
-        self.prob = _prob(prob, "RandomNoise.prob")
-        self.max_sigma = _number(max_sigma, "RandomNoise.max_sigma", 0)
+        self.prob = prob_arg(prob, "RandomNoise.prob")
+        self.max_sigma = number_arg(max_sigma, "RandomNoise.max_sigma", 0)
 
     def apply(self, image, label):
         if not (self.prob > 0 and random.random() < self.prob):
@@ -754,7 +715,7 @@ class Normalize(SegTransform):
         mean: float | Sequence[float] = (0.5, 0.5, 0.5),
         std: float | Sequence[float] = (0.5, 0.5, 0.5),
     ) -> None:
-        mean_t, std_t = _fill(mean, "Normalize.mean"), _fill(std, "Normalize.std")
+        mean_t, std_t = fill_arg(mean, "Normalize.mean"), fill_arg(std, "Normalize.std")
         if len(mean_t) != len(std_t) and 1 not in (len(mean_t), len(std_t)):
             raise ConfigError(f"Normalize.mean has {len(mean_t)} values but std has {len(std_t)}")
         if any(s <= 0 for s in std_t):

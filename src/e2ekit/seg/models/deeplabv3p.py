@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from e2ekit.core.registry import MODELS
 from e2ekit.seg.models.layers import (
     ASPP,
     ConvBNReLU,
@@ -23,6 +22,7 @@ from e2ekit.seg.models.layers import (
     build_backbone,
     resize_to,
 )
+from e2ekit.seg.registry import MODELS
 
 __all__ = ["DeepLabV3P", "deeplabv3p", "deeplabv3p_tiny"]
 

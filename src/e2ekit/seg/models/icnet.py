@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from e2ekit.core.errors import ConfigError
-from e2ekit.core.registry import MODELS
 from e2ekit.seg.models.layers import (
     ConvBN,
     ConvBNReLU,
@@ -34,6 +33,7 @@ from e2ekit.seg.models.layers import (
     build_backbone,
     resize_to,
 )
+from e2ekit.seg.registry import MODELS
 
 __all__ = ["ICNet", "icnet", "icnet_tiny"]
 

@@ -21,7 +21,7 @@ from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
 from e2ekit.core.errors import ConfigError
-from e2ekit.core.registry import BACKBONES
+from e2ekit.seg.registry import BACKBONES
 
 __all__ = [
     "ASPP",

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from e2ekit.core.registry import MODELS
 from e2ekit.seg.models.layers import SPPM, UAFM, SegHead, build_backbone, resize_to
+from e2ekit.seg.registry import MODELS
 
 __all__ = ["PPLiteSeg", "pp_liteseg", "pp_liteseg_tiny"]
 

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from e2ekit.core.registry import MODELS
 from e2ekit.seg.models.layers import PPM, SegHead, build_backbone, resize_to
+from e2ekit.seg.registry import MODELS
 
 __all__ = ["PSPNet", "pspnet", "pspnet_tiny"]
 

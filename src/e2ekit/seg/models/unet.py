@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from e2ekit.core.errors import ConfigError
-from e2ekit.core.registry import MODELS
 from e2ekit.seg.models.layers import ConvBNReLU, resize_to
+from e2ekit.seg.registry import MODELS
 
 __all__ = ["UNet", "unet", "unet_tiny"]
 
