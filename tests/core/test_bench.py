@@ -41,6 +41,15 @@ def test_bench_reports_every_variant(cli, export: Path, tmp_path: Path) -> None:
     assert result == json.loads(out_file.read_text())
     assert result["batch_sizes"] == [1, 4] and result["skipped"] == {}
     assert set(result["results"]) == {"onnxruntime_fp32", "onnxruntime_int8", "torch"}
+    assert result["device"] == "cpu" and result["threads"] == 1
+    runtimes = result["runtimes"]
+    assert {n: (r["backend"], r["precision"]) for n, r in runtimes.items()} == {
+        "onnxruntime_fp32": ("onnxruntime", "fp32"),
+        "onnxruntime_int8": ("onnxruntime", "int8"),
+        "torch": ("torch", "fp32"),
+    }
+    assert all(r["device"] == "cpu" and r["threads"] == 1 for r in runtimes.values())
+    assert runtimes["onnxruntime_fp32"]["provider"] == "CPUExecutionProvider"
     for per_batch in result["results"].values():
         assert set(per_batch) == {"1", "4"}
         for r in per_batch.values():
@@ -65,6 +74,29 @@ def test_bench_skips_what_the_folder_lacks(cli, export: Path, tmp_path: Path) ->
     assert "speedup_vs_torch" not in result
 
 
+def test_bench_runs_the_variants_infer_names(cli, export: Path, tmp_path: Path) -> None:
+    """infer.backend / infer.precision (from -o or -c) narrow the variants; threads apply."""
+    fast = ("--seconds", "0.05", "--batch-sizes", "1")
+    code, out, err = cli("toy", "bench", "--model", export, *fast, "-o", "infer.backend=torch")
+    assert code == 0, err
+    result = last_json(out)
+    assert list(result["results"]) == ["torch"] and "speedup_vs_torch" not in result
+    assert result["skipped"] == {
+        "onnxruntime_fp32": "infer.backend is torch",
+        "onnxruntime_int8": "infer.backend is torch",
+    }
+    cfg = tmp_path / "int8.yaml"
+    cfg.write_text("infer:\n  precision: int8\n  num_threads: 1\n")
+    code, out, err = cli("toy", "bench", "--model", export, *fast, "-c", cfg)
+    assert code == 0, err
+    result = last_json(out)
+    assert list(result["results"]) == ["onnxruntime_int8"] and result["threads"] == 1
+    code, out, err = cli(
+        "toy", "bench", "--model", export, *fast, "-c", cfg, "-o", "infer.backend=torch"
+    )
+    assert code == 1 and out == "" and "no variant to benchmark" in err
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -73,6 +105,7 @@ def test_bench_skips_what_the_folder_lacks(cli, export: Path, tmp_path: Path) ->
         (["--model", "{missing}"], "no such folder"),
         (["--model", "{export}", "--batch-sizes", "1,x"], "--batch-sizes"),
         (["--model", "{export}", "--seconds", "0"], "--seconds"),
+        (["--model", "{export}", "-o", "serve.port=1"], "serve.port"),
     ],
 )
 def test_bench_errors_are_one_line(

@@ -4,6 +4,11 @@ Kit-agnostic: the inputs are the ones export saved in ``sample_inputs.npz``, cyc
 axis 0 to each batch size, so no kit code or data is needed. Every variant the folder can
 run (onnxruntime fp32, int8, eager torch) gets the same inputs, thread count and time
 budget, and is compared with eager torch, the baseline a user would otherwise keep.
+
+The ``infer`` settings apply as for predict (``--threads``, ``--device``, then ``-o infer.*``,
+then ``-c``'s ``infer`` section): ``infer.backend`` / ``infer.precision``, when set, narrow the
+variants to those they name; on ``cuda`` a variant that cannot run there is skipped with the
+reason (no fallback to another backend, so each row measures what its name says).
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ from e2ekit.core.infer import (
     SAMPLE_INPUTS_FILE,
     WEIGHTS_FILE,
     Predictor,
+    cuda_unsupported,
     load_deploy,
     load_sample_inputs,
 )
 from e2ekit.core.logs import jsonable, log
 from e2ekit.core.progress import progress
+from e2ekit.core.schema import InferConfig
+from e2ekit.core.verbs import check_device, load_export_config
 
 # name -> (backend, precision); the order is the run order.
 VARIANTS = {
@@ -97,6 +105,26 @@ def _available(folder: Path, deploy: dict[str, Any]) -> tuple[list[str], dict[st
     return [v for v in VARIANTS if v not in skipped], skipped
 
 
+def _narrow(variants: list[str], skipped: dict[str, str], settings: InferConfig) -> dict[str, str]:
+    """Each variant the settings allow -> its device; the others go to ``skipped`` with why."""
+    chosen = settings.model_fields_set
+    devices: dict[str, str] = {}
+    for name in variants:
+        backend, precision = VARIANTS[name]
+        if "backend" in chosen and backend != settings.backend:
+            skipped[name] = f"infer.backend is {settings.backend}"
+            continue
+        if "precision" in chosen and precision != settings.precision:
+            skipped[name] = f"infer.precision is {settings.precision}"
+            continue
+        why = None if settings.device == "cpu" else cuda_unsupported(backend, precision)
+        if why and settings.device == "cuda":
+            skipped[name] = f"not on cuda: {why}"
+            continue
+        devices[name] = "cpu" if settings.device == "cpu" or why else "cuda"
+    return devices
+
+
 def _torch_threads() -> int | None:
     """torch's thread count, if loaded: the torch backend's ``--threads`` is process-wide."""
     torch = sys.modules.get("torch")
@@ -125,25 +153,38 @@ def cmd_bench(kit: Any, args: Namespace) -> dict[str, Any]:
         raise E2EError(f"--seconds {args.seconds}: must be > 0")
     if args.threads is not None and args.threads < 1:
         raise E2EError(f"--threads {args.threads}: must be >= 1")
+    settings = load_export_config(kit, args).infer
+    check_device(settings, args)
     try:
         deploy = load_deploy(folder)
     except (FileNotFoundError, ValueError) as exc:
         raise E2EError(str(exc)) from None
     sample = load_sample_inputs(folder)[0]
-    variants, skipped = _available(folder, deploy)
+    available, skipped = _available(folder, deploy)
+    devices = _narrow(available, skipped, settings)
+    if not devices:
+        reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
+        raise E2EError(f"--model {args.model}: no variant to benchmark ({reasons})")
     sizes = _usable_batch_sizes(deploy, parse_batch_sizes(args.batch_sizes))
+    threads = settings.num_threads
     results: dict[str, dict[str, dict[str, float]]] = {}
+    runtimes: dict[str, dict[str, Any]] = {}
     torch_threads = _torch_threads()
     try:
-        with progress(total=len(variants) * len(sizes), desc="bench", unit="run") as bar:
-            for name in variants:
+        with progress(total=len(devices) * len(sizes), desc="bench", unit="run") as bar:
+            for name, device in devices.items():
                 backend, precision = VARIANTS[name]
                 try:
                     predictor = Predictor(
-                        folder, backend=backend, precision=precision, num_threads=args.threads
+                        folder,
+                        backend=backend,
+                        precision=precision,
+                        num_threads=threads,
+                        device=device,
                     )
                 except FileNotFoundError as exc:
                     raise E2EError(str(exc)) from None
+                runtimes[name] = predictor.runtime
                 results[name] = {}
                 for bs in sizes:
                     bar.set_postfix_str(f"{name} batch {bs}")
@@ -154,13 +195,15 @@ def cmd_bench(kit: Any, args: Namespace) -> dict[str, Any]:
         _restore_torch_threads(torch_threads)
     summary: dict[str, Any] = {
         "model": str(folder.resolve()),
-        "threads": args.threads,
+        "threads": threads,
+        "device": settings.device,
         "seconds": args.seconds,
         "batch_sizes": sizes,
+        "runtimes": runtimes,
         "results": results,
         "skipped": skipped,
     }
-    if "torch" in results:
+    if "torch" in results and len(results) > 1:
         summary["speedup_vs_torch"] = {
             name: {
                 bs: round(r["items_per_s"] / results["torch"][bs]["items_per_s"], 3)

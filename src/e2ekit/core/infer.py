@@ -4,7 +4,7 @@ An export folder (written by :func:`e2ekit.core.export.export_onnx`) holds ``dep
 (model I/O contract plus the kit's pre/post-processing settings), ``model.onnx`` and,
 optionally, ``model.int8.onnx`` and ``weights.pt`` + a builder path for the PyTorch backend.
 :class:`Predictor` hides which backend runs the model so serving code and benchmarks can switch
-between onnxruntime, int8 and eager PyTorch with one argument.
+between onnxruntime, int8 and eager PyTorch with one argument, on the CPU or on CUDA.
 
 This module deliberately does not import torch at import time: an onnxruntime-only deployment
 should not have to pay for (or even install) PyTorch.
@@ -13,7 +13,7 @@ should not have to pay for (or even install) PyTorch.
 from __future__ import annotations
 
 import importlib
-import warnings
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,12 +22,24 @@ from typing import Any
 import numpy as np
 import yaml
 
+from e2ekit.core.errors import E2EError
+
+log = logging.getLogger("e2ekit")
+
 DEPLOY_FILE = "deploy.yaml"
 SAMPLE_INPUTS_FILE = "sample_inputs.npz"
 WEIGHTS_FILE = "weights.pt"
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "int8")
-DEVICES = ("cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")
+CUDA_PROVIDER = "CUDAExecutionProvider"
+NO_ORT_CUDA = (
+    f"onnxruntime has no {CUDA_PROVIDER} (pip install onnxruntime-gpu, which replaces onnxruntime)"
+)
+INT8_ON_CUDA = (
+    "int8 exports run on the CPU only: onnxruntime's CUDA provider has no kernels for their "
+    "int8 operators; use --precision fp32 on cuda, or --device cpu"
+)
 
 
 class ExportFolderError(FileNotFoundError):
@@ -108,13 +120,75 @@ def load_sample_inputs(export_dir: str | Path) -> list[dict[str, np.ndarray]]:
     return [cases[i] for i in sorted(cases)]
 
 
+def onnxruntime_has_cuda() -> bool:
+    """Whether the installed onnxruntime was built with CUDA (the onnxruntime-gpu package)."""
+    import onnxruntime as ort
+
+    return CUDA_PROVIDER in ort.get_available_providers()
+
+
+def torch_has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def has_torch_weights(export_dir: Path, deploy: dict[str, Any]) -> bool:
+    """Whether the export can be rebuilt in PyTorch (``weights.pt`` and a recorded builder)."""
+    builder = (deploy.get("torch") or {}).get("builder")
+    return bool(builder) and (export_dir / WEIGHTS_FILE).is_file()
+
+
+def cuda_unsupported(backend: str, precision: str) -> str | None:
+    """Why ``backend`` at ``precision`` cannot run on CUDA on this machine; None when it can."""
+    if not torch_has_cuda():
+        return "this machine has no usable CUDA device"
+    if backend == "onnxruntime" and precision == "int8":
+        return INT8_ON_CUDA
+    if backend == "onnxruntime" and not onnxruntime_has_cuda():
+        return NO_ORT_CUDA
+    return None
+
+
+def plan_runtime(
+    export_dir: Path, deploy: dict[str, Any], backend: str, precision: str, device: str
+) -> tuple[str, str]:
+    """The ``(backend, device)`` that will run: ``auto`` resolved to what this machine allows.
+
+    ``cuda`` never silently runs on the CPU: an onnxruntime without its CUDA provider hands
+    over to the export's torch weights on CUDA (logged), and anything else is an error that
+    names the fix.
+    """
+    if device == "cpu":
+        return backend, "cpu"
+    why = cuda_unsupported(backend, precision)
+    if device == "auto":
+        return backend, "cpu" if why else "cuda"
+    if why is None:
+        return backend, "cuda"
+    from e2ekit.core.engine.env import resolve_device
+
+    resolve_device("cuda", "device")  # no CUDA device at all: its one-line error
+    if why == NO_ORT_CUDA and has_torch_weights(export_dir, deploy):
+        log.info("%s; running the export's torch weights on CUDA instead", why)
+        return "torch", "cuda"
+    if why == NO_ORT_CUDA:
+        raise E2EError(
+            f"device cuda: onnxruntime has no {CUDA_PROVIDER} and this export has no torch "
+            "weights to run instead; pip install onnxruntime-gpu (it replaces onnxruntime), "
+            "or use --device cpu"
+        )
+    raise E2EError(f"device cuda: {why}")
+
+
 def make_session(
     model_path: str | Path, *, num_threads: int | None = None, device: str = "cpu"
 ) -> Any:
     """Create an onnxruntime session configured the way e2ekit serves models.
 
     ``inter_op_num_threads=1`` because the graphs are sequential; parallelism comes from
-    intra-op threads (``None`` keeps onnxruntime's default, one per physical core).
+    intra-op threads (``None`` keeps onnxruntime's default, one per physical core). On
+    ``cuda`` the CPU provider stays listed after CUDA's: it runs the operators CUDA lacks.
     """
     import onnxruntime as ort
 
@@ -126,16 +200,16 @@ def make_session(
         opts.intra_op_num_threads = int(num_threads)
     providers = ["CPUExecutionProvider"]
     if device == "cuda":
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        else:
-            warnings.warn(
-                "device='cuda' requested but onnxruntime has no CUDAExecutionProvider; "
-                "running on CPU",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    return ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
+        if not onnxruntime_has_cuda():
+            raise E2EError(f"device cuda: {NO_ORT_CUDA}, or use --device cpu")
+        providers = [CUDA_PROVIDER, "CPUExecutionProvider"]
+    session = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
+    if device == "cuda" and CUDA_PROVIDER not in session.get_providers():
+        raise E2EError(
+            f"device cuda: onnxruntime could not start its {CUDA_PROVIDER} (CUDA or cuDNN "
+            "libraries missing? see onnxruntime's message above); use --device cpu"
+        )
+    return session
 
 
 class Backend(ABC):
@@ -156,6 +230,11 @@ class Backend(ABC):
         self.precision = precision
         self.device = device
         self.output_names: list[str] = [o["name"] for o in deploy["outputs"]]
+
+    @property
+    def provider(self) -> str | None:
+        """The execution provider that runs the model, when the backend has several."""
+        return None
 
     @abstractmethod
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -181,6 +260,10 @@ class OnnxRuntimeBackend(Backend):
             raise ExportFolderError(f"export folder {str(export_dir)!r} has no {model_file}")
         self.model_path = path
         self.session = make_session(path, num_threads=self.num_threads, device=self.device)
+
+    @property
+    def provider(self) -> str:
+        return str(self.session.get_providers()[0])
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(self.output_names, feeds)
@@ -213,9 +296,12 @@ class TorchBackend(Backend):
             raise ExportFolderError(f"export folder {str(export_dir)!r} has no {WEIGHTS_FILE}")
         if self.num_threads is not None:
             torch.set_num_threads(int(self.num_threads))
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device='cuda' requested but torch.cuda.is_available() is False")
-        self.torch_device = torch.device(self.device)
+        if self.device == "cuda":
+            from e2ekit.core.engine.env import resolve_device
+
+            self.torch_device = resolve_device("cuda", "device")
+        else:
+            self.torch_device = torch.device("cpu")
         builder = _locate(spec["builder"])
         module = builder(**(spec.get("config") or {}))
         state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -234,6 +320,7 @@ class TorchBackend(Backend):
             )
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Inputs go to the model's device; outputs come back as numpy arrays on the CPU."""
         import torch
 
         args = [
@@ -257,7 +344,9 @@ class Predictor:
     """Run an exported model from its folder, independent of the kit that trained it.
 
     ``run`` takes numpy arrays keyed by input name (already preprocessed as described by
-    ``deploy``) and returns numpy arrays keyed by output name.
+    ``deploy``) and returns numpy arrays keyed by output name. ``device``: ``cpu``, ``cuda``
+    or ``auto`` (see :func:`plan_runtime`); ``backend_name`` and ``device`` then say what
+    actually runs, and ``runtime`` describes it for summaries and ``/health``.
     """
 
     def __init__(
@@ -279,6 +368,9 @@ class Predictor:
         self.export_dir = Path(export_dir)
         self._deploy = load_deploy(self.export_dir)
         self._inputs: list[dict[str, Any]] = list(self._deploy["inputs"])
+        backend, self.device = plan_runtime(
+            self.export_dir, self._deploy, backend, precision, device
+        )
         self.backend_name = backend
         self.precision = precision
         self.num_threads = num_threads
@@ -287,8 +379,21 @@ class Predictor:
             self._deploy,
             num_threads=num_threads,
             precision=precision,
-            device=device,
+            device=self.device,
         )
+
+    @property
+    def runtime(self) -> dict[str, Any]:
+        """What runs the model: backend, device, precision, threads (and the ORT provider)."""
+        info: dict[str, Any] = {
+            "backend": self.backend_name,
+            "device": self.device,
+            "precision": self.precision,
+            "threads": self.num_threads,
+        }
+        if self.backend.provider is not None:
+            info["provider"] = self.backend.provider
+        return info
 
     @property
     def deploy(self) -> dict[str, Any]:
@@ -349,5 +454,6 @@ class Predictor:
     def __repr__(self) -> str:
         return (
             f"Predictor({str(self.export_dir)!r}, backend={self.backend_name!r}, "
-            f"precision={self.precision!r}, num_threads={self.num_threads})"
+            f"device={self.device!r}, precision={self.precision!r}, "
+            f"num_threads={self.num_threads})"
         )

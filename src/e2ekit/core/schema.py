@@ -114,9 +114,26 @@ class ExportConfig(Strict):
 
 
 class InferConfig(Strict):
-    backend: Literal["onnxruntime", "torch"] = "onnxruntime"
-    num_threads: int | None = Field(None, ge=1)
-    precision: Literal["fp32", "int8"] = "fp32"
+    """How predict, serve and bench run a model; their flags (--backend, --precision,
+    --threads, --device) win over these keys."""
+
+    backend: Literal["onnxruntime", "torch"] = Field(
+        "onnxruntime",
+        description="runtime of an export (--model); torch rebuilds the model from weights.pt. "
+        "A checkpoint (--weights) always runs in torch",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "cpu",
+        description="cpu by default, so a server never takes a GPU it was not given; cuda: "
+        "onnxruntime-gpu's CUDA provider, else the export's torch weights on CUDA; auto: cuda "
+        "when the backend can use it here, else cpu",
+    )
+    num_threads: int | None = Field(
+        None, ge=1, description="onnxruntime intra-op / torch threads; null: the runtime's own"
+    )
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32", description="int8 runs model.int8.onnx (export --quantize) on the CPU"
+    )
 
 
 class RunConfig(Strict):

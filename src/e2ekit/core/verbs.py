@@ -12,15 +12,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from e2ekit.core.config import Provenance, apply_overrides, load_config, validate
+from e2ekit.core.config import (
+    Provenance,
+    apply_overrides,
+    load_config,
+    load_yaml_tree,
+    parse_override,
+    validate,
+)
 from e2ekit.core.engine import Trainer, eval_loader, run_evaluation
 from e2ekit.core.engine.checkpoint import load_checkpoint, model_state
 from e2ekit.core.engine.env import resolve_device, seed_everything
-from e2ekit.core.errors import CheckpointError, ConfigError, E2EError
+from e2ekit.core.errors import CheckpointError, ConfigError, E2EError, did_you_mean
 from e2ekit.core.kit import C, Kit
 from e2ekit.core.logs import jsonable, log
 from e2ekit.core.paths import resolve_config
-from e2ekit.core.schema import RunConfig, Strict
+from e2ekit.core.schema import InferConfig, RunConfig, Strict
 from e2ekit.core.serve.settings import ServeSettings
 
 
@@ -146,17 +153,34 @@ def cmd_export(kit: Kit, args: Namespace) -> dict[str, Any]:
 
 
 class ModulePredictor:
-    """A PyTorch module with the Predictor interface, for ``predict --weights`` without export."""
+    """A PyTorch module with the Predictor interface, for ``predict --weights`` without export.
 
-    def __init__(self, spec: Any, device: torch.device) -> None:
+    Runs on ``device``: inputs go there, outputs come back as numpy arrays on the CPU.
+    ``num_threads`` sets torch's (process-wide) thread count, as the export's torch backend does.
+    """
+
+    def __init__(self, spec: Any, device: torch.device, num_threads: int | None = None) -> None:
+        if num_threads is not None:
+            torch.set_num_threads(int(num_threads))
         self.module = spec.module.to(device).eval()
         self.device = device
+        self.num_threads = num_threads
         self.input_names = list(spec.example_inputs)
         self.module_outputs = list(spec.output_names)
         self.argmax = dict(spec.argmax or {})
         self.output_names = [self.argmax.get(n, n) for n in self.module_outputs]
         self.deploy = dict(spec.deploy)
         self.backend_name = "torch-checkpoint"
+
+    @property
+    def runtime(self) -> dict[str, Any]:
+        """What runs the model, as ``Predictor.runtime`` says it for an export."""
+        return {
+            "backend": self.backend_name,
+            "device": self.device.type,
+            "precision": "fp32",
+            "threads": self.num_threads,
+        }
 
     @torch.inference_mode()
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -179,22 +203,130 @@ class ModulePredictor:
     __call__ = run
 
 
-def make_predictor(kit: Kit, args: Namespace) -> Any:
-    """An exported model (``--model DIR``) on onnxruntime/torch, or a checkpoint (``--weights``)."""
-    if getattr(args, "model", None):
-        from e2ekit.core.infer import Predictor
+class ExportRunConfig(Strict):
+    """The config sections that apply to a running model: how it runs (``infer``) and, for
+    ``serve``, how it is served. An export (``--model DIR``) reads nothing else."""
 
-        backend = args.backend or "onnxruntime"
-        precision = getattr(args, "precision", None) or "fp32"
-        try:
-            return Predictor(
-                args.model, backend=backend, num_threads=args.threads, precision=precision
+    infer: InferConfig = InferConfig()
+    serve: ServeSettings = ServeSettings()
+
+
+# The runtime flags predict, serve and bench share: flag name -> (section, key).
+RUNTIME_FLAGS = {
+    "backend": ("infer", "backend"),
+    "precision": ("infer", "precision"),
+    "threads": ("infer", "num_threads"),
+    "device": ("infer", "device"),
+    "host": ("serve", "host"),
+    "port": ("serve", "port"),
+}
+
+
+def _with_flags(tree: dict[str, Any], prov: Provenance, args: Namespace) -> dict[str, Any]:
+    """Flags given on the command line win over ``-o`` and the config file."""
+    for flag, (section, key) in RUNTIME_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            tree.setdefault(section, {})[key] = value
+            prov[f"{section}.{key}"] = f"--{flag} {value}"
+    return tree
+
+
+def load_export_config(
+    kit: Kit, args: Namespace, sections: tuple[str, ...] = ("infer",)
+) -> ExportRunConfig:
+    """Settings for running an export: flags, then ``-o``, then ``-c``'s ``sections``, then
+    defaults. ``-c`` may be any config (a run's config.yaml too): only ``sections`` of it
+    apply; a ``-o`` key outside them is an error naming it, since nothing would read it."""
+    tree: dict[str, Any] = {}
+    prov = Provenance()
+    if args.config:
+        path = resolve_config(kit.name, args.config)
+        file_tree, prov = load_yaml_tree(path)
+        tree = {k: v for k, v in file_tree.items() if k in sections}
+        prov[""] = str(path.resolve())
+    overrides = list(args.override or [])
+    for text in overrides:
+        parts, _ = parse_override(text)
+        if parts[0] not in sections:
+            keys = " and ".join(f"{s}.*" for s in sections)
+            raise ConfigError(
+                f"-o {text}: unknown key '{'.'.join(parts)}' for a running export (--model): "
+                f"only {keys} keys apply{did_you_mean(parts[0], sections)}"
             )
-        except FileNotFoundError as exc:
-            raise E2EError(str(exc)) from None
+    tree = _with_flags(apply_overrides(tree, prov, overrides), prov, args)
+    return validate(tree, ExportRunConfig, prov)
+
+
+def check_device(settings: InferConfig, args: Namespace) -> None:
+    """``cuda`` on a machine without one: a one-line error naming where cuda was asked for."""
+    if settings.device == "cuda":
+        resolve_device("cuda", "--device" if getattr(args, "device", None) else "infer.device")
+
+
+def export_predictor(model: str | Path, settings: InferConfig, args: Namespace) -> Any:
+    """The export in ``model`` run as ``settings`` say (see ``Predictor`` for cuda's fallbacks)."""
+    from e2ekit.core.infer import Predictor
+
+    check_device(settings, args)
+    try:
+        return Predictor(
+            model,
+            backend=settings.backend,
+            num_threads=settings.num_threads,
+            precision=settings.precision,
+            device=settings.device,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise E2EError(str(exc)) from None
+
+
+def _asked_for(args: Namespace, flag: str) -> Any:
+    """A runtime setting given by flag or ``-o`` (not the run's config.yaml, which has all)."""
+    if getattr(args, flag, None) is not None:
+        return getattr(args, flag)
+    section, key = RUNTIME_FLAGS[flag]
+    found = None
+    for text in args.override or []:
+        parts, value = parse_override(text)
+        if parts == [section, key]:
+            found = value
+    return found
+
+
+def checkpoint_predictor(kit: Kit, args: Namespace) -> ModulePredictor:
+    """``--weights``: the checkpoint in PyTorch, on the run's (or ``-c``'s) ``infer`` settings."""
     cfg, _ = load_run_config(kit, args)
+    prov = Provenance()
+    tree = _with_flags({"infer": cfg.infer.model_dump()}, prov, args)
+    settings = validate(tree, ExportRunConfig, prov).infer
+    if _asked_for(args, "backend") == "onnxruntime":
+        raise E2EError(
+            "--weights runs the checkpoint in PyTorch; for onnxruntime, export it and "
+            "predict with --model EXPORT_DIR"
+        )
+    if settings.precision == "int8":
+        raise E2EError(
+            "--weights runs the checkpoint in fp32; int8 needs an int8 export: export "
+            "--quantize, then predict --model EXPORT_DIR --precision int8 (or --precision fp32)"
+        )
+    key = "--device" if getattr(args, "device", None) else "infer.device"
+    device = resolve_device(settings.device, key)
     task, model = _load_model(kit, cfg, args.weights)
-    return ModulePredictor(task.export_spec(model), resolve_device(cfg.device))
+    return ModulePredictor(task.export_spec(model), device, settings.num_threads)
+
+
+def make_predictor(kit: Kit, args: Namespace) -> Any:
+    """An exported model (``--model DIR``) on onnxruntime/torch, or a checkpoint (``--weights``),
+    on the device and settings that flags, ``-o infer.*`` and ``-c`` choose."""
+    if getattr(args, "model", None):
+        return export_predictor(args.model, load_export_config(kit, args).infer, args)
+    return checkpoint_predictor(kit, args)
+
+
+def runtime_info(predictor: Any) -> dict[str, Any]:
+    """Which backend and device run ``predictor`` (empty for a predictor that does not say)."""
+    return dict(getattr(predictor, "runtime", None) or {})
 
 
 def cmd_predict(kit: Kit, args: Namespace) -> dict[str, Any]:
@@ -206,14 +338,9 @@ def cmd_predict(kit: Kit, args: Namespace) -> dict[str, Any]:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix=f"e2ekit-{kit.name}-pred-"))
     t0 = time.perf_counter()
     summary = kit.predict(predictor, Path(args.input), out, vars(args))
+    summary.update(runtime_info(predictor))
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary
-
-
-class ServeOnly(Strict):
-    """``serve`` takes only ``-o serve.<key>=value`` overrides."""
-
-    serve: ServeSettings = ServeSettings()
 
 
 def cmd_serve(kit: Kit, args: Namespace) -> dict[str, Any]:
@@ -221,17 +348,9 @@ def cmd_serve(kit: Kit, args: Namespace) -> dict[str, Any]:
 
     if not args.model:
         raise E2EError("--model is required: an export folder (from `export`)")
-    predictor = make_predictor(kit, args)
-    tree = apply_overrides({"serve": {}}, Provenance(), list(args.override or []))
-    for key in ("host", "port"):
-        if getattr(args, key, None) is not None:
-            tree["serve"][key] = getattr(args, key)
-    settings = validate(tree, ServeOnly).serve
-    info = {
-        "kit": kit.name,
-        "model": str(Path(args.model).resolve()),
-        "backend": predictor.backend_name,
-    }
-    app = create_app(kit.endpoints(predictor), settings, model_info=info)
-    run_server(app, settings)
+    config = load_export_config(kit, args, sections=("infer", "serve"))
+    predictor = export_predictor(args.model, config.infer, args)
+    info = {"kit": kit.name, "model": str(Path(args.model).resolve()), **runtime_info(predictor)}
+    app = create_app(kit.endpoints(predictor), config.serve, model_info=info)
+    run_server(app, config.serve)
     return {"served": info["model"]}

@@ -57,7 +57,7 @@ class TableLookup:
     """Lookup straight from a live model's table (``predict --weights``)."""
 
     def __init__(self, model: Any) -> None:
-        self.table = model.tables.embedding.weight.detach().numpy()
+        self.table = model.tables.embedding.weight.detach().cpu().numpy()
         self.hash_size = int(model.hash_size)
         self.width = int(model.width)
         self.version = "checkpoint"
