@@ -14,7 +14,7 @@ import torch
 import yaml
 from torch import nn
 
-import e2ekit.core.export as export_mod
+import e2ekit.core.export.parity as parity_mod
 from e2ekit.core.export import ExportError, export_onnx, quantize_int8
 from e2ekit.core.infer import ExportFolderError, Predictor, load_sample_inputs
 
@@ -462,7 +462,7 @@ def test_argmax_quantize_int8(tmp_path: Path) -> None:
 
 
 def test_argmax_mismatch_fails_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(export_mod, "ARGMAX_MISMATCH_TOL", -1.0)
+    monkeypatch.setattr(parity_mod, "ARGMAX_MISMATCH_TOL", -1.0)
     out = tmp_path / "export"
     with pytest.raises(ExportError, match=r"'label_map' mismatch_fraction=0\.0") as info:
         _export_seg(out)

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from e2ekit.core.errors import ConfigError, did_you_mean
+from e2ekit.core.fileio import atomic_write
 
 C = TypeVar("C", bound=BaseModel)
 BASE_KEY = "_base_"
@@ -253,7 +254,4 @@ def dump_yaml(cfg: BaseModel | dict[str, Any]) -> str:
 
 def save_config(cfg: BaseModel | dict[str, Any], path: str | Path) -> None:
     """Write the fully resolved config (atomically) so a run can be reproduced."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(dump_yaml(cfg), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, dump_yaml(cfg))

@@ -2,7 +2,8 @@
 
 Why one place: a kill, a full disk or a bad row half-way through a write must never leave a
 truncated ``metrics.json``, annotation file or predictions file that a later step half-reads.
-All writers go through a temp file in the same folder, ``fsync`` and ``os.replace``.
+All writers go through a temp file in the same folder, ``fsync`` and ``os.replace``; a whole
+folder is staged beside its target and swapped in by :func:`replace_folder`.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write", "atomic_write_json"]
+__all__ = ["atomic_open", "atomic_write", "atomic_write_json", "replace_folder"]
 
 
 @contextlib.contextmanager
@@ -45,8 +47,41 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     return Path(path)
 
 
-def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> Path:
-    """Write ``obj`` as JSON (UTF-8, trailing newline) to ``path`` atomically."""
+def atomic_write_json(
+    path: str | Path, obj: Any, *, indent: int | None = 2, allow_nan: bool = True
+) -> Path:
+    """Write ``obj`` as JSON (UTF-8, trailing newline) to ``path`` atomically.
+
+    ``allow_nan=False`` refuses NaN/inf (``ValueError``, ``path`` untouched): they are not
+    JSON, and strict readers (browsers, ``jq``) reject a file holding them.
+    """
     separators = None if indent is not None else (",", ":")
-    text = json.dumps(obj, indent=indent, ensure_ascii=False, separators=separators)
+    text = json.dumps(
+        obj, indent=indent, ensure_ascii=False, separators=separators, allow_nan=allow_nan
+    )
     return atomic_write(path, text + "\n")
+
+
+def replace_folder(staged: str | Path, target: str | Path) -> Path:
+    """Swap the complete folder ``staged`` in as ``target`` (same file system).
+
+    A missing ``target`` appears whole in one rename. An existing one is first renamed aside
+    and removed only once ``staged`` is in place, so ``target`` is never half old, half new,
+    and a failed swap puts the old folder back.
+    """
+    staged, target = Path(staged), Path(target)
+    if not target.exists():
+        os.replace(staged, target)
+        return target
+    if not target.is_dir():
+        raise NotADirectoryError(f"{str(target)!r} exists and is not a folder")
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.replace(target, old / target.name)
+    try:
+        os.replace(staged, target)
+    except BaseException:
+        os.replace(old / target.name, target)
+        shutil.rmtree(old, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return target

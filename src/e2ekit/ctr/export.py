@@ -20,7 +20,6 @@ when streaming, the partition) so a KV loader can tell versions apart.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from e2ekit.core.engine.task import ExportSpec
+from e2ekit.core.fileio import atomic_write_json, replace_folder
 from e2ekit.ctr.config import CtrConfig
 from e2ekit.ctr.data.criteo import N_DENSE, N_SPARSE
 from e2ekit.ctr.models.zoo import CtrModel
@@ -145,7 +145,7 @@ def write_sparse_tables(
         "default": "zeros",
         "hashing": HASHING,
     }
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_json(folder / "manifest.json", manifest)
     return manifest
 
 
@@ -158,7 +158,11 @@ def export_model(
     version: str = "unversioned",
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Export into ``out_dir`` atomically (a temp sibling renamed into place); the report."""
+    """Export into ``out_dir`` atomically (a temp sibling swapped into place); the report.
+
+    The whole folder is replaced, not merged: ``sparse/`` of an older export must not mix
+    with this one's.
+    """
     import logging
 
     from e2ekit.core.logs import log
@@ -175,9 +179,7 @@ def export_model(
         spec = export_spec(model, cfg, version)
         spec.assets = lambda folder: write_sparse_tables(model, folder, rows, version)
         report = spec.export(tmp, opset=cfg.export.opset, atol=cfg.export.atol)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        replace_folder(tmp, out)
     finally:
         log.setLevel(level)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -32,16 +32,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from e2ekit.core.fileio import atomic_write_json
 
 __all__ = [
     "COCO_STAT_NAMES",
@@ -230,25 +230,12 @@ def to_coco_detections(
 
 
 def write_coco_detections(path: str | os.PathLike[str], detections: Sequence[dict]) -> Path:
-    """Write detections as a COCO results JSON, atomically (temp file + ``os.replace``).
+    """Write detections as a COCO results JSON, atomically (:mod:`e2ekit.core.fileio`).
 
     A crash mid-write never leaves a truncated file that a later evaluation would load.
     NaN/inf values raise ValueError: they are not JSON and mean the model diverged.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.dumps(list(detections), allow_nan=False).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_json(Path(path), list(detections), indent=None, allow_nan=False)
 
 
 # --------------------------------------------------------------------------- VOC

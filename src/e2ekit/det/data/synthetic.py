@@ -21,21 +21,18 @@ is deterministic per (seed, split, index).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from e2ekit.core.cache import cached_folder
 from e2ekit.core.errors import ConfigError
+from e2ekit.core.fileio import atomic_write_json
 from e2ekit.core.paths import data_cache_dir
-from e2ekit.det.data._io import atomic_write_json
 from e2ekit.det.data.records import DetDataset, DetRecord
 
 __all__ = [
@@ -311,7 +308,9 @@ def make_synthetic_coco(root: str | Path, params: dict[str, Any] | None = None) 
             file.write_bytes(_encode(image, p["image_format"]))
             records.append(DetRecord(i + 1, file, w, h, boxes, labels, np.zeros(len(boxes), bool)))
         ds = DetDataset(records=records, class_names=names)
-        out[f"{split}_ann"] = atomic_write_json(ds.to_coco(image_dir), root / f"{split}.json")
+        out[f"{split}_ann"] = atomic_write_json(
+            root / f"{split}.json", ds.to_coco(image_dir), indent=None
+        )
         out[f"{split}_images"] = image_dir
     meta = {**p, "class_names": names, "generator_version": GENERATOR_VERSION}
     (root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -322,32 +321,17 @@ def builtin_coco(params: dict[str, Any] | None = None) -> Path:
     """The folder of the built-in set for ``params``, generated once and reused.
 
     Cached under ``data_cache_dir()`` in a folder named by a hash of the full
-    params; it is built in a temporary sibling and renamed into place, so a reader
-    never sees a half-written set and two processes racing to build it end up
-    sharing one copy.
+    params and published whole (:func:`e2ekit.core.cache.cached_folder`), so a
+    reader never sees a half-written set and two processes racing to build it end
+    up sharing one copy.
     """
     p = _params(params)
-    key = json.dumps({**p, "generator_version": GENERATOR_VERSION}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    cache = data_cache_dir()
-    final = cache / f"det-{p['name']}-{digest}"
-    if (final / "meta.json").is_file():
-        return final
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=cache))
-    try:
-        make_synthetic_coco(tmp, p)
-        if final.exists() and not (final / "meta.json").is_file():
-            shutil.rmtree(final, ignore_errors=True)  # a broken copy left by a crash
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "meta.json").is_file():  # not another process's finished copy
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return cached_folder(
+        data_cache_dir(),
+        f"det-{p['name']}",
+        {**p, "generator_version": GENERATOR_VERSION},
+        lambda folder: make_synthetic_coco(folder, p),
+    )
 
 
 def builtin_paths(params: dict[str, Any] | None = None) -> dict[str, Path]:

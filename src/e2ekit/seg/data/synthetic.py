@@ -13,16 +13,13 @@ deterministic per (seed, split, index).
 from __future__ import annotations
 
 import colorsys
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from e2ekit.core.cache import cached_folder
 from e2ekit.core.errors import ConfigError
 from e2ekit.core.imageio import encode_png
 from e2ekit.core.paths import data_cache_dir
@@ -255,8 +252,8 @@ def make_synthetic(
 def builtin_root(params: dict[str, Any] | None = None) -> Path:
     """The folder of a built-in dataset, generated once per distinct params and reused.
 
-    The folder is named by a short hash of the full params; it is built in a
-    temporary sibling and renamed into place, so a reader never sees a half-written
+    The folder is named by a short hash of the full params and published whole
+    (:func:`e2ekit.core.cache.cached_folder`), so a reader never sees a half-written
     dataset and two processes racing to build it both end up using one copy.
     """
     given = dict(params or {})
@@ -277,32 +274,17 @@ def builtin_root(params: dict[str, Any] | None = None) -> Path:
         seed=int(full["seed"]),
         hue_overlap=float(full["hue_overlap"]),
     )
-    key = json.dumps({**full, "generator_version": GENERATOR_VERSION}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    cache = data_cache_dir()
-    final = cache / f"{full['name']}-{digest}"
-    if (final / "meta.json").is_file():
-        return final
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=cache))
-    try:
-        make_synthetic(
-            tmp,
+    return cached_folder(
+        data_cache_dir(),
+        full["name"],
+        {**full, "generator_version": GENERATOR_VERSION},
+        lambda folder: make_synthetic(
+            folder,
             num_train=full["num_train"],
             num_val=full["num_val"],
             size=(h, w),
             num_classes=full["num_classes"],
             seed=full["seed"],
             hue_overlap=full["hue_overlap"],
-        )
-        if final.exists() and not (final / "meta.json").is_file():
-            shutil.rmtree(final, ignore_errors=True)  # a broken copy left by a crash
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "meta.json").is_file():  # not another process's finished copy
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+        ),
+    )
