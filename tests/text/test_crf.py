@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from e2ekit.text.crf import CRF, viterbi_decode_numpy
+from e2ekit.text.models import CRF, viterbi_decode_numpy
 
 T = 3
 

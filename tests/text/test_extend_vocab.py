@@ -82,7 +82,7 @@ def make_task(overrides: list[str], config: str | Path = TINY):
 
 
 def base_tokenizer():
-    from e2ekit.text.pretrained import load_tokenizer, resolve_model_dir
+    from e2ekit.text.models import load_tokenizer, resolve_model_dir
 
     return load_tokenizer(resolve_model_dir("minilm", weights=False))
 
@@ -164,7 +164,7 @@ def test_no_added_tokens_without_extend_vocab(data) -> None:
 
 
 def test_select_sorts_filters_and_caps(monkeypatch: pytest.MonkeyPatch) -> None:
-    from e2ekit.text import pretrained
+    from e2ekit.text.models import pretrained
 
     counts = {"乙": 3, "甲": 3, "丙": 5, "丁": 1}
     assert pretrained.select_added_tokens(counts, 2) == ["丙", "乙", "甲"]
@@ -205,7 +205,7 @@ def test_ids_stable_train_eval_export_predict(cli, data, kind: str, tmp_path: Pa
 
     code, _, err = cli("text", "export", "--weights", run, "--out", export)
     assert code == 0, err
-    from e2ekit.text.pretrained import load_tokenizer
+    from e2ekit.text.models import load_tokenizer
 
     texts = ["北京很好 ABC差。", "上海的酒店服务", "广州 深圳 鑫"]
     exported = load_tokenizer(export)

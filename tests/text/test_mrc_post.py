@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from e2ekit.text.mrc_post import best_answers
+from e2ekit.text.runner import best_answers
 
 CONTEXT = "Paris is the capital of France and its largest city"
 WORDS = CONTEXT.split()

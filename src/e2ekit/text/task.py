@@ -17,10 +17,12 @@ from e2ekit.core.engine.optim import layer_decay_groups
 from e2ekit.core.errors import ConfigError, DataError
 from e2ekit.core.logs import log
 from e2ekit.text.config import BUILTIN_PREFIX, TextConfig
-from e2ekit.text.models import TextInference, TextModel, first_subtoken_index
-from e2ekit.text.pretrained import (
+from e2ekit.text.models import (
+    TextInference,
+    TextModel,
     build_encoder,
     extend_tokenizer,
+    first_subtoken_index,
     load_encoder_config,
     load_tokenizer,
     resize_embeddings,
@@ -381,7 +383,7 @@ class TextTask(Task):
                 true_tags.append(gold)
                 pred_tags.append((tags + ["O"] * len(gold))[: len(gold)])  # truncated words: O
             return metrics.entity_metrics(true_tags, pred_tags, self.cfg.task.scheme)
-        from e2ekit.text.mrc_post import best_answers
+        from e2ekit.text.runner import best_answers
 
         order = sorted(preds)
         best, _ = best_answers(

@@ -8,32 +8,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from e2ekit.core.engine import ExportSpec, Task, to_device
-from e2ekit.core.schema import RunConfig, Strict
 from e2ekit.toy import model as _models  # noqa: F401  (registers toy models)
+from e2ekit.toy.config import ToyConfig, ToyData
 from e2ekit.toy.data import TabularDataset, make_blobs, read_csv
 from e2ekit.toy.model import ToyInference
 from e2ekit.toy.registry import MODELS
 
-
-class ToyData(Strict):
-    train: str | None = Field(None, description="CSV label,f1..fD; generated data when unset")
-    val: str | None = None
-    num_features: int = Field(16, ge=1)
-    num_classes: int = Field(3, ge=2)
-    num_train: int = Field(2048, ge=1)
-    num_val: int = Field(512, ge=1)
-    noise: float = Field(0.3, ge=0)
-    seed: int = 0
-    class_names: list[str] | None = None
-
-
-class ToyConfig(RunConfig):
-    model: dict[str, Any] = {"type": "toy_mlp"}
-    data: ToyData = ToyData()
+__all__ = ["ToyConfig", "ToyData", "ToyTask", "build_inference_module"]
 
 
 class ToyTask(Task):

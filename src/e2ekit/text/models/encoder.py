@@ -12,6 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from e2ekit.text.models.crf import CRF
+
+__all__ = ["TextInference", "TextModel", "first_subtoken_index"]
+
 
 def first_subtoken_index(first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions of word-initial sub-tokens, left-aligned: (B, W) indices and (B, W) mask."""
@@ -50,8 +54,6 @@ class TextModel(nn.Module):
         if crf:
             if task_type != "ner":
                 raise ValueError("model.crf is only for task.type: ner")
-            from e2ekit.text.crf import CRF
-
             self.crf = CRF(num_labels)
 
     @property
