@@ -130,6 +130,12 @@ def test_export_predict_serve(cli, trained: Path, tmp_path: Path) -> None:
         assert bad.status_code == 422 and "fields" in bad.text
         assert client.post("/predict", json={"rows": []}).status_code == 422
         assert client.post("/predict", json={"rows": ["x" * 20_000]}).status_code == 413
+        huge = rows[0].split("\t")
+        huge[1] = "9" * 401  # I1: an integer no float holds
+        r = client.post("/predict", json={"rows": [rows[1], "\t".join(huge)]})
+        assert r.status_code == 422 and "row 1: I1" in r.text and "out of range" in r.text
+        r = client.post("/predict", json={"rows": rows, "model_version": "x"})
+        assert r.status_code == 422 and "model_version" in r.text
         assert client.get("/health").status_code == 200
         demo = client.post("/predict", json=kit.demo_request(predictor.deploy))
         assert demo.status_code == 200 and len(demo.json()["probs"]) == 2

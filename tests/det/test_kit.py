@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from ..conftest import ROOT, SHARED_DATA
+from ..core.test_hostile_inputs import png_bomb
 
 TINY = str(ROOT / "configs" / "det" / "tiny.yaml")
 
@@ -201,6 +203,34 @@ def test_serve(trained: Path, tmp_path: Path, cli) -> None:
         bad = client.post("/predict", json={"image": base64.b64encode(b"not an image").decode()})
         assert bad.status_code == 422
         assert client.post("/predict", json={"image": "%%%"}).status_code == 422
+        image = kit.demo_request(predictor.deploy)["image"]
+        extra = client.post("/predict", json={"image": image, "format": "gif"})
+        assert extra.status_code == 422 and "format" in extra.text
+        t0 = time.perf_counter()  # 16000x16000 in 31 KB: refused from its header
+        bomb = client.post(
+            "/predict", json={"image": base64.b64encode(png_bomb(16000, 16000)).decode()}
+        )
+        assert bomb.status_code == 413 and "serve.max_image_pixels" in bomb.text
+        assert time.perf_counter() - t0 < 1.0
+
+
+def test_predict_refuses_images_over_the_limit(cli, trained: Path, tmp_path: Path) -> None:
+    """``predict.max_image_pixels`` is checked on every header before any image runs."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(images / "a.png")
+    Image.fromarray(np.zeros((40, 64, 3), np.uint8)).save(images / "b.png")
+    common = ("det", "predict", "--weights", trained, "--input", images)
+    out = tmp_path / "refused"
+    code, _, err = cli(*common, "--out", out, "-o", "predict.max_image_pixels=2000")
+    assert code == 1 and "b.png is 64x40 (2560 pixels)" in err, err
+    assert "(predict.max_image_pixels)" in err and not out.exists()
+    code, out_text, err = cli(
+        *common, "--out", tmp_path / "ok", "-o", "predict.max_image_pixels=2560"
+    )
+    assert code == 0 and last_json(out_text)["images"] == 2, err
 
 
 def test_image_field_errors_are_4xx_naming_the_field() -> None:
@@ -213,7 +243,13 @@ def test_image_field_errors_are_4xx_naming_the_field() -> None:
     cases = [
         ("%%%", {}, 422, "'image' is not valid base64"),
         (base64.b64encode(b"junk").decode(), {}, 422, "'image' could not be decoded"),
-        (png, {"max_pixels": 29}, 413, "image is 5x6; at most 29 pixels"),
+        (
+            png,
+            {"max_pixels": 29},
+            413,
+            r"'image' is 5x6 \(30 pixels\), over the limit of 29 pixels "
+            r"\(serve.max_image_pixels\)",
+        ),
     ]
     for value, kw, status, message in cases:
         with pytest.raises(BadRequest, match=message) as info:

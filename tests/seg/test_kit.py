@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ..conftest import ROOT
+from ..core.test_hostile_inputs import png_bomb
 
 TINY = str(ROOT / "configs" / "seg" / "tiny.yaml")
 
@@ -105,6 +111,14 @@ def test_export_predict_serve(cli, trained: Path, tmp_path: Path) -> None:
         assert bad.status_code == 422
         junk = client.post("/predict", json={"image": base64.b64encode(b"junk").decode()})
         assert junk.status_code == 422
+        extra = client.post("/predict", json={"image": body["mask_png"], "colour": "red"})
+        assert extra.status_code == 422 and "colour" in extra.text
+        t0 = time.perf_counter()  # 16000x16000 in 31 KB: refused from its header
+        bomb = client.post(
+            "/predict", json={"image": base64.b64encode(png_bomb(16000, 16000)).decode()}
+        )
+        assert bomb.status_code == 413 and "serve.max_image_pixels" in bomb.text
+        assert time.perf_counter() - t0 < 1.0
         assert client.get("/health").status_code == 200
 
 
@@ -166,3 +180,118 @@ def test_bad_labels_fail_before_training(
     assert needle in err and "a.png" in err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+class PerPixel:
+    """A predictor whose class at a pixel depends on that pixel alone, so predicting window
+    by window must give exactly the whole-image answer; records every input's shape."""
+
+    def __init__(self, output: str, transforms: list[dict[str, Any]], **test: Any) -> None:
+        self.output = output
+        self.deploy = {
+            "num_classes": 4,
+            "output": output,
+            "output_name": "label_map" if output == "argmax" else "probs",
+            "preprocess": {"transforms": transforms},
+            "test": test,
+        }
+        self.shapes: list[tuple[int, ...]] = []
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["image"]
+        self.shapes.append(x.shape)
+        ids = (x[:, 0] > 0).astype(np.int64) + 2 * (x[:, 1] > x[:, 2])  # (B, H, W)
+        if self.output == "argmax":
+            return {"label_map": ids}
+        return {"probs": np.eye(4, dtype=np.float32)[ids].transpose(0, 3, 1, 2)}
+
+
+@pytest.mark.parametrize(
+    ("output", "transforms", "test"),
+    [
+        ("argmax", [{"type": "Normalize"}], {}),
+        ("probs", [{"type": "Resize", "target_size": [60, 50]}, {"type": "Normalize"}],
+         {"flip_horizontal": True, "flip_vertical": True}),
+    ],
+)  # fmt: skip
+def test_large_images_run_window_by_window(output: str, transforms: list, test: dict) -> None:
+    from e2ekit.seg.runner import SegRunner
+
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (3, 70, 90), np.uint8))
+    whole = SegRunner(PerPixel(output, transforms, **test)).predict_image(image)
+    limits = {"max_whole_pixels": 500, "crop_size": [24, 16], "stride": [17, 11]}
+    model = PerPixel(output, transforms, **test, **limits)
+    tiled = SegRunner(model).predict_image(image)
+    assert tiled.shape == whole.shape == (70, 90)
+    assert (tiled == whole).all()
+    assert len(model.shapes) > 12 and max(s[-2] * s[-1] for s in model.shapes) <= 24 * 16
+
+
+def test_predict_limits_are_config_keys(
+    cli, trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from e2ekit.seg.runner import SegRunner
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, size in (("a", (40, 40)), ("b", (64, 80))):
+        Image.fromarray(np.zeros((*size, 3), np.uint8)).save(images / f"{name}.png")
+    out = tmp_path / "refused"
+    code, _, err = cli(
+        "seg", "predict", "--weights", trained, "--input", images, "--out", out,
+        "-o", "test.max_image_pixels=5000",
+    )  # fmt: skip
+    assert code == 1 and "b.png is 80x64" in err and "(test.max_image_pixels)" in err, err
+    assert not out.exists()  # refused from the headers before any image ran
+
+    shapes: list[tuple[int, ...]] = []
+    run = SegRunner._run
+
+    def recording(self: SegRunner, batch: torch.Tensor) -> np.ndarray:
+        shapes.append(tuple(batch.shape))
+        return run(self, batch)
+
+    monkeypatch.setattr(SegRunner, "_run", recording)
+    out = tmp_path / "tiled"
+    code, _, err = cli(
+        "seg", "predict", "--weights", trained, "--input", images, "--out", out,
+        "-o", "test.max_whole_pixels=2000", "-o", "test.crop_size=[32,32]",
+        "-o", "test.stride=[24,24]",
+    )  # fmt: skip
+    assert code == 0, err
+    assert (1, 3, 40, 40) in shapes  # 1600 pixels: whole
+    assert sorted(set(shapes) - {(1, 3, 40, 40)}) == [(1, 3, 32, 32)]  # 80x64 in windows
+    assert np.array(Image.open(out / "label" / "b.png")).shape == (64, 80)
+
+
+# Predicts argv[3] with the export argv[1] into argv[4]; prints the MB that added to the
+# process's peak, measured after predicting the small argv[2] has loaded everything else.
+PEAK_SCRIPT = """
+import resource, sys
+from e2ekit.core.cli import main
+model, small, big, out = sys.argv[1:]
+assert main(["seg", "predict", "--model", model, "--input", small, "--out", out + "_warm"]) == 0
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert main(["seg", "predict", "--model", model, "--input", big, "--out", out]) == 0
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+@pytest.mark.slow
+def test_predict_memory_is_bounded_on_a_large_image(cli, trained: Path, tmp_path: Path) -> None:
+    """8000x8000 (192 MB as RGB): the model sees windows, outputs are built by row blocks."""
+    export = tmp_path / "export"
+    assert cli("seg", "export", "--weights", trained, "--out", export)[0] == 0
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 255, (250, 250, 3), dtype=np.uint8))
+    small.save(tmp_path / "small.png")
+    small.resize((8000, 8000), Image.NEAREST).save(tmp_path / "big.png", compress_level=1)
+    paths = [export, tmp_path / "small.png", tmp_path / "big.png", tmp_path / "pred"]
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, *map(str, paths)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    grown_mb = float(done.stdout.strip().splitlines()[-1])
+    assert grown_mb < 1500, f"predict on 8000x8000 grew the process by {grown_mb:.0f} MB"
+    assert np.array(Image.open(tmp_path / "pred" / "label" / "big.png")).shape == (8000, 8000)

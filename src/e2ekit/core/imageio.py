@@ -1,7 +1,7 @@
 """Image and label file I/O shared by the vision kits, with errors that name the file.
 
-Images are decoded by torchvision's native decoders (JPEG/PNG/WebP/GIF) and fall
-back to Pillow for the rest (BMP, TIFF, ...), always as 3-channel uint8 (3,H,W):
+Images are decoded by torchvision's native decoders (JPEG/PNG/WebP) and by Pillow for
+the rest (BMP, TIFF, a GIF's first frame, ...), always as 3-channel uint8 (3,H,W):
 grayscale images are repeated to RGB so every model sees 3 channels.
 
 Labels are single-channel PNGs of class ids, read with Pillow because it keeps a
@@ -9,6 +9,9 @@ palette ('P') image's indices, which ARE the class ids in the VOC convention
 (torchvision would expand the palette to colours). A colour-coded RGB label is
 rejected: its colours are not class ids, and guessing a mapping would silently
 train on the wrong classes.
+
+Every decode reads the header first and refuses an image with more pixels than its limit
+before a byte of pixel data is expanded: a 40 KB PNG can declare 16000x16000 pixels.
 """
 
 from __future__ import annotations
@@ -17,23 +20,28 @@ import base64
 import binascii
 import io
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.io import ImageReadMode, decode_image
 
 from e2ekit.core.errors import DataError
 
 __all__ = [
     "IMAGE_EXTS",
-    "MAX_REQUEST_PIXELS",
+    "PIXEL_CEILING",
+    "SERVE_LIMIT_KEY",
+    "ImageTooLarge",
+    "check_image_files",
     "colorize",
     "decode_image_bytes",
     "decode_image_field",
     "encode_png",
     "get_palette",
+    "image_size",
     "list_inputs",
     "overlay",
     "read_image",
@@ -48,6 +56,18 @@ warnings.filterwarnings(
     category=DeprecationWarning,
 )
 
+# The most pixels any image may have here, whatever a limit is set to (3 GiB as RGB). Pillow
+# refuses beyond twice its MAX_IMAGE_PIXELS and warns beyond it: e2ekit checks its own,
+# lower, configured limits from the header, so Pillow's guard moves up to this ceiling
+# (its default, 179 MP, would refuse the large aerial images seg predict tiles).
+PIXEL_CEILING = 1 << 30
+Image.MAX_IMAGE_PIXELS = PIXEL_CEILING
+CEILING_KEY = "e2ekit's ceiling for any image"
+# The config key the serving limit lives under (ServeSettings.max_image_pixels).
+SERVE_LIMIT_KEY = "serve.max_image_pixels"
+# Formats torchvision decodes natively; the rest go through Pillow.
+_TORCHVISION_FORMATS = {"JPEG", "PNG", "WEBP"}
+
 # Pillow modes whose pixel values are the class ids themselves.
 _ID_MODES = {"L", "P", "I", "I;16", "I;16L", "I;16B", "1"}
 
@@ -57,73 +77,148 @@ def _pil_to_rgb_tensor(im: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()  # (3, H, W)
 
 
-def _decode(data: torch.Tensor, raw: bytes | None, what: str) -> torch.Tensor:
-    """torchvision first (fast, native), Pillow for formats torchvision lacks."""
+class ImageTooLarge(DataError):
+    """An image whose header declares more pixels than a limit allows; nothing was decoded.
+
+    ``size`` is (width, height), or None where Pillow refused the header as a bomb before
+    saying its size. ``key`` names the setting that holds ``limit``, so the message tells the
+    user what to raise.
+    """
+
+    def __init__(self, what: str, size: tuple[int, int] | None, limit: int, key: str) -> None:
+        self.what, self.size, self.limit, self.key = what, size, limit, key
+        shape = "" if size is None else f"{size[0]}x{size[1]} ({size[0] * size[1]} pixels), "
+        super().__init__(f"{what} is {shape}over the limit of {limit} pixels ({key})")
+
+
+def _check_pixels(what: str, size: tuple[int, int], max_pixels: int | None, limit_key: str) -> None:
+    if size[0] * size[1] > PIXEL_CEILING:
+        raise ImageTooLarge(what, size, PIXEL_CEILING, CEILING_KEY)
+    if max_pixels is not None and size[0] * size[1] > max_pixels:
+        raise ImageTooLarge(what, size, max_pixels, limit_key)
+
+
+def _header(raw: bytes, what: str) -> Image.Image:
+    """The image opened by Pillow, which reads the header (size, format) and no pixel data."""
     try:
-        img = decode_image(data, mode=ImageReadMode.RGB)
-    except RuntimeError as tv_exc:
-        buf = raw if raw is not None else data.numpy().tobytes()
-        try:
-            with Image.open(io.BytesIO(buf)) as im:
+        return Image.open(io.BytesIO(raw))
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(what, None, PIXEL_CEILING, CEILING_KEY) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(
+            f"cannot decode image {what}: {exc} (is it a JPEG/PNG/BMP/TIFF file?)"
+        ) from None
+
+
+def _decode(raw: bytes, what: str, max_pixels: int | None, limit_key: str) -> torch.Tensor:
+    """Check the header's size against the limit, then decode: torchvision for JPEG/PNG/WebP
+    (fast, native), Pillow for the rest and for what torchvision cannot read.
+
+    The size check comes first so an image bomb (a small file declaring a huge picture) costs
+    microseconds, not gigabytes. Other formats go to Pillow because it decodes one frame: an
+    animated GIF's later frames are never expanded.
+    """
+    with _header(raw, what) as im:
+        _check_pixels(what, im.size, max_pixels, limit_key)
+        if im.format not in _TORCHVISION_FORMATS:
+            try:
                 return _pil_to_rgb_tensor(im)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise DataError(f"cannot decode image {what}: {exc}") from None
+    try:
+        img = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), ImageReadMode.RGB)
+    except RuntimeError as tv_exc:
+        try:
+            with Image.open(io.BytesIO(raw)) as im:
+                return _pil_to_rgb_tensor(im)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             raise DataError(
                 f"cannot decode image {what}: {exc or tv_exc} (is it a JPEG/PNG/BMP/TIFF file?)"
             ) from None
-    if img.ndim == 4:  # an animated GIF: (N, 3, H, W) -> its first frame
+    if img.ndim == 4:  # several frames: the first
         img = img[0]
     if img.dtype == torch.uint16:  # a 16-bit PNG: keep the high byte
         img = (img.to(torch.int32) >> 8).to(torch.uint8)
     return img
 
 
-def read_image(path: str | Path) -> torch.Tensor:
-    """An image file as uint8 (3, H, W) RGB; a missing or corrupt file is a DataError."""
+def read_image(
+    path: str | Path, max_pixels: int | None = None, limit_key: str = ""
+) -> torch.Tensor:
+    """An image file as uint8 (3, H, W) RGB; a missing or corrupt file is a DataError.
+
+    An image over ``max_pixels`` (width x height from its header) is :class:`ImageTooLarge`,
+    raised before decoding and naming ``limit_key``; :data:`PIXEL_CEILING` always applies.
+    """
     path = Path(path)
     try:
-        data = read_file(str(path))
-    except (RuntimeError, OSError):
+        raw = path.read_bytes()
+    except OSError:
         if not path.is_file():
             raise DataError(f"image file not found: {path}") from None
         raise DataError(f"cannot read image file {path}") from None
-    if data.numel() == 0:
+    if not raw:
         raise DataError(f"image file is empty: {path}")
-    return _decode(data, None, str(path))
+    return _decode(raw, str(path), max_pixels, limit_key)
 
 
-def decode_image_bytes(data: bytes) -> torch.Tensor:
-    """Encoded image bytes (an upload, a request body) as uint8 (3, H, W) RGB."""
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file from its header alone, to refuse a file before
+    reading it whole."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path}") from None
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(str(path), None, PIXEL_CEILING, CEILING_KEY) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(
+            f"cannot decode image {path}: {exc} (is it a JPEG/PNG/BMP/TIFF file?)"
+        ) from None
+
+
+def check_image_files(paths: Iterable[Path], max_pixels: int, limit_key: str) -> None:
+    """Refuse the first file over ``max_pixels`` before any is decoded: a predict run over
+    a folder fails in milliseconds rather than after hours, or out of memory."""
+    for path in paths:
+        _check_pixels(str(path), image_size(path), max_pixels, limit_key)
+
+
+def decode_image_bytes(
+    data: bytes, max_pixels: int | None = None, limit_key: str = "", what: str = ""
+) -> torch.Tensor:
+    """Encoded image bytes (an upload, a request body) as uint8 (3, H, W) RGB; limits as
+    :func:`read_image`."""
     if not data:
         raise DataError("cannot decode image: no bytes received")
-    tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    return _decode(tensor, bytes(data), f"({len(data)} bytes)")
-
-
-MAX_REQUEST_PIXELS = 4096 * 4096
+    return _decode(bytes(data), what or f"({len(data)} bytes)", max_pixels, limit_key)
 
 
 def decode_image_field(
-    value: str, field: str = "image", max_pixels: int = MAX_REQUEST_PIXELS
+    value: str, field: str = "image", max_pixels: int | None = None
 ) -> torch.Tensor:
     """A request's base64 image field as uint8 (3, H, W) RGB, for the vision kits' servers.
 
-    Bad base64 or an undecodable image is HTTP 422, an image over ``max_pixels`` is 413,
-    each naming the field, so a bad request never reaches the model.
+    Bad base64 or an undecodable image is HTTP 422; an image over ``max_pixels`` (default:
+    the serving app's ``serve.max_image_pixels``) is 413, refused from its header before any
+    decoding. Each names the field, so a bad request never reaches the model.
     """
-    from e2ekit.core.serve import BadRequest  # serving only: keep FastAPI out of training
+    from e2ekit.core.serve.app import BadRequest, current_settings  # keep FastAPI out of training
 
+    if max_pixels is None:
+        max_pixels = current_settings().max_image_pixels
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest(f"'{field}' is not valid base64", 422) from None
     try:
-        image = decode_image_bytes(raw)
+        return decode_image_bytes(raw, max_pixels, SERVE_LIMIT_KEY, what=f"'{field}'")
+    except ImageTooLarge as exc:
+        raise BadRequest(str(exc), 413) from None
     except DataError as exc:
         raise BadRequest(f"'{field}' could not be decoded: {exc}", 422) from None
-    h, w = image.shape[-2:]
-    if h * w > max_pixels:
-        raise BadRequest(f"image is {w}x{h}; at most {max_pixels} pixels", 413)
-    return image
 
 
 def read_label(path: str | Path) -> np.ndarray:

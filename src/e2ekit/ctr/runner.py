@@ -90,15 +90,27 @@ def parse_lines(lines: list[str], hash_size: int) -> dict[str, np.ndarray]:
             )
         for j, value in enumerate(fields[:N_DENSE]):
             if value:
-                try:
-                    x = float(int(value))
-                except ValueError:
-                    raise ValueError(f"row {i}: I{j + 1} {value!r} is not an integer") from None
-                dense[i, j] = np.log1p(x) if x >= 0 else 0.0
+                dense[i, j] = _dense_value(value, f"row {i}: I{j + 1}")
         cats.extend(fields[N_DENSE:])
     slots = np.tile(np.arange(N_SPARSE), n)
     sparse = hash_strings(pa.array(cats, pa.string()), slots, hash_size).reshape(n, N_SPARSE)
     return {"dense": dense, "sparse": sparse, "label": labels}
+
+
+def _dense_value(text: str, where: str) -> float:
+    """One dense field as training sees it: log(x + 1) for x >= 0, else 0.
+
+    Raises ValueError (HTTP 422) naming ``where`` for text that is not an integer, or one
+    too large for a float (a 401-digit value): it would reach the model as infinity.
+    """
+    shown = repr(text) if len(text) <= 24 else f"{text[:12]!r}... ({len(text)} characters)"
+    try:
+        x = float(int(text))
+    except ValueError:
+        raise ValueError(f"{where} {shown} is not an integer") from None
+    except OverflowError:
+        raise ValueError(f"{where} {shown} is out of range (at most about 1.8e308)") from None
+    return float(np.log1p(x)) if x >= 0 else 0.0
 
 
 class CtrRunner:

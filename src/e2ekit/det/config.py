@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from e2ekit.core.imageio import PIXEL_CEILING
 from e2ekit.core.schema import ExportConfig, RunConfig, Strict
 
 BUILTIN = "builtin:shapes"
@@ -67,8 +68,19 @@ class DetExport(ExportConfig):
     quantize_mode: Literal["dynamic", "static"] = "static"
 
 
+# predict's default decode limit: 64 MP (8192x8192) is 192 MB as RGB; larger is refused.
+MAX_PREDICT_PIXELS = 8192 * 8192
+
+
 class PredictConfig(Strict):
     draw_threshold: float = Field(0.5, ge=0, le=1)
+    max_image_pixels: int = Field(
+        MAX_PREDICT_PIXELS,
+        ge=1,
+        le=PIXEL_CEILING,
+        description="largest image (w*h) predict decodes; a larger file is refused from its "
+        "header before any work (the model sees every image resized to export.input_size)",
+    )
 
 
 class DetConfig(RunConfig):

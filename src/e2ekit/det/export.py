@@ -117,6 +117,7 @@ def det_export_spec(
         "nms_thresh": float(det.nms_thresh),
         "max_detections": int(det.max_detections),
         "draw_threshold": cfg.predict.draw_threshold,
+        "max_image_pixels": cfg.predict.max_image_pixels,
         "box_format": "xyxy in input pixels; scale back by original / input size",
     }
     return ExportSpec(

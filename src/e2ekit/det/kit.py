@@ -11,20 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from e2ekit.core.errors import ConfigError, DataError, E2EError
 from e2ekit.core.fileio import atomic_open
-from e2ekit.core.imageio import decode_image_field, list_inputs, read_image
+from e2ekit.core.imageio import check_image_files, decode_image_field, list_inputs, read_image
 from e2ekit.core.kit import Kit, Verb
 from e2ekit.core.progress import progress
 from e2ekit.core.serve import Endpoint
 from e2ekit.det.config import DetConfig
-from e2ekit.det.runner import DetRunner, draw, save_image
+from e2ekit.det.runner import MAX_IMAGE_KEY, DetRunner, draw, save_image
 from e2ekit.det.task import DetTask
 
 
 class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
+
     image: str = Field(..., description="base64-encoded image file (PNG, JPEG, ...)")
     score_threshold: float | None = Field(
         None, ge=0, le=1, description="drop boxes below this score (default: deploy's)"
@@ -218,6 +220,7 @@ class DetKit(Kit[DetConfig]):
     ) -> dict[str, Any]:
         runner = DetRunner(predictor)
         files = list_inputs(input_path)
+        check_image_files(files, runner.max_image_pixels, MAX_IMAGE_KEY)
         out_dir.mkdir(parents=True, exist_ok=True)
         threshold = options.get("draw_threshold")
         if threshold is None:
@@ -225,7 +228,7 @@ class DetKit(Kit[DetConfig]):
         boxes_total = 0
         with atomic_open(out_dir / "predictions.jsonl") as fh:
             for path in progress(files, desc="predict", unit="img"):
-                image = read_image(path)
+                image = runner.read(path)
                 det = runner.detect(image)
                 items = runner.as_json(det)
                 fh.write(json.dumps({"image": str(path), "detections": items}) + "\n")

@@ -17,9 +17,13 @@ from torchvision.utils import draw_bounding_boxes
 
 from e2ekit.core.errors import DataError
 from e2ekit.core.fileio import atomic_write
-from e2ekit.core.imageio import encode_png
+from e2ekit.core.imageio import encode_png, read_image
+from e2ekit.det.config import MAX_PREDICT_PIXELS
 
-__all__ = ["DetRunner", "Preprocess", "draw", "preprocess", "save_image"]
+__all__ = ["MAX_IMAGE_KEY", "DetRunner", "Preprocess", "draw", "preprocess", "save_image"]
+
+# The config key of predict's decode limit (PredictConfig.max_image_pixels).
+MAX_IMAGE_KEY = "predict.max_image_pixels"
 
 
 class Preprocess:
@@ -56,6 +60,13 @@ class DetRunner:
         self.names = list(deploy["class_names"])
         self.nms = bool(deploy["nms"])
         self.deploy = deploy
+        # exports from before the limit existed get the default
+        self.max_image_pixels = int(deploy.get("max_image_pixels", MAX_PREDICT_PIXELS))
+
+    def read(self, path: Path) -> torch.Tensor:
+        """An input image as uint8 (3, H, W), refused from its header when it is over the
+        limit (``predict.max_image_pixels``) rather than decoded."""
+        return read_image(path, self.max_image_pixels, MAX_IMAGE_KEY)
 
     def detect(self, image: torch.Tensor) -> dict[str, np.ndarray]:
         h, w = image.shape[-2:]

@@ -13,16 +13,18 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from e2ekit.core.fileio import atomic_open
-from e2ekit.core.imageio import decode_image_field, encode_png, list_inputs
+from e2ekit.core.imageio import check_image_files, decode_image_field, encode_png, list_inputs
 from e2ekit.core.kit import Kit
 from e2ekit.core.progress import progress
 from e2ekit.core.serve import Endpoint
 from e2ekit.seg.config import SegConfig
 from e2ekit.seg.runner import (
+    MAX_IMAGE_KEY,
     SegRunner,
+    class_counts,
     iterate_predictions,
     resize_back,
     rle_encode,
@@ -32,6 +34,8 @@ from e2ekit.seg.task import SegTask
 
 
 class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
+
     image: str = Field(..., description="base64-encoded image file (PNG, JPEG, ...)")
     format: Literal["png", "rle", "both"] = Field("png", description="mask encoding to return")
 
@@ -49,14 +53,15 @@ class SegKit(Kit[SegConfig]):
     ) -> dict[str, Any]:
         runner = SegRunner(predictor)
         files = list_inputs(input_path)
+        check_image_files(files, runner.test.max_image_pixels, MAX_IMAGE_KEY)
         out_dir.mkdir(parents=True, exist_ok=True)
         ignore = predictor.deploy.get("ignore_index")
-        counts = np.zeros(int(predictor.deploy["num_classes"]), dtype=np.int64)
+        counts = np.zeros(runner.num_classes, dtype=np.int64)
         with atomic_open(out_dir / "predictions.jsonl") as fh:
             wrap = lambda xs: progress(xs, desc="predict", unit="img")  # noqa: E731
             for path, image, label in iterate_predictions(runner, files, wrap):
                 write_outputs(out_dir, path.stem, image, label, ignore)
-                present = np.bincount(label.reshape(-1), minlength=len(counts))[: len(counts)]
+                present = class_counts(label, runner.num_classes)
                 counts += present
                 fh.write(
                     json.dumps(
@@ -79,6 +84,8 @@ class SegKit(Kit[SegConfig]):
 
         def to_items(req: PredictRequest) -> list[dict[str, Any]]:
             image = decode_image_field(req.image)
+            if runner.is_tiled(image):  # preprocessed window by window in run_batch
+                return [{"image": image}]
             h, w = image.shape[-2:]
             return [{"x": runner.preprocess(image), "size": (h, w)}]
 
@@ -86,6 +93,9 @@ class SegKit(Kit[SegConfig]):
             results: list[np.ndarray | None] = [None] * len(items)
             groups: dict[tuple[int, ...], list[int]] = {}
             for i, item in enumerate(items):  # same-size images share one model call
+                if "image" in item:
+                    results[i] = runner.predict_tiled(item["image"])
+                    continue
                 groups.setdefault(tuple(item["x"].shape), []).append(i)
             for idx in groups.values():
                 labels = runner.label_maps(torch.stack([items[i]["x"] for i in idx]))

@@ -8,6 +8,7 @@ so deployment sees exactly the numbers evaluation saw.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Literal
 
@@ -15,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
+from e2ekit.core.imageio import PIXEL_CEILING
 from e2ekit.core.schema import Strict
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
-__all__ = ["TestConfig", "infer_logits", "slide_logits"]
+__all__ = ["TestConfig", "infer_logits", "slide_logits", "tile_spans"]
 
 
 class TestConfig(Strict):
@@ -36,6 +38,19 @@ class TestConfig(Strict):
     flip_horizontal: bool = False
     flip_vertical: bool = False
     scales: list[float] = Field([1.0], min_length=1)
+    max_whole_pixels: int = Field(
+        2048 * 2048,
+        ge=1,
+        description="predict/serve: largest image (w*h) the model sees whole; a larger one "
+        "runs window by window (crop_size, stride), so memory stays bounded",
+    )
+    max_image_pixels: int = Field(
+        1 << 28,
+        ge=1,
+        le=PIXEL_CEILING,
+        description="predict: largest image (w*h) decoded at all; a larger file is refused "
+        "from its header before any work",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TestConfig:
@@ -61,6 +76,19 @@ def _starts(size: int, crop: int, stride: int) -> list[int]:
     starts = list(range(0, size - crop, stride))
     starts.append(size - crop)  # last window flush with the border
     return starts
+
+
+def tile_spans(size: int, crop: int, stride: int) -> list[tuple[int, int, int]]:
+    """Windows along one axis as (start, keep_from, keep_to): window ``start`` is the one
+    whose prediction pixels ``keep_from..keep_to`` take.
+
+    The same windows as :func:`slide_logits`; where two overlap, each keeps the half nearer
+    its own centre, so every pixel comes from one window with context on both sides and no
+    image-sized accumulator is needed (what bounds memory for huge images).
+    """
+    starts = _starts(size, crop, stride)
+    cuts = [0, *((a + crop + b) // 2 for a, b in itertools.pairwise(starts)), size]
+    return [(start, cuts[i], cuts[i + 1]) for i, start in enumerate(starts)]
 
 
 def slide_logits(

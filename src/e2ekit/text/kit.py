@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from e2ekit.core.errors import DataError
 from e2ekit.core.fileio import atomic_open
@@ -22,12 +22,16 @@ MAX_CHARS = 20_000
 
 
 class QAItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     question: str
     context: str
     id: str | None = None
 
 
 class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not ignored
+
     texts: list[str] | None = Field(None, description="cls and ner: raw texts")
     pairs: list[tuple[str, str]] | None = Field(None, description="pair: [text_a, text_b] items")
     questions: list[QAItem] | None = Field(None, description="mrc: question + context items")

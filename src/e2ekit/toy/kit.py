@@ -8,21 +8,28 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from e2ekit.core.errors import DataError
 from e2ekit.core.fileio import atomic_open
 from e2ekit.core.kit import Kit
 from e2ekit.core.progress import progress
 from e2ekit.core.serve import BadRequest, Endpoint
 from e2ekit.toy.data import make_blobs, read_features
-from e2ekit.toy.runner import ToyRunner
+from e2ekit.toy.runner import FLOAT32_MAX, ToyRunner, first_unscored
 from e2ekit.toy.task import ToyConfig, ToyTask
+
+# A feature the float32 model can hold: NaN, infinities (JSON 1e400) and overflowing values
+# are refused with 422 naming inputs.<row>.<column>, not run into NaN scores.
+Feature = Annotated[float, Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
 
 
 class PredictRequest(BaseModel):
-    inputs: list[list[float]] = Field(..., description="rows of num_features floats")
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not ignored
+
+    inputs: list[list[Feature]] = Field(..., description="rows of num_features finite floats")
 
 
 class ToyKit(Kit[ToyConfig]):
@@ -42,7 +49,14 @@ class ToyKit(Kit[ToyConfig]):
         batch = 256
         with atomic_open(out_dir / "predictions.jsonl") as fh:
             for start in progress(range(0, len(x), batch), desc="predict", unit="batch"):
-                for rec in runner.run(x[start : start + batch]):
+                records = runner.run(x[start : start + batch])
+                bad = first_unscored(records)
+                if bad is not None:
+                    raise DataError(
+                        f"{input_path}: data row {start + bad + 1} drives the model to "
+                        "non-finite scores; are its features on the training data's scale?"
+                    )
+                for rec in records:
                     fh.write(json.dumps(rec) + "\n")
         return {"rows": len(x), "output": str(out_dir / "predictions.jsonl")}
 
@@ -62,6 +76,13 @@ class ToyKit(Kit[ToyConfig]):
             return runner.run(rows)
 
         def to_response(req: PredictRequest, results: list[dict[str, Any]]) -> dict[str, Any]:
+            bad = first_unscored(results)
+            if bad is not None:
+                raise BadRequest(
+                    f"inputs.{bad}: the model's scores for this row are not finite; are its "
+                    "features on the training data's scale?",
+                    422,
+                )
             return {"predictions": results}
 
         return [Endpoint("/predict", PredictRequest, to_items, run_batch, to_response)]

@@ -10,7 +10,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ToyRunner", "decode"]
+__all__ = ["FLOAT32_MAX", "ToyRunner", "decode", "first_unscored"]
+
+# The model computes in float32: a larger feature is infinite to it.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def decode(probs: np.ndarray, class_names: list[str]) -> list[dict[str, Any]]:
@@ -37,3 +40,14 @@ class ToyRunner:
     def run(self, rows: np.ndarray | list[list[float]]) -> list[dict[str, Any]]:
         probs = self.predictor.run({"features": np.asarray(rows, np.float32)})["probs"]
         return decode(probs, self.class_names)
+
+
+def first_unscored(predictions: list[dict[str, Any]]) -> int | None:
+    """Index of the first prediction whose scores are not finite numbers, or None.
+
+    Finite but huge features (3e38) can overflow inside the model; its NaN scores would
+    otherwise be written as a confident first class, or fail the JSON response."""
+    for i, rec in enumerate(predictions):
+        if not np.isfinite(rec["scores"]).all():
+            return i
+    return None

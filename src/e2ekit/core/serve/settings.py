@@ -28,6 +28,13 @@ class ServeSettings(BaseModel):
     max_items_per_request: int = Field(
         256, ge=1, description="Most items in one request; beyond it 413."
     )
+    max_image_pixels: int = Field(
+        4096 * 4096,
+        ge=1,
+        description="Largest image (width x height) the vision kits accept, read from the "
+        "header before decoding; beyond it 413. Bounds each request's memory: a small "
+        "compressed file can declare a huge picture.",
+    )
     request_timeout_s: float = Field(
         30.0, gt=0, description="Longest wait for a request's results; beyond it 504."
     )
