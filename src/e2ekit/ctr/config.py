@@ -100,10 +100,13 @@ class CtrConfig(RunConfig):
     unsupported = {
         "train.ema.enabled": "the slot table is updated sparsely, row by row; an EMA copy "
         "would cost a pass over the whole table every step",
+        "train.ema.decay": "ctr keeps no EMA of the weights (see train.ema.enabled)",
+        "train.ema.warmup_steps": "ctr keeps no EMA of the weights (see train.ema.enabled)",
         "train.num_workers": "files are parsed in a background thread; use data.prefetch "
         "(batches read ahead) and train.threads",
         "train.channels_last": "CTR models have no convolutions",
         "train.grad_accum": "ctr trains with large batches instead; raise train.batch_size",
+        "serve.max_image_pixels": "ctr requests carry no images",
     }
 
     model: CtrModel = CtrModel()  # type: ignore[assignment]

@@ -120,6 +120,13 @@ class TextExport(ExportConfig):
 
 
 class TextConfig(RunConfig):
+    unsupported = {
+        "train.channels_last": "transformer encoders have no convolutions",
+        "export.calibration_samples": "static int8 calibrates text models on the export's "
+        "sample inputs, not on data.dev",
+        "serve.max_image_pixels": "text requests carry no images",
+    }
+
     model: TextModel = TextModel()  # type: ignore[assignment]
     task: TextTask = TextTask()
     data: TextData = TextData()  # type: ignore[assignment]
