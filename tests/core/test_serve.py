@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -359,9 +361,14 @@ def test_bad_inputs_get_4xx_and_the_server_keeps_working(start_server) -> None:
 
     assert httpx.get(url).status_code == 405
     assert post(run.url, {"rows": [[1.0]]}, path="/nope").status_code == 404
-    # Content-Type omitted (curl -d style) is still parsed as JSON.
-    r = httpx.post(url, content=b'{"rows": [[4.0]]}')
-    assert r.status_code == 200 and r.json() == {"sums": [4.0]}
+    # Content-Type omitted, or curl -d's form type, or text/plain: the body is still JSON.
+    for content_type in (None, "application/x-www-form-urlencoded", "text/plain"):
+        headers = {"content-type": content_type} if content_type else {}
+        r = httpx.post(url, content=b'{"rows": [[4.0]]}', headers=headers)
+        assert r.status_code == 200 and r.json() == {"sums": [4.0]}, (content_type, r.text)
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    r = httpx.post(url, content=b"rows=4", headers=form)
+    assert r.status_code == 400 and "malformed JSON" in r.json()["detail"]
 
     text = httpx.get(f"{run.url}/metrics").text
     for status in ("200", "400", "413", "422", "405"):
@@ -471,6 +478,53 @@ def test_graceful_shutdown_finishes_in_flight_requests(start_server, capsys) -> 
     assert not run.thread.is_alive()
     assert not runtime.batchers["/predict"].accepting  # lifespan shutdown ran
     assert model.sizes == [1, 1]
+
+
+def _raw_post(sock: socket.socket, payload: bytes) -> bytes:
+    """Send one HTTP/1.1 POST /predict on ``sock``; the whole answer (b"" when the server
+    closed the connection without one)."""
+    head = (
+        "POST /predict HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    )
+    try:
+        sock.sendall(head.encode() + payload)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionError:  # a reset: the request was dropped
+        return b""
+    return b"".join(chunks)
+
+
+def test_sigterm_drain_answers_every_connection_before_closing(start_server) -> None:
+    """Shutdown (what SIGTERM triggers) keeps listening while a request is in flight: a
+    connection accepted before it gets a 503 rather than being closed unanswered, a new
+    client gets a 503 rather than a refused connection, and the in-flight request completes."""
+    model = SumModel(gated=True)
+    settings = ServeSettings(max_batch_size=1, graceful_timeout_s=WAIT_S)
+    app = create_app([sum_endpoint(model)], settings)
+    run = start_server(app, settings)
+    url = httpx.URL(run.url)
+
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(post, run.url, {"rows": [[1.0, 2.0]]})
+        wait_until(model.entered.is_set, "the first batch")
+        with socket.create_connection((url.host, url.port), timeout=WAIT_S) as early:
+            connections = run.server.server_state.connections
+            wait_until(lambda: len(connections) == 2, "the early connection to be accepted")
+            run.server.handle_exit(signal.SIGTERM, None)  # uvicorn's SIGTERM handler
+            wait_until(lambda: not app.state.serve.accepting, "shutdown to start")
+            answer = _raw_post(early, b'{"rows": [[5.0]]}')
+        assert answer.startswith(b"HTTP/1.1 503"), answer
+        late = post(run.url, {"rows": [[6.0]]})
+        assert late.status_code == 503 and late.headers["retry-after"] == "1"
+        assert run.thread.is_alive()  # still draining: the first request holds the model
+        model.release.set()
+        assert running.result(WAIT_S).json() == {"sums": [3.0]}
+    run.thread.join(WAIT_S)
+    assert not run.thread.is_alive()
+    assert model.sizes == [1]
 
 
 def test_kit_errors_map_to_clear_statuses(start_server) -> None:

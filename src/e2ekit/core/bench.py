@@ -30,11 +30,12 @@ from e2ekit.core.infer import (
     cuda_unsupported,
     load_deploy,
     load_sample_inputs,
+    torch_builder_refusal,
 )
 from e2ekit.core.logs import jsonable, log
 from e2ekit.core.progress import progress
 from e2ekit.core.schema import InferConfig
-from e2ekit.core.verbs import check_device, load_export_config
+from e2ekit.core.verbs import check_device, load_export_config, refuse_other_kit
 
 # name -> (backend, precision); the order is the run order.
 VARIANTS = {
@@ -100,7 +101,11 @@ def _available(folder: Path, deploy: dict[str, Any]) -> tuple[list[str], dict[st
     skipped: dict[str, str] = {}
     if not deploy.get("int8_model_file"):
         skipped["onnxruntime_int8"] = "no model.int8.onnx (export with --quantize)"
-    if not (folder / WEIGHTS_FILE).is_file() or not (deploy.get("torch") or {}).get("builder"):
+    refused = torch_builder_refusal(folder, deploy)
+    if refused:
+        log.warning("%s", refused)
+        skipped["torch"] = refused
+    elif not (folder / WEIGHTS_FILE).is_file() or not (deploy.get("torch") or {}).get("builder"):
         skipped["torch"] = f"no {WEIGHTS_FILE} / torch builder in the export"
     return [v for v in VARIANTS if v not in skipped], skipped
 
@@ -159,6 +164,7 @@ def cmd_bench(kit: Any, args: Namespace) -> dict[str, Any]:
         deploy = load_deploy(folder)
     except (FileNotFoundError, ValueError) as exc:
         raise E2EError(str(exc)) from None
+    refuse_other_kit(kit, deploy, "bench")
     sample = load_sample_inputs(folder)[0]
     available, skipped = _available(folder, deploy)
     devices = _narrow(available, skipped, settings)

@@ -1,16 +1,21 @@
 """``e2ekit <kit> <verb> [-c CONFIG] [-o KEY=VALUE ...] [--out DIR] [flags]``.
 
 Dispatch is by hand so an unknown kit, verb or flag names itself and the closest
-valid choice; ``E2EError`` becomes a one-line message and exit status 1. Each kit
-lists its verbs and their flags in ``Kit.verbs()``: this file names none of them.
+valid choice; ``E2EError`` and the other failures a user can fix (a file that cannot be
+read or written, not UTF-8, not a model) become a one-line message and exit status 1, with
+the traceback only under ``--debug`` (or ``E2EKIT_DEBUG=1``). Each kit lists its verbs and
+their flags in ``Kit.verbs()``: this file names none of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,14 +27,17 @@ if TYPE_CHECKING:
 
 COMMANDS = ("configs", "demo")
 SHAPE = "[-c CONFIG] [-o KEY=VALUE ...] [--out DIR] [flags]"
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "E2EKIT_DEBUG"
 
-USAGE = f"""usage: e2ekit <kit> <verb> {SHAPE}
+USAGE = f"""usage: e2ekit [{DEBUG_FLAG}] <kit> <verb> {SHAPE}
        e2ekit configs [KIT]
        e2ekit demo
 
 kits:  text  seg  det  ctr  (toy: the core's example kit)
 verbs: train  eval  predict  export  serve  bench, and each kit's own
-run `e2ekit <kit> -h` for a kit's verbs, `e2ekit <kit> <verb> -h` for a verb's flags"""
+run `e2ekit <kit> -h` for a kit's verbs, `e2ekit <kit> <verb> -h` for a verb's flags
+{DEBUG_FLAG} (or {DEBUG_ENV}=1): an error also prints its traceback"""
 
 
 class UsageError(E2EError):
@@ -145,36 +153,76 @@ def run_kit(kit_name: str, argv: list[str]) -> int:
     raise UsageError(f"missing verb: e2ekit {kit_name} <verb>; its verbs: {', '.join(kit.verbs())}")
 
 
+def expected_failure(exc: BaseException) -> str | None:
+    """One line for a failure the user can fix, naming the file; None for anything else (a
+    bug keeps its traceback). Export and onnxruntime errors are recognised without importing
+    their modules: an error of a module that was never loaded cannot have been raised."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+        return f"{exc.filename}{target}: {exc.strerror or type(exc).__name__}"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{exc.strerror}; free some space, or write elsewhere with --out"
+    if isinstance(exc, UnicodeDecodeError):
+        return (
+            f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8 "
+            f"({DEBUG_FLAG} shows where it was read)"
+        )
+    export_errors = sys.modules.get("e2ekit.core.export.errors")
+    if export_errors is not None and isinstance(exc, export_errors.ExportError):
+        return f"export failed: {_first_line(exc)}"
+    if type(exc).__module__ == "onnxruntime.capi.onnxruntime_pybind11_state":
+        return f"onnxruntime: {_first_line(exc)}"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
+    """``--debug`` (anywhere; removed from argv) or ``E2EKIT_DEBUG`` set to anything but 0."""
+    env = os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+    return env or DEBUG_FLAG in argv, [a for a in argv if a != DEBUG_FLAG]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    debug, argv = _debug_requested(list(sys.argv[1:] if argv is None else argv))
     setup_console(logging.INFO)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0 if argv else 2
     try:
-        head = argv[0]
-        if head == "configs":
-            return cmd_configs(argv[1:])
-        if head == "demo":
-            from e2ekit.core.demo import run_demo
-
-            return run_demo(argv[1:])
-        from e2ekit.core.kit import KITS
-
-        if head not in KITS:
-            hint = closest(head, [*KITS, *COMMANDS])
-            raise UsageError(
-                f"unknown kit or command '{head}'"
-                + (f" (did you mean '{hint}'?)" if hint else "")
-                + f"; kits: {', '.join(KITS)}; commands: {', '.join(COMMANDS)}"
-            )
-        return run_kit(head, argv[1:])
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except E2EError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return _dispatch(argv)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, E2EError) else expected_failure(exc)
+        if message is None:
+            raise
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
+
+
+def _dispatch(argv: list[str]) -> int:
+    """``e2ekit ARGV`` (without ``--debug``): the usage, a command or a kit's verb."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    head = argv[0]
+    if head == "configs":
+        return cmd_configs(argv[1:])
+    if head == "demo":
+        from e2ekit.core.demo import run_demo
+
+        return run_demo(argv[1:])
+    from e2ekit.core.kit import KITS
+
+    if head not in KITS:
+        hint = closest(head, [*KITS, *COMMANDS])
+        raise UsageError(
+            f"unknown kit or command '{head}'"
+            + (f" (did you mean '{hint}'?)" if hint else "")
+            + f"; kits: {', '.join(KITS)}; commands: {', '.join(COMMANDS)}"
+        )
+    return run_kit(head, argv[1:])

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from e2ekit.core.errors import ConfigError, did_you_mean
 from e2ekit.core.fileio import atomic_write
+from e2ekit.core.textio import read_utf8
 
 C = TypeVar("C", bound=BaseModel)
 BASE_KEY = "_base_"
@@ -64,7 +65,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml_load(path.read_text(encoding="utf-8"))
+        data = yaml_load(read_utf8(path, ConfigError))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""

@@ -12,7 +12,6 @@ should not have to pay for (or even install) PyTorch.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,13 @@ from typing import Any
 import numpy as np
 import yaml
 
+from e2ekit.core.builders import (
+    UnsafeExportError,
+    is_registered,
+    refusal,
+    resolve_torch_builder,
+    trust_torch_builder,
+)
 from e2ekit.core.errors import E2EError
 
 log = logging.getLogger("e2ekit")
@@ -40,24 +46,28 @@ INT8_ON_CUDA = (
     "int8 exports run on the CPU only: onnxruntime's CUDA provider has no kernels for their "
     "int8 operators; use --precision fp32 on cuda, or --device cpu"
 )
+# deploy.yaml keys (dotted) naming a file or folder of the export, the kits' included: each
+# must stay inside the folder, checked here once before any kit code opens one.
+FILE_KEYS = ("model_file", "int8_model_file", "tokenizer", "sparse.dir")
+# Where a checkpoint predictor (``--weights``, no export) finds files outside any folder; an
+# export holds its own copies, so a loaded folder's value is dropped, never followed.
+CHECKPOINT_ONLY_KEYS = ("tokenizer_source",)
+# onnxruntime's errors for a file that is not a loadable ONNX model (others: cannot run it).
+NOT_A_MODEL_ERRORS = ("InvalidProtobuf", "InvalidArgument", "InvalidGraph", "NoModel")
 
 
 class ExportFolderError(FileNotFoundError):
     """An export folder is missing or incomplete (names the folder and the missing file)."""
 
 
+class InvalidModelError(E2EError, ValueError):
+    """onnxruntime cannot load a model file (corrupt, truncated, not ONNX): names the file."""
+
+
 def _locate(path: str) -> Any:
-    """Resolve ``"package.module:attr"`` (or ``"package.module.attr"``) to the object."""
-    if ":" in path:
-        module_name, _, attr_path = path.partition(":")
-    else:
-        module_name, _, attr_path = path.rpartition(".")
-    if not module_name or not attr_path:
-        raise ValueError(f"invalid dotted path {path!r}; expected 'package.module:attr'")
-    obj: Any = importlib.import_module(module_name)
-    for part in attr_path.split("."):
-        obj = getattr(obj, part)
-    return obj
+    """The builder an export's own code names (``torch_builder``), resolved and registered
+    so this process may load what it exports; deploy.yaml's name never comes here."""
+    return trust_torch_builder(path)
 
 
 def flatten_outputs(outputs: Any, output_names: Sequence[str]) -> list[Any]:
@@ -87,16 +97,48 @@ def flatten_outputs(outputs: Any, output_names: Sequence[str]) -> list[Any]:
     return [outputs]
 
 
+def export_file(export_dir: Path, name: object, key: str) -> Path:
+    """``export_dir / name`` for a name deploy.yaml gives under ``key``, refused unless it
+    resolves inside the folder (no absolute path, no ``..`` or link leading out of it)."""
+    where = f"{export_dir / DEPLOY_FILE}: {key}"
+    if not isinstance(name, str) or not name:
+        raise UnsafeExportError(f"{where} must be a file name inside the folder, got {name!r}")
+    root = export_dir.resolve()
+    path = (root / name).resolve()
+    if Path(name).is_absolute() or not path.is_relative_to(root):
+        raise UnsafeExportError(
+            f"{where} {name!r} points outside the export folder; an export may only name "
+            "its own files"
+        )
+    return export_dir / name
+
+
+def _named_files(deploy: dict[str, Any]) -> list[tuple[str, object]]:
+    """(dotted key, value) of every ``FILE_KEYS`` entry present in ``deploy``."""
+    found = []
+    for key in FILE_KEYS:
+        node: Any = deploy
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            found.append((key, node))
+    return found
+
+
 def load_deploy(export_dir: str | Path) -> dict[str, Any]:
-    """Read and sanity-check ``deploy.yaml`` of an export folder."""
+    """Read and sanity-check ``deploy.yaml`` of an export folder (names its problem in one
+    line: unreadable YAML, wrong version, a file named outside the folder)."""
     folder = Path(export_dir)
     if not folder.is_dir():
         raise ExportFolderError(f"export folder {str(folder)!r} does not exist")
     path = folder / DEPLOY_FILE
     if not path.is_file():
         raise ExportFolderError(f"export folder {str(folder)!r} has no {DEPLOY_FILE}")
-    with path.open("r", encoding="utf-8") as fh:
-        deploy = yaml.safe_load(fh)
+    try:
+        deploy = yaml.safe_load(path.read_bytes())
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path} is not valid YAML ({first})") from None
     if not isinstance(deploy, dict) or "inputs" not in deploy or "outputs" not in deploy:
         raise ValueError(f"{path} is not a valid e2ekit deploy file (needs 'inputs'/'outputs')")
     version = deploy.get("format_version")
@@ -104,6 +146,8 @@ def load_deploy(export_dir: str | Path) -> dict[str, Any]:
         raise ValueError(
             f"{path} has format_version {version!r}; this e2ekit reads version {FORMAT_VERSION}"
         )
+    for key, name in _named_files(deploy):
+        export_file(folder, name, key)
     return deploy
 
 
@@ -134,9 +178,19 @@ def torch_has_cuda() -> bool:
 
 
 def has_torch_weights(export_dir: Path, deploy: dict[str, Any]) -> bool:
-    """Whether the export can be rebuilt in PyTorch (``weights.pt`` and a recorded builder)."""
+    """Whether the export can be rebuilt in PyTorch (``weights.pt`` and a registered builder;
+    see :mod:`e2ekit.core.builders`)."""
     builder = (deploy.get("torch") or {}).get("builder")
-    return bool(builder) and (export_dir / WEIGHTS_FILE).is_file()
+    return is_registered(builder) and (export_dir / WEIGHTS_FILE).is_file()
+
+
+def torch_builder_refusal(export_dir: Path, deploy: dict[str, Any]) -> str | None:
+    """Why the folder's torch builder is not loaded (it is not registered); None when it is
+    or when there is none."""
+    builder = (deploy.get("torch") or {}).get("builder")
+    if builder is None or is_registered(builder):
+        return None
+    return refusal(builder, str(export_dir / DEPLOY_FILE))
 
 
 def cuda_unsupported(backend: str, precision: str) -> str | None:
@@ -203,13 +257,27 @@ def make_session(
         if not onnxruntime_has_cuda():
             raise E2EError(f"device cuda: {NO_ORT_CUDA}, or use --device cpu")
         providers = [CUDA_PROVIDER, "CPUExecutionProvider"]
-    session = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
+    try:
+        session = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
+    except Exception as exc:
+        if type(exc).__module__ != ort.capi.onnxruntime_pybind11_state.__name__:
+            raise  # not onnxruntime refusing the file
+        raise _load_failure(model_path, exc) from None
     if device == "cuda" and CUDA_PROVIDER not in session.get_providers():
         raise E2EError(
             f"device cuda: onnxruntime could not start its {CUDA_PROVIDER} (CUDA or cuDNN "
             "libraries missing? see onnxruntime's message above); use --device cpu"
         )
     return session
+
+
+def _load_failure(model_path: str | Path, exc: Exception) -> InvalidModelError:
+    """onnxruntime's load error as one line naming the file ("Load model from X failed:why")."""
+    text = str(exc).strip()
+    why = text.split("failed:", 1)[-1].strip().splitlines()[0] if text else type(exc).__name__
+    if type(exc).__name__ in NOT_A_MODEL_ERRORS:
+        return InvalidModelError(f"not a valid ONNX model: {model_path} ({why})")
+    return InvalidModelError(f"onnxruntime cannot load {model_path}: {why}")
 
 
 class Backend(ABC):
@@ -253,9 +321,10 @@ class OnnxRuntimeBackend(Backend):
                     f"export folder {str(export_dir)!r} has no int8 model recorded in "
                     f"{DEPLOY_FILE}; run e2ekit.core.export.quantize_int8 first"
                 )
+            path = export_file(export_dir, model_file, "int8_model_file")
         else:
             model_file = deploy.get("model_file", "model.onnx")
-        path = export_dir / model_file
+            path = export_file(export_dir, model_file, "model_file")
         if not path.is_file():
             raise ExportFolderError(f"export folder {str(export_dir)!r} has no {model_file}")
         self.model_path = path
@@ -291,6 +360,8 @@ class TorchBackend(Backend):
                 f"export folder {str(export_dir)!r} has no torch builder in {DEPLOY_FILE}; "
                 "export with torch_builder=... to enable the torch backend"
             )
+        # Refused before anything is imported: the folder may come from anyone.
+        builder = resolve_torch_builder(spec["builder"], str(export_dir / DEPLOY_FILE))
         weights = export_dir / WEIGHTS_FILE
         if not weights.is_file():
             raise ExportFolderError(f"export folder {str(export_dir)!r} has no {WEIGHTS_FILE}")
@@ -302,10 +373,14 @@ class TorchBackend(Backend):
             self.torch_device = resolve_device("cuda", "device")
         else:
             self.torch_device = torch.device("cpu")
-        builder = _locate(spec["builder"])
-        module = builder(**(spec.get("config") or {}))
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        module.load_state_dict(state, strict=True)
+        config = spec.get("config") or {}
+        if not isinstance(config, dict):
+            raise ValueError(f"{export_dir / DEPLOY_FILE}: torch.config must be a mapping")
+        module = builder(**config)
+        from e2ekit.core.engine.checkpoint import load_checkpoint
+        from e2ekit.core.state_fit import load_state_strict
+
+        load_state_strict(module, load_checkpoint(weights), str(weights))
         self.module = module.to(self.torch_device).eval()
         # Older deploy folders lack these keys: the module's outputs are the served outputs.
         self.argmax: dict[str, str] = dict(spec.get("argmax") or {})
@@ -366,7 +441,8 @@ class Predictor:
         if num_threads is not None and int(num_threads) < 1:
             raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
         self.export_dir = Path(export_dir)
-        self._deploy = load_deploy(self.export_dir)
+        deploy = load_deploy(self.export_dir)
+        self._deploy = {k: v for k, v in deploy.items() if k not in CHECKPOINT_ONLY_KEYS}
         self._inputs: list[dict[str, Any]] = list(self._deploy["inputs"])
         backend, self.device = plan_runtime(
             self.export_dir, self._deploy, backend, precision, device

@@ -29,6 +29,7 @@ from e2ekit.core.logs import jsonable, log
 from e2ekit.core.paths import resolve_config
 from e2ekit.core.schema import InferConfig, RunConfig, Strict
 from e2ekit.core.serve.settings import ServeSettings
+from e2ekit.core.state_fit import load_state_strict
 
 
 def load_run_config(kit: Kit[C], args: Namespace) -> tuple[C, str]:
@@ -55,14 +56,7 @@ def _load_model(kit: Kit, cfg: RunConfig, weights: str | None) -> tuple[Any, tor
     task = kit.make_task(cfg)
     seed_everything(cfg.seed)
     model = task.build_model()
-    ckpt = load_checkpoint(weights)
-    try:
-        model.load_state_dict(model_state(ckpt))
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(
-            f"--weights {weights} does not fit this model config: {first}"
-        ) from None
+    load_state_strict(model, model_state(load_checkpoint(weights)), f"--weights {weights}")
     return task, model.eval()
 
 
@@ -85,8 +79,8 @@ def cmd_train(kit: Kit, args: Namespace) -> dict[str, Any]:
 
 def cmd_eval(kit: Kit, args: Namespace) -> dict[str, Any]:
     cfg, _ = load_run_config(kit, args)
+    device = resolve_device(cfg.device)  # before loading anything: a missing GPU fails fast
     task, model = _load_model(kit, cfg, args.weights)
-    device = resolve_device(cfg.device)
     loader = eval_loader(task, args.split)
     if loader is None:
         raise ConfigError(f"no '{args.split}' data configured for kit {kit.name}")
@@ -264,12 +258,23 @@ def check_device(settings: InferConfig, args: Namespace) -> None:
         resolve_device("cuda", "--device" if getattr(args, "device", None) else "infer.device")
 
 
-def export_predictor(model: str | Path, settings: InferConfig, args: Namespace) -> Any:
+def refuse_other_kit(kit: Kit, deploy: dict[str, Any], verb: str) -> None:
+    """An export of another kit fails up front, naming the command that runs it (its
+    deploy.yaml lacks this kit's keys, so running it here would fail deep inside)."""
+    other = deploy.get("kit")
+    if other is not None and other != kit.name:
+        raise E2EError(f"this export is a {other} model; use `e2ekit {other} {verb}`")
+
+
+def export_predictor(
+    kit: Kit, model: str | Path, settings: InferConfig, args: Namespace, verb: str
+) -> Any:
     """The export in ``model`` run as ``settings`` say (see ``Predictor`` for cuda's fallbacks)."""
-    from e2ekit.core.infer import Predictor
+    from e2ekit.core.infer import Predictor, load_deploy
 
     check_device(settings, args)
     try:
+        refuse_other_kit(kit, load_deploy(model), verb)
         return Predictor(
             model,
             backend=settings.backend,
@@ -320,7 +325,8 @@ def make_predictor(kit: Kit, args: Namespace) -> Any:
     """An exported model (``--model DIR``) on onnxruntime/torch, or a checkpoint (``--weights``),
     on the device and settings that flags, ``-o infer.*`` and ``-c`` choose."""
     if getattr(args, "model", None):
-        return export_predictor(args.model, load_export_config(kit, args).infer, args)
+        settings = load_export_config(kit, args).infer
+        return export_predictor(kit, args.model, settings, args, "predict")
     return checkpoint_predictor(kit, args)
 
 
@@ -349,7 +355,7 @@ def cmd_serve(kit: Kit, args: Namespace) -> dict[str, Any]:
     if not args.model:
         raise E2EError("--model is required: an export folder (from `export`)")
     config = load_export_config(kit, args, sections=("infer", "serve"))
-    predictor = export_predictor(args.model, config.infer, args)
+    predictor = export_predictor(kit, args.model, config.infer, args, "serve")
     info = {"kit": kit.name, "model": str(Path(args.model).resolve()), **runtime_info(predictor)}
     app = create_app(kit.endpoints(predictor), config.serve, model_info=info)
     run_server(app, config.serve)

@@ -10,15 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from e2ekit.core.engine.checkpoint import load_checkpoint, model_state
-from e2ekit.core.errors import CheckpointError, ConfigError, E2EError
+from e2ekit.core.errors import ConfigError, E2EError
 from e2ekit.core.fileio import atomic_open
 from e2ekit.core.kit import Kit, Verb
 from e2ekit.core.logs import jsonable, log
 from e2ekit.core.progress import progress
 from e2ekit.core.serve import BadRequest, Endpoint
+from e2ekit.core.state_fit import load_state_strict
 from e2ekit.core.verbs import default_export_dir, load_run_config
 from e2ekit.ctr.config import CtrConfig
 from e2ekit.ctr.task import CtrTask
@@ -35,6 +36,8 @@ DEMO_ROWS = [
 
 
 class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not ignored
+
     rows: list[str] = Field(
         ...,
         description="Criteo rows as TSV text: I1..I13, C1..C26 (39 fields; a leading label "
@@ -54,13 +57,7 @@ def _load(kit: Kit, args: Namespace) -> tuple[CtrConfig, dict[str, Any], Any, An
         path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
     ckpt = load_checkpoint(path)
     model = build_model(cfg)
-    try:
-        model.load_state_dict(model_state(ckpt))
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(
-            f"--weights {args.weights} does not fit this config: {first}"
-        ) from None
+    load_state_strict(model, model_state(ckpt), f"--weights {args.weights}")
     stepper = Stepper(model, cfg)
     if "stepper" in ckpt:
         stepper.load_state_dict(ckpt["stepper"])

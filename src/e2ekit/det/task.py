@@ -158,6 +158,11 @@ class DetTask(Task):
         spec = dict(self.cfg.model)
         if "type" not in spec:
             raise ConfigError("model.type is required (e.g. yolov3_tiny, retinanet_tiny)")
+        if "num_classes" in spec:  # the builder gets it from the data: two values would clash
+            raise ConfigError(
+                "model.num_classes: set data.num_classes instead (the class count comes from "
+                "the data)"
+            )
         return MODELS.build(spec, num_classes=self.num_classes)
 
     def build_model(self) -> nn.Module:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import torch
 from torch.utils.data import Dataset
 
 from e2ekit.core.errors import DataError
+from e2ekit.core.textio import read_utf8
+from e2ekit.toy.runner import FLOAT32_MAX
 
 
 def make_blobs(
@@ -36,7 +39,7 @@ def read_csv(path: Path, num_features: int, num_classes: int | None) -> tuple[np
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     xs, ys = [], []
-    with open(path, newline="", encoding="utf-8") as fh:
+    with io.StringIO(read_utf8(path, DataError), newline="") as fh:
         for line_no, row in enumerate(csv.reader(fh), start=1):
             if not row or (line_no == 1 and row[0].strip().lower() == "label"):
                 continue
@@ -67,7 +70,7 @@ def read_features(path: Path, num_features: int) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"input file not found: {path}")
     rows = []
-    with open(path, newline="", encoding="utf-8") as fh:
+    with io.StringIO(read_utf8(path, DataError), newline="") as fh:
         for line_no, row in enumerate(csv.reader(fh), start=1):
             if not row:
                 continue
@@ -83,6 +86,12 @@ def read_features(path: Path, num_features: int) -> np.ndarray:
                 if line_no == 1:
                     continue  # header
                 raise DataError(f"{path}:{line_no}: not a number ({exc})") from None
+            bad = [j for j, v in enumerate(rows[-1]) if not abs(v) <= FLOAT32_MAX]
+            if bad:  # NaN, inf or a float32 overflow would give NaN scores labelled as a class
+                raise DataError(
+                    f"{path}:{line_no}: column {bad[0] + 1} is {row[bad[0]]!r}; "
+                    "features must be finite float32 numbers"
+                )
     if not rows:
         raise DataError(f"{path}: no rows to predict")
     return np.asarray(rows, np.float32)

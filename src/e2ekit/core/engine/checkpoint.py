@@ -54,7 +54,12 @@ def remove_stale_temps(folder: Path) -> list[Path]:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``; pickled code objects are refused."""
+    """Load a checkpoint with ``weights_only=True``; pickled code objects are refused.
+
+    Failures are one line naming the file and never suggest ``weights_only=False``: a file
+    that is not a PyTorch checkpoint at all (random bytes, text, a truncated save) says so,
+    and one holding arbitrary objects names the first such object.
+    """
     path = Path(path)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
@@ -65,18 +70,44 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             raise CheckpointError(f"{path}: no best.pt or last.pt in this folder")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    import re
+    import zipfile
+
+    def is_torch_file() -> bool:
+        """A ``torch.save`` file: a zip holding ``data.pkl``, or the legacy format, which
+        starts with torch's pickled magic number."""
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return any(name.endswith("/data.pkl") for name in archive.namelist())
+        magic = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+        with path.open("rb") as fh:
+            return fh.read(len(magic)) == magic
+
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except Exception as exc:  # torch.load of arbitrary bytes fails in many ways (EOF, KeyError)
+        if isinstance(exc, pickle.UnpicklingError) and is_torch_file():
+            # torch's message advises loading unsafely: name only the refused object.
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            what = f"it names {found.group(1)}" if found else "an object of unknown type"
+            raise CheckpointError(
+                f"{path}: refused to load: it contains pickled objects other than tensors and "
+                f"plain containers, which could run code ({what}). Re-save only state_dicts."
+            ) from None
+        detail = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
+        if isinstance(exc, pickle.UnpicklingError):
+            why = ""  # torch's wrapper text says nothing about this file
+        else:
+            why = f": {type(exc).__name__}" + (f": {detail}" if detail else "")
         raise CheckpointError(
-            f"{path}: refused to load: it contains pickled objects other than tensors and "
-            f"plain containers, which could run code ({first}). Re-save only state_dicts."
+            f"{path} is not an e2ekit checkpoint (not a readable PyTorch file{why})"
         ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
     if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+        raise CheckpointError(
+            f"{path} is not an e2ekit checkpoint (it holds a {type(ckpt).__name__}, not a dict)"
+        )
     return ckpt
 
 

@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +65,10 @@ class Endpoint:
     CPU work that must not block the event loop); ``run_batch`` runs on the app's single
     model thread, never concurrently with itself or another endpoint's ``run_batch``, and
     must return exactly one result per item. ``to_items`` may raise :class:`BadRequest`
-    (-> its status, 400 by default) or ``ValueError`` (-> 422). ``to_response`` returns
-    JSON-able data; numpy arrays/scalars and pydantic models are converted.
+    (-> its status, 400 by default) or ``ValueError`` (-> 422); :func:`current_settings` gives
+    it the server's limits. ``to_response`` returns JSON-able data (numpy arrays/scalars and
+    pydantic models are converted) or raises :class:`BadRequest` when the results show the
+    input was unusable (e.g. it drove the model to non-finite scores).
     """
 
     path: str
@@ -101,6 +104,16 @@ class ServeRuntime:
 
 RETRY_LATER = {"Retry-After": "1"}
 
+# The settings of the app handling the current request: set per request before ``to_items``
+# runs (its worker thread inherits the context), so a kit's pre-processing applies the limits
+# the server was started with (``serve.max_image_pixels``) without every kit passing them.
+_SETTINGS: ContextVar[ServeSettings] = ContextVar("e2ekit_serve_settings")
+
+
+def current_settings() -> ServeSettings:
+    """The serving app's settings inside a request; the defaults anywhere else."""
+    return _SETTINGS.get(None) or ServeSettings()
+
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
@@ -116,6 +129,28 @@ def _describe_errors(errors: Sequence[Any]) -> str:
         where = ".".join(loc) or "body"
         parts.append(f"{where}: {err.get('msg', 'invalid')}")
     return "; ".join(parts)
+
+
+class JsonBodyMiddleware:
+    """Reads every POST body to an endpoint as JSON, whatever its ``Content-Type`` says.
+
+    The endpoints take JSON only, but ``curl -d`` labels its body
+    ``application/x-www-form-urlencoded`` and scripts often send ``text/plain`` or nothing;
+    FastAPI would hand those bodies to the schema as raw bytes (a confusing 422). The header
+    is set to ``application/json`` instead, so such a body is parsed, and one that is not
+    JSON gets the usual 400 "malformed JSON body".
+    """
+
+    def __init__(self, app: ASGIApp, paths: frozenset[str]) -> None:
+        self.app = app
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            headers.append((b"content-type", b"application/json"))
+            scope = {**scope, "headers": headers}
+        await self.app(scope, receive, send)
 
 
 class BodySizeLimitMiddleware:
@@ -210,6 +245,7 @@ def _route_for(endpoint: Endpoint, runtime: ServeRuntime) -> Callable[..., Any]:
     async def route(body: BaseModel) -> Response:
         if not runtime.accepting:
             return fail(503, "shutting_down", "server is shutting down", RETRY_LATER)
+        _SETTINGS.set(settings)
         try:
             items = await asyncio.to_thread(prepare, body)
         except BadRequest as exc:
@@ -245,6 +281,8 @@ def _route_for(endpoint: Endpoint, runtime: ServeRuntime) -> Callable[..., Any]:
             return fail(503, "shutting_down", str(exc), RETRY_LATER)
         try:
             return await asyncio.to_thread(respond, body, results)
+        except BadRequest as exc:  # the model's answer for this input is unusable (not finite)
+            return fail(exc.status_code, "bad_request", exc.message)
         except Exception:
             log.exception("serve %s: to_response failed", path)
             return fail(500, "internal", "internal error while building the response")
@@ -353,8 +391,6 @@ def create_app(
             methods=["POST"],
             summary=ep.summary,
             response_class=JSONResponse,
-            # Clients (curl -d, scripts) often omit or mislabel Content-Type: parse as JSON.
-            strict_content_type=False,
         )
 
     @app.get("/health")
@@ -369,6 +405,8 @@ def create_app(
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encoder(metrics.registry), headers={"Content-Type": content_type})
 
+    # Clients (curl -d, scripts) often omit or mislabel Content-Type: parse bodies as JSON.
+    app.add_middleware(JsonBodyMiddleware, paths=path_set)
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_request_bytes,
