@@ -86,3 +86,15 @@ def test_toy_models_registered() -> None:
 
     assert {"toy_mlp", "toy_mlp_tiny"} <= set(MODELS.names())
     assert MODELS.get("toy_mlp") is not None
+
+
+def test_a_key_the_kit_passes_itself_is_a_config_error() -> None:
+    reg: Registry = Registry("model", kit="toy")
+
+    @reg.register("net")
+    def net(num_classes: int, width: int = 4) -> tuple[int, int]:
+        return num_classes, width
+
+    assert reg.build({"type": "net", "width": 8}, num_classes=3) == (3, 8)
+    with pytest.raises(ConfigError, match=r"'model\.num_classes': the kit sets num_classes"):
+        reg.build({"type": "net", "num_classes": 5}, num_classes=3)

@@ -81,6 +81,13 @@ class Registry(Generic[T]):
             raise ConfigError(f"{self.kind} spec needs a 'type' key, got {sorted(spec)}")
         name = spec.pop("type")
         fn = self.get(name)
+        clash = sorted(set(spec) & set(extra))
+        if clash:  # e.g. model.num_classes while the kit passes the data's class count
+            where = f"{self.section}.{clash[0]}" if self.section else clash[0]
+            raise ConfigError(
+                f"config key '{where}': the kit sets {clash[0]} of {self.kind} '{name}' "
+                f"itself (from its data or task config); remove '{where}' and set it there"
+            )
         check_kwargs(fn, spec, f"{self.kind} '{name}'", skip=len(args), section=self.section)
         return fn(*args, **spec, **extra)
 

@@ -90,17 +90,20 @@ def cmd_train(kit: Kit, args: Namespace) -> dict[str, Any]:
 def cmd_eval(kit: Kit, args: Namespace) -> dict[str, Any]:
     import json
 
+    from e2ekit.core.engine.env import resolve_device
     from e2ekit.ctr.data.splits import make_stream, split_paths
     from e2ekit.ctr.engine.stepper import evaluate
 
     cfg, _, model, _ = _load(kit, args)
+    device = resolve_device(cfg.device)
     split = args.split
     paths = split_paths(cfg, split) if split in ("train", "val", "test") else None
     if paths is None:
         if split in ("train", "val", "test"):
             raise ConfigError(f"no data.{split} configured; set it with -o data.{split}=PATH")
         raise ConfigError(f"--split {split}: use train, val or test")
-    metrics = evaluate(model, make_stream(cfg, paths, train=False), desc=f"eval {split}")
+    stream = make_stream(cfg, paths, train=False)
+    metrics = evaluate(model.to(device), stream, desc=f"eval {split}")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
