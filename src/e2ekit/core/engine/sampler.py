@@ -119,13 +119,14 @@ class SeededDataset(Dataset):
         return len(self.inner)  # type: ignore[arg-type]
 
     def __getitem__(self, key: tuple[int, int] | int) -> Any:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        s = sample_seed(self.seed, epoch, index)
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, int] | int]) -> list[Any]:
+        """A whole batch at once (the DataLoader's batched fetch): the thread switch and the
+        RNG save/restore happen once per batch, the seeding once per sample."""
+        pairs = [k if isinstance(k, tuple) else (0, k) for k in keys]
         if get_worker_info() is not None:
-            random.seed(s)
-            np.random.seed(s)
-            torch.manual_seed(s)
-            return self.inner[index]
+            return [self._seeded(epoch, index, torch.manual_seed) for epoch, index in pairs]
         # Only torch's CPU generator is saved and restored (about 1 us; the model's dropout
         # and init draw from it). Python's and numpy's global generators are used by data code
         # alone, which re-seeds them for every sample, so restoring them (60 us a sample,
@@ -136,11 +137,17 @@ class SeededDataset(Dataset):
         state = gen.get_state()
         threads = torch.get_num_threads()
         try:
-            torch.set_num_threads(1)
-            random.seed(s)
-            np.random.seed(s)
-            gen.manual_seed(s)
-            return self.inner[index]
+            if threads != 1:
+                torch.set_num_threads(1)
+            return [self._seeded(epoch, index, gen.manual_seed) for epoch, index in pairs]
         finally:
-            torch.set_num_threads(threads)
+            if threads != 1:
+                torch.set_num_threads(threads)
             gen.set_state(state)
+
+    def _seeded(self, epoch: int, index: int, seed_torch: Any) -> Any:
+        s = sample_seed(self.seed, epoch, index)
+        random.seed(s)
+        np.random.seed(s)
+        seed_torch(s)
+        return self.inner[index]
