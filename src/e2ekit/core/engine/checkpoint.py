@@ -137,6 +137,9 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng`; RNG states are CPU byte tensors wherever the
+    checkpoint was mapped to (a resume on CUDA may load it onto the GPU)."""
+    state = _tensors_to(state, lambda t: t.cpu())
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     nps = state["numpy"]
