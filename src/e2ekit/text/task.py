@@ -414,8 +414,11 @@ class TextTask(Task):
         added = self.cfg.model.added_tokens
         high = len(tok) if added else min(tok.vocab_size, 20000)  # added ids are the last
 
+        # ordinary word ids: past BERT's special and unused block when the vocab has one
+        low = 1000 if high > 2000 else min(high - 1, 5)
+
         def sample(batch: int, n: int) -> dict[str, torch.Tensor]:
-            ids = torch.randint(1000, high, (batch, n), generator=gen)
+            ids = torch.randint(low, high, (batch, n), generator=gen)
             mask = torch.ones(batch, n, dtype=torch.long)
             mask[-1, n - n // 4 :] = 0  # one padded row proves the mask is honoured
             types = torch.zeros(batch, n, dtype=torch.long)
