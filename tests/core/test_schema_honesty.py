@@ -116,7 +116,6 @@ def isolated() -> Iterator[None]:
     cublas = os.environ.get(CUBLAS)
     with torch.random.fork_rng(devices=[]):
         seed_everything(0)
-        torch.set_num_threads(1)
         try:
             yield
         finally:
@@ -124,7 +123,8 @@ def isolated() -> Iterator[None]:
             np.random.set_state(np_state)
             torch.use_deterministic_algorithms(det, warn_only=warn_only)
             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
-            torch.set_num_threads(threads)
+            if torch.get_num_threads() != threads:  # a resize of the pool costs milliseconds
+                torch.set_num_threads(threads)
             if cublas is None:
                 os.environ.pop(CUBLAS, None)  # set by deterministic=true
             else:
@@ -1018,7 +1018,10 @@ def write_fixture_data(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module", autouse=True)
 def _fixture_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     FILES.update(write_fixture_data(tmp_path_factory.mktemp("honesty")))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread for the whole module, set once
     yield
+    torch.set_num_threads(threads)
     FILES.clear()
     _CONFIGS.clear()
     _SEEN.clear()
@@ -1077,11 +1080,12 @@ def test_observations_repeat(kit: str) -> None:
     """Observing the same config twice gives the same answer: an observer that saw run-to-run
     noise (a timestamp, an unseeded draw) would report every key as changing something."""
     used = {e.observer for e in TABLES[kit].values() if isinstance(e, Changes) and not e.given}
-    for obs in sorted(used, key=lambda o: o.name):
-        first = observe(obs, kit, ())
-        _TRAINERS.clear()
-        _MODELS.clear()
-        assert compute(obs, config(kit, ())) == first, obs.name
+    observers = sorted(used, key=lambda o: o.name)
+    first = {obs.name: observe(obs, kit, ()) for obs in observers}
+    _TRAINERS.clear()  # built anew once, then shared by the observers reading them
+    _MODELS.clear()
+    for obs in observers:
+        assert compute(obs, config(kit, ())) == first[obs.name], obs.name
 
 
 @pytest.mark.parametrize("kit", ["toy", "seg", "det"])

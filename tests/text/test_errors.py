@@ -6,10 +6,9 @@ line (or the config key) — no traceback — and must leave ``--out`` uncreated
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -154,24 +153,23 @@ def test_label_file_fixes_label_order(run_dir: Path) -> None:
     assert cfg["task"]["label_file"] is None  # resolved into the run's own config
 
 
-def test_predict_from_stdin(run_dir: Path, tmp_path: Path) -> None:
+def test_predict_from_stdin(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from e2ekit.core.cli import main
+
     out = tmp_path / "pred"
     texts = ["the film was great", "the service was bad", "ok"]
     args = ["text", "predict", "--weights", run_dir, "--input", "-", "--out", out]
-    proc = subprocess.run(
-        [sys.executable, "-m", "e2ekit", *map(str, args)],
-        cwd=ROOT,
-        env={**os.environ, "E2EKIT_NO_PROGRESS": "1"},
-        input="\n".join(texts[:2]) + "\n\n" + texts[2] + "\n",  # blank lines are skipped
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
+    stdin = "\n".join(texts[:2]) + "\n\n" + texts[2] + "\n"  # blank lines are skipped
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["text_a"] for r in rows] == texts
     assert all(list(r["scores"]) == ["positive", "negative"] for r in rows)
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["items"] == len(texts)
+    assert json.loads(captured.out.strip().splitlines()[-1])["items"] == len(texts)
 
 
 # -- layer-wise LR decay --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ sampled labels (``labels.npy``), so the Bayes-optimal AUC is known exactly.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,13 @@ class _Model:
         return pa.table(cols)
 
 
+@functools.lru_cache(maxsize=4)
+def _hidden_world(seed: int, ctr: float) -> _Model:
+    """One hidden world per (seed, ctr), built once a process (0.5 s): the train, val and
+    test splits are draws from the same one. Read-only after construction."""
+    return _Model(seed, ctr)
+
+
 def _calibrate(logit: np.ndarray, ctr: float) -> float:
     """Bias shift making the mean click probability equal ``ctr`` (bisection)."""
     lo, hi = -30.0, 30.0
@@ -153,7 +161,7 @@ def write_synthetic_criteo(
             raise ValueError(f"partition {part!r} is not 'YYYYMMDD/HH'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = _Model(seed, ctr)
+    model = _hidden_world(seed, ctr)
     parts = partitions or [None]
     bounds = np.linspace(0, rows, len(parts) + 1).round().astype(int)
     probs_all, labels_all, files = [], [], []
