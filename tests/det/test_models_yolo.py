@@ -102,9 +102,7 @@ def test_pretrained_loading(tmp_path) -> None:
     # An official torchvision MobileNetV3-Large file loads into the det wrapper.
     tv = tvm.mobilenet_v3_large(weights=None)
     torch.save(tv.state_dict(), tmp_path / "mbv3.pt")
-    net = BACKBONES.build(
-        {"type": "mobilenet_v3_large", "pretrained": str(tmp_path / "mbv3.pt")}
-    )
+    net = BACKBONES.build({"type": "mobilenet_v3_large", "pretrained": str(tmp_path / "mbv3.pt")})
     torch.testing.assert_close(
         net.features[3].block[0][0].weight, tv.features[3].block[0][0].weight
     )
