@@ -8,6 +8,7 @@ and which valid key was probably meant, before any work starts.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin
@@ -57,8 +58,16 @@ _Loader.add_implicit_resolver(
 )
 
 
-def yaml_load(text: str) -> Any:
+@functools.lru_cache(maxsize=512)
+def _parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text (safe loader, YAML 1.2 scalars). Parsed trees are cached by content
+    (a pure-Python parse costs milliseconds; configs and ``-o`` values repeat within a
+    process) and handed out as copies, so callers may change them."""
+    return copy.deepcopy(_parse_yaml(text))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -6,6 +6,8 @@ here with the folder and the file named, not deep inside transformers.
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import os
 from collections import Counter
@@ -75,10 +77,19 @@ def load_tokenizer(folder: Path) -> Any:
     return tok
 
 
-def load_encoder_config(folder: Path, overrides: dict[str, Any] | None = None) -> Any:
+@functools.lru_cache(maxsize=16)
+def _encoder_config(folder: str, stamp: int) -> Any:
+    """The parsed ``config.json`` (``stamp``: its mtime, so an edited file is read again)."""
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    return AutoConfig.from_pretrained(folder, local_files_only=True)
+
+
+def load_encoder_config(folder: Path, overrides: dict[str, Any] | None = None) -> Any:
+    """The encoder's config (a fresh copy: callers set fields on it) with ``overrides``."""
+    config_file = Path(folder) / "config.json"
+    stamp = config_file.stat().st_mtime_ns if config_file.is_file() else 0
+    cfg = copy.deepcopy(_encoder_config(str(folder), stamp))
     for k, v in (overrides or {}).items():
         if not hasattr(cfg, k):
             raise ConfigError(
