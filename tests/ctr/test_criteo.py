@@ -144,6 +144,19 @@ def test_bad_rows_counted_with_file_and_line(tmp_path: Path) -> None:
     assert shown[2].startswith(f"{path}:4: label '2'")
 
 
+def test_integer_past_float_range_is_a_bad_row_not_inf(tmp_path: Path) -> None:
+    ok = "1\t" + "\t".join(["3"] * N_DENSE) + "\t" + "\t".join(["a1b2c3d4"] * N_SPARSE)
+    huge = "0\t" + "\t".join(["5", "9" * 401] + ["3"] * (N_DENSE - 2))
+    huge += "\t" + "\t".join(["a1b2c3d4"] * N_SPARSE)
+    path = tmp_path / "huge.tsv"
+    path.write_text(f"{ok}\n{huge}\n{ok}\n")
+    reader = CriteoReader(path)
+    data = _read_all(reader)
+    assert reader.stats.rows == 2 and reader.stats.bad_rows == 1
+    assert np.isfinite(data["dense"]).all()
+    assert reader.stats.first_bad == [f"{path}:2: I2 is out of range"]
+
+
 def test_max_bad_rows_raises(tmp_path: Path) -> None:
     path = _bad_file(tmp_path)
     assert sum(len(b["label"]) for b in CriteoReader(path, max_bad_rows=3)) == 2

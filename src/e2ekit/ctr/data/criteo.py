@@ -268,6 +268,14 @@ class CriteoReader:
         usable = present & int_ok.ravel()
         numbers = pc.if_else(pa.array(usable), dense_s, "0")
         raw = pc.cast(numbers, pa.float64()).to_numpy(zero_copy_only=False).reshape(n, N_DENSE)
+        huge = ~np.isfinite(raw[keep]).all(axis=1)  # an integer past float range (400 digits)
+        if huge.any():
+            for i in keep[huge]:
+                col = int(np.flatnonzero(~np.isfinite(raw[i]))[0])
+                self._bad(path, first_line + int(i), f"I{col + 1} is out of range")
+            keep = keep[~huge]
+            if keep.size == 0:
+                return None
         dense = np.log1p(np.maximum(raw[keep], 0.0)).astype(np.float32)
 
         sparse_idx = (base[keep] + np.arange(1 + N_DENSE, N_FIELDS)).ravel()
