@@ -24,3 +24,4 @@ def test_demo_runs_every_step_and_prints_a_summary(
     assert float(summary["onnx_diff"]) < 1e-4
     assert (tmp_path / "toy" / "export" / "model.onnx").is_file()
     assert len((tmp_path / "toy" / "predict" / "predictions.jsonl").read_text().splitlines()) == 32
+    assert run_demo(["--out", str(tmp_path), "--kits", "toy"]) == 0  # runs again over itself

@@ -64,7 +64,8 @@ def demo_kit(name: str, root: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     cfg_path = str(resolve_config(name, kit.demo_config))
     log.info("[%s] train %s", name, cfg_path)
-    train = _run(kit, "train", "-c", cfg_path, "--out", run_dir)
+    # the demo is meant to be run again: it replaces its own earlier run
+    train = _run(kit, "train", "-c", cfg_path, "--out", run_dir, "--overwrite")
     weights = run_dir / "best.pt"
     evaluation = _run(kit, "eval", "--weights", weights)
     export_dir = run_dir / "export"
