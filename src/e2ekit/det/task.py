@@ -22,7 +22,14 @@ from e2ekit.core.errors import ConfigError
 from e2ekit.core.imageio import read_image
 from e2ekit.core.logs import log
 from e2ekit.det.config import BUILTIN, DetConfig
-from e2ekit.det.data import DetDataset, builtin_paths, read_coco, read_voc, validate
+from e2ekit.det.data import (
+    DetDataset,
+    builtin_class_names,
+    builtin_paths,
+    read_coco,
+    read_voc,
+    validate,
+)
 from e2ekit.det.data.transforms import DetCollate, TransformDataset, build_transforms
 from e2ekit.det.metrics import coco_evaluate, to_coco_detections
 from e2ekit.det.registry import MODELS
@@ -82,17 +89,18 @@ class DetTask(Task):
         self._datasets: dict[str, DetDataset | None] = {}
 
     # -- data ---------------------------------------------------------------------------
-    def _builtin(self) -> dict[str, Path]:
+    def _builtin_params(self) -> dict[str, Any]:
         b = self.cfg.data.builtin
-        return builtin_paths(
-            {
-                "num_train": b.num_train,
-                "num_val": b.num_val,
-                "size": b.size,
-                "seed": b.seed,
-                "max_objects": b.max_objects,
-            }
-        )
+        return {
+            "num_train": b.num_train,
+            "num_val": b.num_val,
+            "size": b.size,
+            "seed": b.seed,
+            "max_objects": b.max_objects,
+        }
+
+    def _builtin(self) -> dict[str, Path]:
+        return builtin_paths(self._builtin_params())
 
     def det_dataset(self, split: str) -> DetDataset | None:
         """The validated annotations of ``split`` ('train' or 'val'); None if unset."""
@@ -131,6 +139,10 @@ class DetTask(Task):
 
     @property
     def class_names(self) -> list[str]:
+        d = self.cfg.data
+        if d.format == "coco" and d.train_ann == BUILTIN and "train" not in self._datasets:
+            # building a model from the built-in config needs no generated images
+            return builtin_class_names(self._builtin_params())
         ds = self.det_dataset("train") or self.det_dataset("val")
         if ds is None:
             raise ConfigError("no det data configured: set data.train_ann (or data.root for VOC)")

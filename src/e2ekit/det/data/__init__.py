@@ -7,7 +7,13 @@ contiguous labels), which :func:`validate` checks and cleans before training.
 from e2ekit.det.data.coco import read_coco
 from e2ekit.det.data.convert import labelme_to_coco, voc_to_coco
 from e2ekit.det.data.records import DetDataset, DetRecord
-from e2ekit.det.data.synthetic import SHAPES, builtin_coco, builtin_paths, make_synthetic_coco
+from e2ekit.det.data.synthetic import (
+    SHAPES,
+    builtin_class_names,
+    builtin_coco,
+    builtin_paths,
+    make_synthetic_coco,
+)
 from e2ekit.det.data.validate import ValidationReport, validate
 from e2ekit.det.data.voc import read_label_list, read_voc
 
@@ -16,6 +22,7 @@ __all__ = [
     "DetDataset",
     "DetRecord",
     "ValidationReport",
+    "builtin_class_names",
     "builtin_coco",
     "builtin_paths",
     "labelme_to_coco",

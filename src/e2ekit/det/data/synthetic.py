@@ -334,6 +334,11 @@ def builtin_coco(params: dict[str, Any] | None = None) -> Path:
     )
 
 
+def builtin_class_names(params: dict[str, Any] | None = None) -> list[str]:
+    """The built-in set's class names, known without generating a single image."""
+    return list(SHAPES[: _params(params)["num_classes"]])
+
+
 def builtin_paths(params: dict[str, Any] | None = None) -> dict[str, Path]:
     """``train_ann``, ``train_images``, ``val_ann``, ``val_images`` of the built-in set.
 
