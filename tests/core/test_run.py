@@ -152,11 +152,13 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path: P
         Trainer(BadData(cfg), tmp_path / "run").fit()
     assert not (tmp_path / "run").exists()
     keep = tmp_path / "mine"
-    keep.mkdir()
+    (keep / "tb").mkdir(parents=True)  # the user's own folders, named like a run's
     (keep / "notes.txt").write_text("user file")
+    (keep / "train.log").write_text("the user's log")
     with pytest.raises(E2EError):
         Trainer(BadData(cfg), keep).fit()
-    assert sorted(p.name for p in keep.iterdir()) == ["notes.txt"]  # only what was there
+    assert sorted(p.name for p in keep.iterdir()) == ["notes.txt", "tb", "train.log"]
+    assert (keep / "train.log").read_text() == "the user's log"  # only what was there
 
 
 class _CtrlCAt(Hook):

@@ -91,6 +91,7 @@ class Run:
         self.writer: MetricsWriter | None = None
         self._file_log: Any = None
         self._created_dir = False  # this run made the folder (so a failed start removes it)
+        self._there_before: set[str] = set()
         self._saved = False  # a checkpoint exists: the run is worth keeping
         if not resume:
             self._refuse_existing_run()
@@ -113,10 +114,12 @@ class Run:
             return
         self._created_dir = not self.out_dir.exists()
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in remove_stale_temps(self.out_dir):
-            log.info("removed %s (a save cut short by a kill)", stale.name)
         if self.overwrite and not self.resume:
             self._clear_previous_run()
+        # what the folder held before this run: a failed start never removes it
+        self._there_before = {p.name for p in self.out_dir.iterdir()}
+        for stale in remove_stale_temps(self.out_dir):
+            log.info("removed %s (a save cut short by a kill)", stale.name)
         if not self.resume:
             save_config(self.cfg, self.out_dir / "config.yaml")
         write_env_record(self.out_dir / "env.json")
@@ -125,12 +128,13 @@ class Run:
         if self.resume:
             self.writer.truncate_after(step)
 
-    def _clear_previous_run(self) -> None:
-        """``--overwrite``: remove the old run's files, nothing else in the folder."""
+    def _clear_previous_run(self, keep: frozenset[str] = frozenset()) -> None:
+        """Remove a run's files (not those named in ``keep``), nothing else in the folder."""
         for name in OWN_FILES:
-            (self.out_dir / name).unlink(missing_ok=True)
+            if name not in keep:
+                (self.out_dir / name).unlink(missing_ok=True)
         for name in OWN_FOLDERS:
-            if (self.out_dir / name).is_dir():
+            if name not in keep and (self.out_dir / name).is_dir():
                 shutil.rmtree(self.out_dir / name)
 
     def discard_if_unsaved(self) -> None:
@@ -139,7 +143,7 @@ class Run:
         if not self.is_main or self.resume or self._saved or not self.out_dir.is_dir():
             return
         self.close()
-        self._clear_previous_run()
+        self._clear_previous_run(keep=frozenset(self._there_before))
         if self._created_dir and not any(self.out_dir.iterdir()):
             self.out_dir.rmdir()
 
