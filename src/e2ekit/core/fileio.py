@@ -9,6 +9,7 @@ folder is staged beside its target and swapped in by :func:`replace_folder`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -17,7 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write", "atomic_write_json", "replace_folder"]
+__all__ = [
+    "atomic_open",
+    "atomic_write",
+    "atomic_write_json",
+    "replace_folder",
+    "staged_outputs",
+]
 
 
 @contextlib.contextmanager
@@ -85,3 +92,57 @@ def replace_folder(staged: str | Path, target: str | Path) -> Path:
         raise
     shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def staged_outputs(target: str | Path) -> Iterator[Path]:
+    """A hidden folder beside ``target`` for a command to write all its outputs into.
+
+    On success the outputs move into ``target`` (made if missing, in one rename then),
+    replacing same-named files and leaving other files there alone; on any failure the
+    staged folder is removed, so a failed command leaves ``target`` exactly as it was,
+    including folders this call had to make for it.
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{str(target)!r} exists and is not a folder")
+    made = [p for p in [target.parent, *target.parent.parents] if not p.exists()]
+    above = target.parent.parents[len(made) - 1] if made else target.parent
+    if not above.is_dir():  # a file where a folder on the way should be
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(target))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as exc:  # name the output the user gave, not a hidden temp folder
+        _remove_empty(made)
+        raise type(exc)(exc.errno, exc.strerror, str(target)) from None
+    try:
+        yield staged
+        _merge_into(staged, target)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        _remove_empty(made)
+        raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove folders a failed command made (innermost first), each only while empty."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def _merge_into(staged: Path, target: Path) -> None:
+    """Move ``staged``'s tree into ``target``, file by file where both have a folder."""
+    if not target.exists():
+        os.replace(staged, target)
+        return
+    for entry in sorted(staged.iterdir()):
+        dest = target / entry.name
+        if entry.is_dir() and dest.is_dir():
+            _merge_into(entry, dest)
+        elif dest.is_dir():
+            raise IsADirectoryError(f"{str(dest)!r} is a folder; the output {entry.name} is not")
+        else:
+            os.replace(entry, dest)
+    staged.rmdir()

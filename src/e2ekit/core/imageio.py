@@ -106,8 +106,15 @@ def _header(raw: bytes, what: str) -> Image.Image:
         raise ImageTooLarge(what, None, PIXEL_CEILING, CEILING_KEY) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(
-            f"cannot decode image {what}: {exc} (is it a JPEG/PNG/BMP/TIFF file?)"
+            f"cannot decode image {what}: {_reason(exc)} (is it a JPEG/PNG/BMP/TIFF file?)"
         ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """Pillow's message without the in-memory buffer it names (``<_io.BytesIO at 0x..>``)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image format Pillow knows, or a truncated header"
+    return str(exc)
 
 
 def _decode(raw: bytes, what: str, max_pixels: int | None, limit_key: str) -> torch.Tensor:
@@ -133,7 +140,8 @@ def _decode(raw: bytes, what: str, max_pixels: int | None, limit_key: str) -> to
                 return _pil_to_rgb_tensor(im)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             raise DataError(
-                f"cannot decode image {what}: {exc or tv_exc} (is it a JPEG/PNG/BMP/TIFF file?)"
+                f"cannot decode image {what}: {_reason(exc) or tv_exc} "
+                "(is it a JPEG/PNG/BMP/TIFF file?)"
             ) from None
     if img.ndim == 4:  # several frames: the first
         img = img[0]
@@ -175,7 +183,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise ImageTooLarge(str(path), None, PIXEL_CEILING, CEILING_KEY) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(
-            f"cannot decode image {path}: {exc} (is it a JPEG/PNG/BMP/TIFF file?)"
+            f"cannot decode image {path}: {_reason(exc)} (is it a JPEG/PNG/BMP/TIFF file?)"
         ) from None
 
 

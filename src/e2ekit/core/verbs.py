@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from argparse import Namespace
@@ -24,6 +25,7 @@ from e2ekit.core.engine import Trainer, eval_loader, run_evaluation
 from e2ekit.core.engine.checkpoint import load_checkpoint, model_state
 from e2ekit.core.engine.env import resolve_device, seed_everything
 from e2ekit.core.errors import CheckpointError, ConfigError, E2EError, did_you_mean
+from e2ekit.core.fileio import staged_outputs
 from e2ekit.core.kit import C, Kit
 from e2ekit.core.logs import jsonable, log
 from e2ekit.core.paths import resolve_config
@@ -99,13 +101,20 @@ def default_export_dir(kit: Kit, weights: str) -> Path:
     return (w if w.is_dir() else w.parent) / "export"
 
 
+def folder_out(out: Path) -> Path:
+    """``out`` if it can become an output folder; refused up front when a file holds it."""
+    if out.exists() and not out.is_dir():
+        raise E2EError(f"--out {out}: exists and is not a folder; give a folder path")
+    return out
+
+
 def cmd_export(kit: Kit, args: Namespace) -> dict[str, Any]:
     from e2ekit.core.export import quantize_int8
 
     cfg, _ = load_run_config(kit, args)
     task, model = _load_model(kit, cfg, args.weights)
     spec = task.export_spec(model)
-    out = Path(args.out) if args.out else default_export_dir(kit, args.weights)
+    out = folder_out(Path(args.out) if args.out else default_export_dir(kit, args.weights))
     report = spec.export(out, opset=cfg.export.opset, atol=cfg.export.atol)
     summary = {"export_dir": str(out), "max_abs_diff": report["onnx"]["max_abs_diff"]}
     if args.quantize or cfg.export.quantize:
@@ -340,13 +349,36 @@ def cmd_predict(kit: Kit, args: Namespace) -> dict[str, Any]:
         raise E2EError("--input is required: a file, a folder or a list file")
     if args.input != "-" and not Path(args.input).exists():  # '-': stdin (text kit)
         raise E2EError(f"--input {args.input}: no such file or folder")
+    out = folder_out(Path(args.out)) if args.out else None
     predictor = make_predictor(kit, args)
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix=f"e2ekit-{kit.name}-pred-"))
+    made_temp = out is None
+    if out is None:
+        out = Path(tempfile.mkdtemp(prefix=f"e2ekit-{kit.name}-pred-"))
     t0 = time.perf_counter()
-    summary = kit.predict(predictor, Path(args.input), out, vars(args))
+    # Outputs are staged and appear only when the whole input went through: a bad image or
+    # row half-way leaves no half folder of predictions behind.
+    try:
+        with staged_outputs(out) as staged:
+            summary = kit.predict(predictor, Path(args.input), staged, vars(args))
+    except BaseException:
+        if made_temp:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    summary = _renamed(summary, str(staged), str(out))
     summary.update(runtime_info(predictor))
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary
+
+
+def _renamed(obj: Any, old: str, new: str) -> Any:
+    """``obj`` with every string path under ``old`` rewritten to ``new`` (staged -> final)."""
+    if isinstance(obj, str):
+        return new + obj[len(old) :] if obj.startswith(old) else obj
+    if isinstance(obj, dict):
+        return {k: _renamed(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_renamed(v, old, new) for v in obj]
+    return obj
 
 
 def cmd_serve(kit: Kit, args: Namespace) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from e2ekit.core.logs import jsonable, log
 from e2ekit.core.progress import progress
 from e2ekit.core.serve import BadRequest, Endpoint
 from e2ekit.core.state_fit import load_state_strict
-from e2ekit.core.verbs import default_export_dir, load_run_config
+from e2ekit.core.verbs import default_export_dir, folder_out, load_run_config
 from e2ekit.ctr.config import CtrConfig
 from e2ekit.ctr.task import CtrTask
 
@@ -116,6 +116,8 @@ def cmd_export(kit: Kit, args: Namespace) -> dict[str, Any]:
     from e2ekit.core.export import quantize_int8
     from e2ekit.ctr.export import calibration_inputs, export_model
 
+    if args.out:
+        folder_out(Path(args.out))  # before the checkpoint loads: a clash is known up front
     cfg, ckpt, model, stepper = _load(kit, args)
     out = Path(args.out) if args.out else default_export_dir(kit, args.weights)
     trained = (ckpt.get("stream") or {}).get("trained") or []

@@ -149,7 +149,11 @@ def export_onnx(
             report=report,
             artifacts_dir=failed_dir,
         )
-    publish(tmp_dir, out_dir)
+    try:
+        publish(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
     return report
 
 

@@ -1,0 +1,111 @@
+"""A command that fails leaves no partial output: nothing it made stays, nothing that was
+there before is touched (exports onto a file, predictions cut short by a bad input)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from e2ekit.core.cli import main
+from e2ekit.core.errors import DataError
+from e2ekit.core.kit import get_kit
+
+from ..conftest import ROOT
+
+TINY = str(ROOT / "configs" / "toy" / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("failed_outputs")
+    run, export = root / "run", root / "export"
+    assert main(["toy", "train", "-c", TINY, "--out", str(run), "-o", "train.max_steps=2"]) == 0
+    assert main(["toy", "export", "--weights", str(run), "--out", str(export)]) == 0
+    rows = root / "rows.csv"
+    np.savetxt(rows, np.random.default_rng(0).normal(size=(3, 16)), delimiter=",")
+    return {"run": run, "export": export, "rows": rows}
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_export_onto_a_file_is_one_line_and_leaves_nothing(toy, cli, tmp_path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    code, _, err = cli("toy", "export", "--weights", toy["run"] / "best.pt", "--out", taken)
+    assert code == 1
+    assert "Traceback" not in err and f"--out {taken}: exists and is not a folder" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    assert taken.read_text() == "mine"
+
+
+def test_predict_cut_short_leaves_no_predictions(toy, cli, tmp_path, monkeypatch) -> None:
+    """A kit that wrote some outputs and then hit a bad input: none of them stay, and files
+    already in --out are left alone."""
+    kit = get_kit("toy")
+    real_predict = kit.predict
+
+    def half_then_fail(predictor, input_path, out_dir, options):
+        real_predict(predictor, input_path, out_dir, options)
+        (out_dir / "images").mkdir()
+        (out_dir / "images" / "a.png").write_bytes(b"half")
+        raise DataError(f"{input_path}:2: a bad input half-way")
+
+    monkeypatch.setattr(kit, "predict", half_then_fail)
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "predictions.jsonl").write_text("an earlier run's\n")
+    before = tree(tmp_path)
+    code, _, err = cli(
+        "toy", "predict", "--model", toy["export"], "--input", toy["rows"], "--out", out
+    )
+    assert code == 1 and "a bad input half-way" in err
+    assert tree(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]
+
+    nested = tmp_path / "new" / "deeper" / "pred"
+    code, _, _ = cli(
+        "toy", "predict", "--model", toy["export"], "--input", toy["rows"], "--out", nested
+    )
+    assert code == 1 and not (tmp_path / "new").exists()
+
+
+def test_predict_into_an_existing_folder_merges(toy, cli, tmp_path) -> None:
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    (out / "predictions.jsonl").write_text("old\n")
+    code, stdout, err = cli(
+        "toy", "predict", "--model", toy["export"], "--input", toy["rows"], "--out", out
+    )
+    assert code == 0, err
+    assert json.loads(stdout.strip().splitlines()[-1])["output"] == str(out / "predictions.jsonl")
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]
+
+
+def test_staged_outputs_merge_folders_and_clean_up(tmp_path) -> None:
+    from e2ekit.core.fileio import staged_outputs
+
+    target = tmp_path / "out"
+    (target / "label").mkdir(parents=True)
+    (target / "label" / "old.png").write_bytes(b"old")
+    with staged_outputs(target) as staged:
+        (staged / "label").mkdir()
+        (staged / "label" / "new.png").write_bytes(b"new")
+        (staged / "predictions.jsonl").write_text("x\n")
+    assert tree(target) == {
+        "label/old.png": b"old",
+        "label/new.png": b"new",
+        "predictions.jsonl": b"x\n",
+    }
+    with pytest.raises(RuntimeError), staged_outputs(target) as staged:
+        (staged / "predictions.jsonl").write_text("y\n")
+        raise RuntimeError("boom")
+    assert (target / "predictions.jsonl").read_text() == "x\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
