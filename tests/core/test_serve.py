@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -276,6 +278,33 @@ def test_batcher_cancelled_request_frees_its_queue_slots() -> None:
     assert model.sizes == [1, 1]  # the cancelled request never reached the model
 
 
+def test_batcher_survives_a_request_cancelled_just_as_it_wakes() -> None:
+    """A request timing out in the same loop turn as the batcher wakes for it (a busy server:
+    both timers expire together) leaves a cancelled job at the head of the queue whose
+    cleanup callback has not run yet; the batcher must drop it, not spin on it forever with
+    the event loop blocked (no request, not even /health, answered again)."""
+    model = SumModel()
+    outcome: list[Any] = []
+
+    async def main() -> None:
+        b = DynamicBatcher(model.run_batch, max_batch_size=8, max_wait_s=0, max_queue=10)
+        b.start()
+        await asyncio.sleep(0)  # the batcher waits for work
+        doomed = b.enqueue([[1.0]])  # wakes the batcher (its step is queued first)...
+        doomed.cancel()  # ...and the cancellation's cleanup callback runs after it
+        await asyncio.sleep(0)
+        outcome.append(await b.submit([[2.0, 3.0]]))
+        await b.close()
+        outcome.append(b.pending)
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    thread.join(WAIT_S / 3)
+    assert not thread.is_alive(), "the batcher blocked the event loop"
+    assert outcome == [[5.0], 0]
+    assert model.sizes == [1]  # the cancelled request never reached the model
+
+
 def test_batcher_close_drains_without_waiting_for_the_batch_window() -> None:
     model = SumModel()
 
@@ -525,6 +554,46 @@ def test_sigterm_drain_answers_every_connection_before_closing(start_server) -> 
     run.thread.join(WAIT_S)
     assert not run.thread.is_alive()
     assert model.sizes == [1]
+
+
+SERVE_SCRIPT = """
+from pydantic import BaseModel
+from e2ekit.core.serve import Endpoint, ServeSettings, create_app, run_server
+
+class Rows(BaseModel):
+    rows: list[list[float]]
+
+endpoint = Endpoint(
+    "/predict", Rows, lambda r: r.rows, lambda xs: [sum(x) for x in xs], lambda r, s: {"sums": s}
+)
+settings = ServeSettings(port=0)
+run_server(create_app([endpoint], settings), settings)
+"""
+
+
+def test_sigterm_stop_exits_0() -> None:
+    """A server stopped by SIGTERM (docker stop, Kubernetes) shuts down gracefully and exits
+    with status 0, not killed by the signal it handled (exit 143 reads as a crash)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE_SCRIPT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("serving on "), (line, proc.stderr and proc.stderr.read())
+        url = line.split()[-1]
+        assert post(url, {"rows": [[1.0, 2.0]]}).json() == {"sums": [3.0]}
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=WAIT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Application shutdown complete" in err
 
 
 def test_kit_errors_map_to_clear_statuses(start_server) -> None:

@@ -186,8 +186,18 @@ class DynamicBatcher:
     def _forget(self, job: _Job) -> None:
         # The request is answered (or cancelled/failed): its undispatched items leave the
         # queue count now so they stop holding capacity; _take_batch skips the job.
+        # Idempotent: the consumer also calls it for a done job whose callback is pending.
         self._pending -= job.undispatched
         job.dispatched = len(job.items)
+
+    def _finished(self, job: _Job) -> bool:
+        """No items of ``job`` left to dispatch. A job answered or cancelled (a request
+        timeout) is finished at once, not only when its done callback runs: that callback
+        is scheduled for a later loop turn, and the consumer must never find a queue of
+        jobs it can neither take nor drop (it would loop without yielding)."""
+        if job.future.done():
+            self._forget(job)
+        return job.undispatched == 0
 
     # -- consumer side ----------------------------------------------------------------------
     def _task_done(self, task: asyncio.Task[None]) -> None:
@@ -203,7 +213,7 @@ class DynamicBatcher:
                 job.future.set_exception(BatcherClosedError(message))
 
     def _drop_finished_head(self) -> None:
-        while self._queue and self._queue[0].undispatched == 0:
+        while self._queue and self._finished(self._queue[0]):
             self._queue.popleft()
 
     async def _run(self) -> None:
@@ -237,9 +247,9 @@ class DynamicBatcher:
         chunks: list[_Chunk] = []
         size = 0
         for job in self._queue:
+            if self._finished(job):
+                continue  # answered or cancelled: its count is released
             left = job.undispatched
-            if left == 0 or job.future.done():
-                continue  # answered or cancelled: _forget releases its count
             room = self.max_batch_size - size
             if left <= room:
                 take = left

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+from collections.abc import Generator
+from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
@@ -46,6 +49,20 @@ class ModelServer(uvicorn.Server):
                     break
         shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}"
+
+    @contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """uvicorn re-raises the signal that stopped it once shutdown is done, so a graceful
+        stop on SIGTERM would end the process killed by that signal (exit 143): supervisors
+        (Docker, Kubernetes, CI) then report a crash. A SIGTERM that was served by a graceful
+        shutdown is a clean exit instead; SIGINT is still re-raised (Ctrl-C: "interrupted")."""
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                captured = getattr(self, "_captured_signals", None)
+                if isinstance(captured, list) and not self.force_exit:
+                    captured[:] = [s for s in captured if s != signal.SIGTERM]
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
