@@ -214,9 +214,13 @@ class PerPixel:
          {"flip_horizontal": True, "flip_vertical": True}),
     ],
 )  # fmt: skip
-def test_large_images_run_window_by_window(output: str, transforms: list, test: dict) -> None:
+def test_large_images_run_window_by_window(
+    output: str, transforms: list, test: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from e2ekit.seg import runner
     from e2ekit.seg.runner import SegRunner
 
+    monkeypatch.setattr(runner, "WINDOW_BATCH_PIXELS", 3 * 24 * 16)  # 3 windows per call
     image = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (3, 70, 90), np.uint8))
     whole = SegRunner(PerPixel(output, transforms, **test)).predict_image(image)
     limits = {"max_whole_pixels": 500, "crop_size": [24, 16], "stride": [17, 11]}
@@ -224,7 +228,22 @@ def test_large_images_run_window_by_window(output: str, transforms: list, test: 
     tiled = SegRunner(model).predict_image(image)
     assert tiled.shape == whole.shape == (70, 90)
     assert (tiled == whole).all()
-    assert len(model.shapes) > 12 and max(s[-2] * s[-1] for s in model.shapes) <= 24 * 16
+    assert sum(s[0] for s in model.shapes) > 12  # windows, in calls of at most three
+    assert max(s[-2] * s[-1] for s in model.shapes) <= 24 * 16
+    assert max(s[0] for s in model.shapes) == 3
+
+
+def test_a_thin_image_takes_few_model_calls() -> None:
+    """A 1-pixel-wide strip is thousands of windows: batched, not one call each."""
+    from e2ekit.seg.runner import SegRunner
+
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (3, 6000, 1), np.uint8))
+    limits = {"max_whole_pixels": 500, "crop_size": [16, 24], "stride": [16, 24]}
+    whole = SegRunner(PerPixel("argmax", [{"type": "Normalize"}])).predict_image(image)
+    model = PerPixel("argmax", [{"type": "Normalize"}], **limits)
+    tiled = SegRunner(model).predict_image(image)
+    assert (tiled == whole).all()
+    assert sum(s[0] for s in model.shapes) == 250 and len(model.shapes) == 1
 
 
 def test_predict_limits_are_config_keys(
@@ -260,7 +279,7 @@ def test_predict_limits_are_config_keys(
     )  # fmt: skip
     assert code == 0, err
     assert (1, 3, 40, 40) in shapes  # 1600 pixels: whole
-    assert sorted(set(shapes) - {(1, 3, 40, 40)}) == [(1, 3, 32, 32)]  # 80x64 in windows
+    assert sorted(set(shapes) - {(1, 3, 40, 40)}) == [(9, 3, 32, 32)]  # 80x64: 9 windows
     assert np.array(Image.open(out / "label" / "b.png")).shape == (64, 80)
 
 

@@ -23,6 +23,8 @@ from e2ekit.seg.test_time import TestConfig, infer_logits, tile_spans
 
 # The config key of the predict decode limit (TestConfig.max_image_pixels).
 MAX_IMAGE_KEY = "test.max_image_pixels"
+# Pixels per model call when predicting window by window (four 512x512 windows).
+WINDOW_BATCH_PIXELS = 1 << 20
 # What an argmax export can run: no averaging of scores, so no flips, scales or overlaps.
 PLAIN = {"mode": "whole", "flip_horizontal": False, "flip_vertical": False, "scales": [1.0]}
 
@@ -82,10 +84,12 @@ class SegRunner:
         return resize_back(label, tuple(image.shape[-2:]))
 
     def predict_tiled(self, image: torch.Tensor) -> np.ndarray:
-        """uint8 (3,H,W) -> (H,W) class ids, the model run on one window at a time.
+        """uint8 (3,H,W) -> (H,W) class ids, the model run on batches of windows.
 
         Resizes (the transforms before ``Normalize``) apply to the whole uint8 image, so
         windows see the scale the model was trained at; ``Normalize`` runs per window.
+        Same-shaped windows share a model call, up to about ``WINDOW_BATCH_PIXELS`` pixels:
+        a thin image (a million 512x1 windows) costs a few calls, not a million.
         """
         sample = self.geometry({"image": tv_tensors.Image(image)})
         pixels = torch.as_tensor(sample["image"])  # (3, h, w), uint8 unless a custom step
@@ -93,13 +97,24 @@ class SegRunner:
         crop_w, crop_h = self.test.crop_size
         stride_w, stride_h = self.test.stride
         label = np.empty((h, w), dtype=label_dtype(self.num_classes))
+        per_call = max(1, WINDOW_BATCH_PIXELS // max(1, min(h, crop_h) * min(w, crop_w)))
+        pending: list[tuple[torch.Tensor, tuple[int, int, int, int, int, int]]] = []
+
+        def flush() -> None:
+            ids = self.label_maps(torch.stack([x for x, _ in pending]), self.window_test)
+            for one, (top, left, y0, y1, x0, x1) in zip(ids, (p for _, p in pending), strict=True):
+                label[y0:y1, x0:x1] = one[y0 - top : y1 - top, x0 - left : x1 - left]
+            pending.clear()
+
         for top, y0, y1 in tile_spans(h, crop_h, stride_h):
             for left, x0, x1 in tile_spans(w, crop_w, stride_w):
                 window = pixels[:, top : top + crop_h, left : left + crop_w]
                 x = torch.as_tensor(self.pixelwise({"image": window})["image"]).float()
-                x = x.contiguous()  # a window is a strided view of the image
-                ids = self.label_maps(x[None], self.window_test)[0]
-                label[y0:y1, x0:x1] = ids[y0 - top : y1 - top, x0 - left : x1 - left]
+                if pending and (len(pending) == per_call or pending[0][0].shape != x.shape):
+                    flush()
+                pending.append((x.contiguous(), (top, left, y0, y1, x0, x1)))
+        if pending:
+            flush()
         return resize_back(label, tuple(image.shape[-2:]))
 
 
