@@ -4,6 +4,7 @@ uses the same best/early-stop bookkeeping and honours the shared train keys."""
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -42,6 +43,24 @@ def test_a_run_folder_is_never_silently_overwritten(tmp_path: Path) -> None:
     assert len(lines) == 1  # one run's evaluations, not two runs mixed
     (tmp_path / "empty").mkdir()
     toy_trainer(tmp_path / "empty").fit()  # an empty folder is fine
+
+
+def test_a_run_killed_before_its_first_checkpoint_names_a_way_on_that_works(
+    tmp_path: Path,
+) -> None:
+    """Neither --resume (no last.pt) nor a plain rerun (a run is there) can continue it:
+    both say to start it again with --overwrite, and the plain rerun never offers --resume."""
+    run = tmp_path / "run"
+    killed = toy_trainer(run)
+    killed.run.open(0)  # what a kill -9 before the first save leaves: config.yaml, logs
+    killed.run.close()
+    with pytest.raises(CheckpointError, match=r"before its first checkpoint.*--overwrite") as exc:
+        toy_trainer(run)
+    assert "--resume" not in str(exc.value)
+    with pytest.raises(CheckpointError, match=r"nothing to resume.*config\.yaml.*--overwrite"):
+        toy_trainer(run, resume=True)
+    toy_trainer(run, overwrite=True).fit()
+    assert load_checkpoint(run / "last.pt")["step"] == 3
 
 
 def test_default_run_dir_is_unique(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,6 +225,44 @@ def test_stale_save_temps_are_removed_and_a_full_disk_is_one_line(
     with pytest.raises(CheckpointError, match=r"^no space left on device: .*last\.pt$"):
         resumed.save("last.pt")
     assert not list(run.glob(".*.tmp-*"))
+
+
+def test_a_full_disk_behind_torchs_zip_writer_error_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a full disk torch.save raises its zip writer's RuntimeError ("unexpected pos"),
+    with the OSError of the write as its context: still one line naming the file."""
+    trainer = toy_trainer(tmp_path / "run")
+    trainer.run.open(0)
+    trainer.run.close()
+
+    def zip_writer_on_full_disk(obj, fh) -> None:  # type: ignore[no-untyped-def]
+        fh.write(b"PK\x03\x04 part of an archive")
+        torn = "[enforce fail at inline_container.cc:672] . unexpected pos 1167232 vs 1167124"
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError(torn)  # noqa: B904 (torch's writer chains it implicitly too)
+
+    monkeypatch.setattr(torch, "save", zip_writer_on_full_disk)
+    with pytest.raises(CheckpointError, match=r"^no space left on device: .*last\.pt$"):
+        trainer.save("last.pt")
+    assert not list((tmp_path / "run").glob(".*.tmp-*"))
+
+
+def test_a_full_disk_at_metrics_json_is_one_line_and_leaves_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from e2ekit.core.engine.best import write_final_metrics
+
+    def full_disk(self: Path, *args, **kwargs) -> int:  # type: ignore[no-untyped-def]
+        self.touch()  # open() made the file; its write found no space
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(CheckpointError, match=r"^no space left on device: .*metrics\.json$"):
+        write_final_metrics(tmp_path, None, 3)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_ctr_run_with_no_valid_rows_writes_no_checkpoint(tmp_path: Path) -> None:

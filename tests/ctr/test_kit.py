@@ -230,3 +230,65 @@ def test_unknown_train_metric_is_an_error(cli, tmp_path: Path) -> None:
         "ctr", "train", "-c", TINY, "-o", "train.metric=acu", "--out", tmp_path / "run"
     )
     assert code == 1 and "train.metric 'acu'" in err and "auc" in err
+
+
+class _Killed(BaseException):
+    """Stands in for kill -9: nothing after it runs (no Ctrl-C save)."""
+
+
+def test_a_kill_around_the_final_saves_resumes_to_the_same_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed between the final evaluation's two saves, or after both (metrics.json still to
+    come): the resumed run keeps a best.pt that holds the weights its best record names, and
+    never evaluates a step twice."""
+    from e2ekit.core.config import load_config
+    from e2ekit.core.engine import run as run_module
+    from e2ekit.core.engine.hooks import Hook
+    from e2ekit.core.engine.run import RunOptions
+    from e2ekit.ctr.config import CtrConfig
+    from e2ekit.ctr.engine.fit import CtrTrainer
+
+    cfg = load_config(TINY, CtrConfig, ["train.save_interval=1"])  # 12 steps, one evaluation
+    CtrTrainer(cfg, tmp_path / "ref").fit()
+    want_best = torch.load(tmp_path / "ref" / "best.pt", weights_only=True)
+
+    def evals(run: Path) -> list[dict]:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k != "eval_seconds"} for x in lines]
+
+    def resume_and_compare(run: Path) -> None:
+        resumed = load_config(run / "config.yaml", CtrConfig, [])
+        CtrTrainer(resumed, run, RunOptions(resume=True)).fit()
+        assert evals(run) == evals(tmp_path / "ref")  # step 12 evaluated once
+        best = torch.load(run / "best.pt", weights_only=True)
+        assert best["step"] == want_best["step"] == 12
+        for key, value in want_best["model"].items():
+            assert torch.equal(best["model"][key], value), key
+
+    class KillAfterFinalSaves(Hook):
+        def after_checkpoint(self, trainer, path: str) -> None:  # type: ignore[no-untyped-def]
+            if path.endswith("last.pt") and trainer.step == 12 and trainer.last_metrics:
+                raise _Killed
+
+    killed = CtrTrainer(cfg, tmp_path / "after")
+    killed.hooks.append(KillAfterFinalSaves())
+    with pytest.raises(_Killed):
+        killed.fit()
+    resume_and_compare(tmp_path / "after")
+
+    written = []
+    save = run_module.atomic_torch_save
+
+    def killed_in_second_save(state: dict, path: Path) -> None:
+        if state["step"] == 12 and state["metrics"]:  # the final evaluation's saves
+            written.append(Path(path).name)
+            if len(written) == 2:
+                raise _Killed
+        save(state, path)
+
+    monkeypatch.setattr(run_module, "atomic_torch_save", killed_in_second_save)
+    with pytest.raises(_Killed):
+        CtrTrainer(cfg, tmp_path / "between").fit()
+    monkeypatch.setattr(run_module, "atomic_torch_save", save)
+    resume_and_compare(tmp_path / "between")

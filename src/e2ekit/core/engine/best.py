@@ -11,7 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from e2ekit.core.errors import ConfigError
+from e2ekit.core.engine.checkpoint import write_failure
+from e2ekit.core.errors import CheckpointError, ConfigError
 from e2ekit.core.logs import jsonable
 
 __all__ = ["best_record", "defined", "is_better", "require_metric", "write_final_metrics"]
@@ -60,7 +61,15 @@ def write_final_metrics(
         full.update(step=best["step"], best_metric=best["metric"])
     else:
         full = {"step": step}
+    path = out_dir / "metrics.json"
     tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(jsonable(full), indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(out_dir / "metrics.json")
+    try:
+        tmp.write_text(json.dumps(jsonable(full), indent=2, ensure_ascii=False) + "\n")
+        tmp.replace(path)
+    except BaseException as exc:  # a full disk: no partial file, one line naming the file
+        tmp.unlink(missing_ok=True)
+        why = write_failure(exc)
+        if why:
+            raise CheckpointError(f"{why}: {path}") from None
+        raise
     return {k: v for k, v in full.items() if k not in summary_drop}

@@ -38,11 +38,26 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise CheckpointError(f"no space left on device: {path}") from None
-        if isinstance(exc, RuntimeError) and "No space left" in str(exc):
-            raise CheckpointError(f"no space left on device: {path}") from None
+        why = write_failure(exc)
+        if why:
+            raise CheckpointError(f"{why}: {path}") from None
         raise
+
+
+def write_failure(exc: BaseException | None) -> str:
+    """What a failed write met ('' if none of these): torch's zip writer hides the OSError of
+    a full disk behind its own RuntimeError ("unexpected pos ..."), with the OSError as context."""
+    for _ in range(8):  # the exception, its cause or context, theirs, ...
+        if exc is None:
+            break
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "no space left on device"
+        if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+            return "file too large (a file-size limit)"
+        if isinstance(exc, RuntimeError) and "No space left" in str(exc):
+            return "no space left on device"
+        exc = exc.__cause__ or exc.__context__
+    return ""
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:

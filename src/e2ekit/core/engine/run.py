@@ -102,6 +102,13 @@ class Run:
         if self.overwrite or not self.out_dir.is_dir():
             return
         found = [name for name in RUN_FILES if (self.out_dir / name).exists()]
+        if found and not {"last.pt", "best.pt"} & set(found):
+            # killed before its first save: --resume has nothing to continue from
+            raise CheckpointError(
+                f"--out {self.out_dir} holds a run that stopped before its first checkpoint "
+                f"({', '.join(found)}); pass --overwrite to start it again, or choose another "
+                "--out"
+            )
         if found:
             raise CheckpointError(
                 f"--out {self.out_dir} already holds a run ({', '.join(found)}); continue it "
@@ -210,7 +217,13 @@ class Run:
     def last_checkpoint(self) -> Path:
         path = self.out_dir / "last.pt"
         if not path.is_file():
-            raise CheckpointError(f"--resume: {path} does not exist; nothing to resume from")
+            hint = ""
+            if (self.out_dir / "config.yaml").is_file():  # the run stopped before its first save
+                hint = (
+                    " (the run stopped before its first checkpoint); start it again with "
+                    f"-c {self.out_dir / 'config.yaml'} --out {self.out_dir} --overwrite"
+                )
+            raise CheckpointError(f"--resume: {path} does not exist; nothing to resume from{hint}")
         return path
 
     def finish(self, step: int) -> dict[str, Any]:

@@ -97,6 +97,7 @@ class CtrTrainer(RunLoop):
         self.stream_state: dict[str, Any] = {"trained": []}
         self.pool: Any = None
         self._eval_step = -1
+        self.evals_kept = 0  # on resume: evaluations in metrics.jsonl up to this step stay
         self._window_loss = torch.zeros((), device=self.device)
         self._window_n = 0
         self.from_weights = bool(weights) and not resume  # a trained model from the start
@@ -147,6 +148,12 @@ class CtrTrainer(RunLoop):
             hook.load_state_dict(state)
         self.last_metrics = ckpt.get("metrics") or {}
         self.stream_state = ckpt.get("stream") or {"trained": []}
+        # the last evaluation the checkpoint includes: it is not redone, and only evaluations
+        # logged after it are (a save at an evaluation's step may precede that evaluation)
+        eval_step = ckpt.get("eval_step")
+        if eval_step is not None:
+            self._eval_step = int(eval_step)
+        self.evals_kept = self.step if eval_step is None else int(eval_step)
         restore_rng(ckpt["rng"])
 
     def load_weights(self, weights: str | Path) -> None:
@@ -176,6 +183,7 @@ class CtrTrainer(RunLoop):
             **self.run.state_dict(),
             "metrics": jsonable(self.last_metrics),
             "stream": self.stream_state,
+            "eval_step": self._eval_step,
             "hooks": [h.state_dict() for h in self.hooks],
             "rng": capture_rng(),
             "config": to_dict(self.cfg),
@@ -189,8 +197,10 @@ class CtrTrainer(RunLoop):
                 hook.after_checkpoint(self, str(path))
 
     # -- run folder -------------------------------------------------------------------------
-    def open_run_dir(self) -> None:
-        self.run.open(self.step)
+    def open_run_dir(self, evals_kept: int | None = None) -> None:
+        """Open the run folder; on resume, evaluations logged after step ``evals_kept``
+        (default: the checkpoint's step) are dropped from ``metrics.jsonl``."""
+        self.run.open(self.step if evals_kept is None else evals_kept)
         for hook in self.hooks:
             hook.before_train(self)
 
@@ -205,7 +215,7 @@ class CtrTrainer(RunLoop):
         """Train ``train.epochs`` passes (or ``max_steps``), evaluating and checkpointing."""
         if self.train_paths is None:
             raise ConfigError("no training data: set data.train (a file, folder or glob)")
-        self.open_run_dir()
+        self.open_run_dir(self.evals_kept if self.resume else None)
         finished = False
         try:
             self._log_start(self.train_paths)
@@ -215,12 +225,15 @@ class CtrTrainer(RunLoop):
             while self.epoch < epochs and not self._steps_done() and not self.stop_reason:
                 self.train_pass(self.train_paths, epoch=self.epoch, skip=self.batch_in_epoch)
                 if self.step == 0:  # before any checkpoint: an untrained model is no run
-                    raise E2EError("training ran no step: the train data yields no rows")
+                    raise E2EError(self._no_rows_message())
                 if self._steps_done() and self.batch_in_epoch:
                     break  # max_steps hit mid-epoch: the final eval below covers it
                 self.epoch += 1
                 self.batch_in_epoch = 0
-                self.evaluate_and_save()
+                if self._eval_step != self.step:
+                    self.evaluate_and_save()
+                else:  # eval_interval just evaluated this step: record only the epoch's end
+                    self.save("last.pt")
             if self._eval_step != self.step:  # same decision on every rank
                 self.evaluate_and_save()
             result = self._finish()
@@ -392,7 +405,9 @@ class CtrTrainer(RunLoop):
             stop = dist.broadcast_object(self.stop_reason)
             self.run.stop_reason = stop
         self.last_metrics = metrics
-        self.save(*(("last.pt", "best.pt") if improved else ("last.pt",)))
+        # best.pt first: a kill between the two saves must not leave a last.pt whose best
+        # record names weights that best.pt does not hold (a resume would not rewrite them)
+        self.save(*(("best.pt", "last.pt") if improved else ("last.pt",)))
         for hook in self.hooks:
             hook.after_eval(self, metrics)
         if self.distributed:
@@ -402,8 +417,14 @@ class CtrTrainer(RunLoop):
     def _finish(self) -> dict[str, Any]:
         result = self.run.finish(self.step)
         if self.step == 0 and not self.resume:
-            raise E2EError("training ran no step: the train data yields no rows")
+            raise E2EError(self._no_rows_message())
         return result
+
+    def _no_rows_message(self) -> str:
+        return (
+            f"training ran no step: data.train ({self.train_paths}) yields no valid rows "
+            "(the warning above names the first malformed lines)"
+        )
 
 
 def dist_all_have(flag: bool, device: torch.device) -> bool:
