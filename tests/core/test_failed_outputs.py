@@ -109,3 +109,29 @@ def test_staged_outputs_merge_folders_and_clean_up(tmp_path) -> None:
         raise RuntimeError("boom")
     assert (target / "predictions.jsonl").read_text() == "x\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_full_disk_at_metrics_jsonl_names_the_file(tmp_path, monkeypatch) -> None:
+    import builtins
+    import errno
+
+    from e2ekit.core.logs import MetricsWriter
+
+    writer = MetricsWriter(tmp_path, tensorboard=False)
+    writer.write_eval({"step": 1, "loss": 0.5})
+    writer.write_eval({"step": 2, "loss": 0.4})
+    real_open = builtins.open
+
+    def full(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if str(path).startswith(str(tmp_path)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full)
+    with pytest.raises(OSError) as info:
+        writer.write_eval({"step": 3, "loss": 0.3})
+    assert info.value.filename == str(tmp_path / "metrics.jsonl")
+    monkeypatch.setattr(builtins, "open", real_open)
+    writer.truncate_after(1)
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "loss": 0.5}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]

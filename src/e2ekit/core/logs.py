@@ -11,6 +11,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from e2ekit.core.fileio import atomic_write
+
 LOGGER_NAME = "e2ekit"
 log = logging.getLogger(LOGGER_NAME)
 
@@ -86,13 +88,14 @@ class MetricsWriter:
                     keep.append(line)
             except json.JSONDecodeError:
                 continue  # a line torn by a kill mid-write
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
-        tmp.replace(self.path)
+        atomic_write(self.path, "".join(k + "\n" for k in keep))
 
     def write_eval(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(jsonable(record), ensure_ascii=False) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(jsonable(record), ensure_ascii=False) + "\n")
+        except OSError as exc:  # a full disk says so with no path: name the file
+            raise type(exc)(exc.errno, exc.strerror, str(self.path)) from None
         if self.tb is not None:
             step = int(record.get("step", 0))
             for key, value in record.items():
