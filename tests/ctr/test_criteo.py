@@ -174,3 +174,75 @@ def test_real_paddlerec_sample() -> None:
     assert set(np.unique(data["label"])) <= {0, 1}
     # The 39 stripped test rows end in missing categoricals -> bucket 0.
     assert (data["sparse"][:100, -1] == 0).sum() >= 39
+
+
+# --- bytes that are not text -----------------------------------------------------------
+
+
+def test_a_line_that_is_not_utf8_is_one_counted_bad_row(tmp_path: Path) -> None:
+    from e2ekit.ctr.data import SlotReader
+
+    path = tmp_path / "a.txt"
+    path.write_bytes(f"{_row()}\n{_row()}\xe9\n{_row('0')}\n".encode("latin-1"))
+    reader = CriteoReader(path)
+    assert _read_all(reader)["label"].tolist() == [1, 0]
+    assert reader.stats.bad_rows == 1 and reader.stats.first_bad == [f"{path}:2: not UTF-8 text"]
+    slots = tmp_path / "part-0"
+    slots.write_bytes(b"1 1:5\n0 2:caf\xe9\n0 3:7\n")
+    reader = SlotReader(slots)
+    assert _read_all(reader)["label"].tolist() == [1, 0]
+    assert reader.stats.first_bad == [f"{slots}:2: not UTF-8 text"]
+
+
+def test_csv_field_not_utf8_is_one_counted_bad_row(tmp_path: Path) -> None:
+    from e2ekit.ctr.data import CriteoCSVReader
+
+    header = ",".join(["label", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27))])
+    row = _row().replace("\t", ",")
+    path = tmp_path / "a.csv"
+    path.write_bytes(f"{header}\n{row}\n{row}\xe9\n{row}\n".encode("latin-1"))
+    reader = CriteoCSVReader(path)
+    assert len(_read_all(reader)["label"]) == 2
+    assert reader.stats.first_bad == [f"{path}:3: not UTF-8 text"]
+
+
+def test_csv_with_carriage_return_line_ends_reads_its_header(tmp_path: Path) -> None:
+    from e2ekit.ctr.data import CriteoCSVReader
+
+    header = ",".join(["label", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27))])
+    path = tmp_path / "a.csv"
+    path.write_text(f"{header}\r{_row().replace(chr(9), ',')}\r", newline="")
+    reader = CriteoCSVReader(path)
+    assert _read_all(reader)["label"].tolist() == [1] and reader.stats.bad_rows == 0
+
+
+def test_unit_separator_row_stopping_the_read_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    path.write_text(f"{_row()}\n{_row()}\n{_row()}\x1f\n")
+    with pytest.raises(DataError, match=rf"{path.name}:3: contains a \\x1f byte .*max_bad_rows=0"):
+        list(CriteoReader(path, max_bad_rows=0))
+
+
+def test_shards_of_compressed_files_read_every_row_once(tmp_path: Path) -> None:
+    import gzip
+
+    for k in range(3):
+        rows = "".join(f"{_row(str(i % 2))}\n" for i in range(10 + k))
+        (tmp_path / f"part-{k}.gz").write_bytes(gzip.compress(rows.encode()))
+    (tmp_path / "part-3.txt").write_text("".join(f"{_row()}\n" for _ in range(7)))
+    total = bad = 0
+    for index in range(2):
+        reader = CriteoReader(tmp_path, shard=(index, 2))
+        total += sum(len(b["label"]) for b in reader)
+        bad += reader.stats.bad_rows
+    assert (total, bad) == (10 + 11 + 12 + 7, 0)
+
+
+def test_csv_header_behind_two_byte_order_marks_is_a_data_error(tmp_path: Path) -> None:
+    from e2ekit.ctr.data import CriteoCSVReader
+
+    header = ",".join(["label", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27))])
+    path = tmp_path / "a.csv"
+    path.write_text(f"\ufeff\ufeff{header}\n{_row().replace(chr(9), ',')}\n")
+    with pytest.raises(DataError, match=r"a\.csv:1: header \(40 columns\) has no 'label'"):
+        list(CriteoCSVReader(path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -344,3 +345,138 @@ def test_bccd_sample_reads_and_its_zero_size_box_is_caught(tmp_path: Path) -> No
     for r1, r2 in zip(two.records, ds.records[:5], strict=True):
         np.testing.assert_array_equal(r1.boxes, r2.boxes)
         assert r1.file == r2.file
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+@pytest.mark.parametrize(
+    ("edit", "pattern"),
+    [
+        (lambda d: d["images"][0].update(id=2**64), r"images\[0\]: 'id' is a 20-digit number"),
+        (lambda d: d["categories"][1].update(id=2**63), r"categories\[1\]: 'id' .*64-bit"),
+        (
+            lambda d: d["annotations"][0].update(image_id=2**64),
+            r"annotations\[0\]: 'image_id' .*64-bit",
+        ),
+        (
+            lambda d: d["annotations"][2].update(category_id=2**63),
+            r"annotations\[2\]: 'category_id' .*64-bit",
+        ),
+        (lambda d: d["images"][1].update(width=1e300), r"images\[1\]: 'width' is 1e\+300"),
+        (
+            lambda d: d["annotations"][1].update(bbox=[1, 2, 10**400, 5]),
+            r"annotations\[1\]: 'bbox' has a non-finite value",
+        ),
+    ],
+)
+def test_coco_numbers_beyond_int64_or_float_are_data_errors(
+    tmp_path: Path, edit: Any, pattern: str
+) -> None:
+    data = _coco_dict()
+    edit(data)
+    ann, image_dir = _write_coco(tmp_path, data, images=False)
+    with pytest.raises(DataError, match=r"train\.json " + pattern):
+        read_coco(ann, image_dir)
+
+
+def test_coco_json_too_deep_too_long_or_not_utf8_names_the_line(tmp_path: Path) -> None:
+    ann, image_dir = _write_coco(tmp_path, '{"images": [],\n"annotations": ' + "[" * 100_000)
+    with pytest.raises(DataError, match=r"train\.json:2:\d+: not valid JSON: nested too deeply"):
+        read_coco(ann, image_dir)
+    ann.write_text('{"images": [],\n\n"annotations": [' + "7" * 5000 + "]}")
+    with pytest.raises(DataError, match=r"train\.json:3:\d+: not valid JSON: number too long"):
+        read_coco(ann, image_dir)
+    ann.write_bytes('{"images": [],\n"categories": [{"name": "caf\u00e9"}]}'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"train\.json:2: not UTF-8"):
+        read_coco(ann, image_dir)
+
+
+def test_coco_file_name_too_long_for_the_os_is_a_missing_image(tmp_path: Path) -> None:
+    data = _coco_dict()
+    data["images"][1]["file_name"] = "x" * 300 + ".png"
+    ann, image_dir = _write_coco(tmp_path, data)
+    with pytest.raises(DataError, match=r"1 missing image file\(s\) \(first: .*xxxx\.png\)"):
+        validate(read_coco(ann, image_dir))
+
+
+def test_image_declaring_too_many_pixels_is_a_data_error(tmp_path: Path) -> None:
+    data = _coco_dict()
+    del data["images"][0]["width"]  # the size then comes from the image header
+    ann, image_dir = _write_coco(tmp_path, data)
+    png = bytearray((image_dir / "a.png").read_bytes())
+    png[16:24] = (60_000).to_bytes(4, "big") * 2  # IHDR width and height, then its CRC
+    png[29:33] = zlib.crc32(bytes(png[12:29])).to_bytes(4, "big")
+    (image_dir / "a.png").write_bytes(bytes(png))
+    with pytest.raises(DataError, match=r"train\.json images\[0\]: image .*a\.png declares more"):
+        read_coco(ann, image_dir)
+
+
+def test_voc_text_files_not_utf8_name_file_and_line(tmp_path: Path) -> None:
+    root = _voc(tmp_path, VOC_ITEMS)
+    (root / "train.txt").write_bytes(b"JPEGImages/x1.jpg Annotations/x1.xml\ncaf\xe9 x\n")
+    with pytest.raises(DataError, match=r"train\.txt:2: not UTF-8"):
+        read_voc(root, "train.txt", "labels.txt")
+    (root / "labels.txt").write_bytes(b"cat\n\n\xff\xfedog\n")
+    with pytest.raises(DataError, match=r"labels\.txt:3: not UTF-8"):
+        read_voc(root, "train.txt", "labels.txt")
+
+
+def test_voc_list_path_too_long_for_the_os_is_reported_missing(tmp_path: Path) -> None:
+    root = _voc(tmp_path, VOC_ITEMS)
+    (root / "train.txt").write_text("JPEGImages/x1.jpg Annotations/" + "y" * 300 + ".xml\n")
+    with pytest.raises(DataError, match=r"1 annotation file\(s\) not found: .*train\.txt:1: "):
+        read_voc(root, "train.txt", "labels.txt")
+
+
+@pytest.mark.parametrize("value", ["inf", "1e400", "nan", "1e300"])
+def test_voc_size_that_is_no_size_is_read_from_the_image(tmp_path: Path, value: str) -> None:
+    root = _voc(tmp_path, {"x1": [("cat", [1, 2, 30, 20], 0)]})
+    xml = root / "Annotations" / "x1.xml"
+    xml.write_text(xml.read_text().replace("<width>50</width>", f"<width>{value}</width>"))
+    (rec,) = read_voc(root, "train.txt", "labels.txt").records
+    assert (rec.width, rec.height) == (50, 40)
+
+
+def test_voc_label_list_duplicate_names_both_lines(tmp_path: Path) -> None:
+    root = _voc(tmp_path, VOC_ITEMS)
+    (root / "labels.txt").write_text("# classes\ncat\ndog\n\ncat\n")
+    with pytest.raises(
+        DataError, match=r"labels\.txt:5: class 'cat' is listed twice \(also at .*labels\.txt:2\)"
+    ):
+        read_voc(root, "train.txt", "labels.txt")
+
+
+def test_labelme_size_beyond_int32_is_read_from_the_image(tmp_path: Path) -> None:
+    from e2ekit.det.data import labelme_to_coco
+
+    _image(tmp_path / "a.png", 40, 30)
+    shape = {"label": "cat", "points": [[1, 2], [10, 12]], "shape_type": "rectangle"}
+    doc = {"shapes": [shape], "imagePath": "a.png", "imageWidth": 10**400, "imageHeight": 30}
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    out = labelme_to_coco(tmp_path, tmp_path / "out" / "coco.json")
+    (rec,) = read_coco(out, tmp_path).records
+    assert (rec.width, rec.height) == (40, 30)
+
+
+def test_coco_id_given_as_a_list_names_the_annotation(tmp_path: Path) -> None:
+    data = _coco_dict()
+    data["annotations"][1]["image_id"] = [5]
+    ann, image_dir = _write_coco(tmp_path, data, images=False)
+    with pytest.raises(
+        DataError, match=r"annotations\[1\]: 'image_id' must be an integer, got \[5\]"
+    ):
+        read_coco(ann, image_dir)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e39"])
+def test_voc_to_coco_refuses_to_write_a_non_finite_box(tmp_path: Path, value: str) -> None:
+    from e2ekit.det.data import voc_to_coco
+
+    root = _voc(tmp_path, {"x1": [("cat", [1, 2, 30, 20], 0), ("dog", [3, 4, 9, 9], 0)]})
+    xml = root / "Annotations" / "x1.xml"
+    xml.write_text(xml.read_text().replace("<xmax>9</xmax>", f"<xmax>{value}</xmax>"))
+    out = tmp_path / "coco.json"
+    with pytest.raises(DataError, match=r"x1\.xml object\[1\]: box .* NaN or infinite coordinate"):
+        voc_to_coco(root, "train.txt", "labels.txt", out)
+    assert not out.exists()

@@ -424,3 +424,36 @@ def test_map_label_wide_dtypes(tmp_path: Path) -> None:
     plain = FileListDataset(tmp_path, lf, 3)
     raw = np.array([1, 2], np.uint8)
     assert plain.map_label(raw) is raw  # no table, no copy
+
+
+# ---------------------------------------------------------------- hostile list files
+
+
+def test_file_list_not_utf8_names_file_and_line(tmp_path: Path) -> None:
+    _pairs(tmp_path, [np.zeros((2, 2), np.uint8)])
+    (tmp_path / "list.txt").write_bytes(b"images/0.png labels/0.png\nimages/caf\xe9.png x\n")
+    with pytest.raises(DataError, match=r"list\.txt:2: not UTF-8"):
+        FileListDataset(tmp_path, "list.txt", 2)
+    (tmp_path / "list.txt").write_bytes("images/0.png labels/0.png\n".encode("utf-16"))
+    with pytest.raises(DataError, match=r"list\.txt:1: not UTF-8"):
+        FileListDataset(tmp_path, "list.txt", 2)
+
+
+def test_file_list_path_too_long_for_the_os_is_reported_missing(tmp_path: Path) -> None:
+    _pairs(tmp_path, [np.zeros((2, 2), np.uint8)])
+    (tmp_path / "list.txt").write_text(
+        "images/0.png labels/0.png\nimages/0.png " + "x" * 300 + "\n"
+    )
+    with pytest.raises(DataError, match=r"1 file\(s\) listed in .*list\.txt:2: .*xxxx"):
+        FileListDataset(tmp_path, "list.txt", 2)
+
+
+def test_voc_split_not_utf8_or_too_long_names_file_and_line(tmp_path: Path) -> None:
+    split = tmp_path / "ImageSets" / "Segmentation" / "train.txt"
+    split.parent.mkdir(parents=True)
+    split.write_bytes(b"2007_000032\n2007_\xff\n")
+    with pytest.raises(DataError, match=r"train\.txt:2: not UTF-8"):
+        VOCSegDataset(tmp_path, split="train")
+    split.write_text("y" * 300 + "\n")
+    with pytest.raises(DataError, match=r"2 file\(s\) listed in .*train\.txt:1: .*yyyy"):
+        VOCSegDataset(tmp_path, split="train")

@@ -482,3 +482,59 @@ def test_split_words():
     assert split_words("  Hello,  world\tagain ") == ["Hello,", "world", "again"]
     comma = "\uff0c"  # fullwidth comma: CJK punctuation is a word of its own
     assert split_words(f"在东京{comma}Tokyo") == ["在", "东", "京", comma, "Tokyo"]
+
+
+# --- hostile JSON: too deep, numbers too long, other encodings --------------------------
+
+_DEEP = "[" * 100_000 + "]" * 100_000
+_LONG = "1" * 5000
+
+
+def test_ner_json_lines_too_deep_or_too_long_name_the_line(tmp_path):
+    ok = '{"words": ["a"], "ner": ["O"]}'
+    path = _write(tmp_path, "train.jsonl", f'{ok}\n{{"words": {_DEEP}}}\n')
+    with pytest.raises(DataError, match=r"train\.jsonl:2: invalid JSON .*nested too deeply"):
+        read_ner(path, require_label=True)
+    path = _write(tmp_path, "dev.jsonl", f'{ok}\n{ok}\n{{"words": ["a"], "ner": [{_LONG}]}}\n')
+    with pytest.raises(DataError, match=r"dev\.jsonl:3: invalid JSON .*number too long"):
+        read_ner(path, require_label=True)
+
+
+def test_squad_with_a_huge_number_or_deep_nesting_names_the_line(tmp_path):
+    def doc(answers: str) -> str:
+        return (
+            f'{{"data": [\n{{"id": "q", "question": "?", "context": "c",\n"answers": {answers}}}]}}'
+        )
+
+    long_start = f'{{"text": ["c"], "answer_start": [{_LONG}]}}'
+    path = _write(tmp_path, "train.json", doc(long_start))
+    with pytest.raises(DataError, match=r"train\.json:3: invalid JSON .*number too long"):
+        read_squad(path, require_answers=True)
+    path = _write(tmp_path, "dev.json", doc(_DEEP))
+    with pytest.raises(DataError, match=r"dev\.json:3: invalid JSON .*nested too deeply"):
+        read_squad(path, require_answers=True)
+
+
+def test_squad_answer_start_as_a_non_ascii_digit_is_repaired(tmp_path):
+    item = {
+        "id": "q",
+        "question": "?",
+        "context": "ab c",
+        "answers": [{"text": "c", "answer_start": "\u00b2"}],
+    }
+    path = _write(tmp_path, "train.json", json.dumps({"data": [item]}))
+    (ex,) = read_squad(path, require_answers=True)
+    assert ex.answers == [{"text": "c", "answer_start": 3}]
+
+
+def test_predict_json_inputs_not_utf8_or_too_deep_name_the_file(tmp_path):
+    path = tmp_path / "in.json"
+    path.write_bytes('[\n"caf\u00e9"]'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"in\.json:2: not UTF-8"):
+        read_texts(path)
+    path.write_text(f"[\n\n{_DEEP}]")
+    with pytest.raises(DataError, match=r"in\.json:3: invalid JSON .*nested too deeply"):
+        read_texts(path)
+    path = _write(tmp_path, "in.jsonl", f'"a"\n{_LONG}\n')
+    with pytest.raises(DataError, match=r"in\.jsonl:2: invalid JSON .*number too long"):
+        read_texts(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,32 +35,59 @@ def make_blobs(
     return x, logits.argmax(axis=1).astype(np.int64)
 
 
+def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) per CSV record; a malformed record (an unclosed quote, a field
+    of megabytes) is a DataError naming the line rather than ``csv.Error``."""
+    with io.StringIO(read_utf8(path, DataError), newline="") as fh:
+        reader = csv.reader(fh)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise DataError(f"{path}:{reader.line_num}: not a valid CSV row ({exc})") from None
+            yield reader.line_num, row
+
+
+def _check_finite(path: Path, line_no: int, fields: list[str], values: list[float]) -> None:
+    """NaN, inf or a float32 overflow would train on (or score) NaN: refuse the row."""
+    bad = [j for j, v in enumerate(values) if not abs(v) <= FLOAT32_MAX]
+    if bad:
+        raise DataError(
+            f"{path}:{line_no}: column {bad[0] + 1} is {fields[bad[0]]!r}; "
+            "features must be finite float32 numbers"
+        )
+
+
 def read_csv(path: Path, num_features: int, num_classes: int | None) -> tuple[np.ndarray, ...]:
     """Rows ``label,f1..fD`` (a header row is allowed); errors name the file and line."""
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     xs, ys = [], []
-    with io.StringIO(read_utf8(path, DataError), newline="") as fh:
-        for line_no, row in enumerate(csv.reader(fh), start=1):
-            if not row or (line_no == 1 and row[0].strip().lower() == "label"):
-                continue
-            if len(row) != num_features + 1:
-                raise DataError(
-                    f"{path}:{line_no}: expected {num_features + 1} columns "
-                    f"(label + {num_features} features), got {len(row)}"
-                )
-            try:
-                label = int(row[0])
-                feats = [float(v) for v in row[1:]]
-            except ValueError as exc:
-                raise DataError(f"{path}:{line_no}: not a number ({exc})") from None
-            if num_classes is not None and not 0 <= label < num_classes:
-                raise DataError(
-                    f"{path}:{line_no}: label {label} is out of range 0..{num_classes - 1}; "
-                    "fix the row or set data.num_classes"
-                )
-            xs.append(feats)
-            ys.append(label)
+    for k, (line_no, row) in enumerate(_csv_rows(path)):
+        if not row or (k == 0 and row[0].strip().lower() == "label"):
+            continue
+        if len(row) != num_features + 1:
+            raise DataError(
+                f"{path}:{line_no}: expected {num_features + 1} columns "
+                f"(label + {num_features} features), got {len(row)}"
+            )
+        try:
+            label = int(row[0])
+            feats = [float(v) for v in row[1:]]
+        except ValueError as exc:
+            raise DataError(f"{path}:{line_no}: not a number ({exc})") from None
+        if num_classes is not None and not 0 <= label < num_classes:
+            raise DataError(
+                f"{path}:{line_no}: label {label} is out of range 0..{num_classes - 1}; "
+                "fix the row or set data.num_classes"
+            )
+        if not -(2**63) <= label < 2**63:
+            raise DataError(f"{path}:{line_no}: label {label} does not fit in 64 bits")
+        _check_finite(path, line_no, row[1:], feats)
+        xs.append(feats)
+        ys.append(label)
     if not xs:
         raise DataError(f"{path}: no data rows")
     return np.asarray(xs, np.float32), np.asarray(ys, np.int64)
@@ -70,28 +98,23 @@ def read_features(path: Path, num_features: int) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"input file not found: {path}")
     rows = []
-    with io.StringIO(read_utf8(path, DataError), newline="") as fh:
-        for line_no, row in enumerate(csv.reader(fh), start=1):
-            if not row:
-                continue
-            if len(row) == num_features + 1:
-                row = row[1:]
-            if len(row) != num_features:
-                raise DataError(
-                    f"{path}:{line_no}: expected {num_features} feature columns, got {len(row)}"
-                )
-            try:
-                rows.append([float(v) for v in row])
-            except ValueError as exc:
-                if line_no == 1:
-                    continue  # header
-                raise DataError(f"{path}:{line_no}: not a number ({exc})") from None
-            bad = [j for j, v in enumerate(rows[-1]) if not abs(v) <= FLOAT32_MAX]
-            if bad:  # NaN, inf or a float32 overflow would give NaN scores labelled as a class
-                raise DataError(
-                    f"{path}:{line_no}: column {bad[0] + 1} is {row[bad[0]]!r}; "
-                    "features must be finite float32 numbers"
-                )
+    for k, (line_no, row) in enumerate(_csv_rows(path)):
+        if not row:
+            continue
+        if len(row) == num_features + 1:
+            row = row[1:]
+        if len(row) != num_features:
+            raise DataError(
+                f"{path}:{line_no}: expected {num_features} feature columns, got {len(row)}"
+            )
+        try:
+            values = [float(v) for v in row]
+        except ValueError as exc:
+            if k == 0:
+                continue  # header
+            raise DataError(f"{path}:{line_no}: not a number ({exc})") from None
+        _check_finite(path, line_no, row, values)
+        rows.append(values)
     if not rows:
         raise DataError(f"{path}: no rows to predict")
     return np.asarray(rows, np.float32)

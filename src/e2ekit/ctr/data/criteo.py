@@ -128,13 +128,35 @@ def hash_strings(values: pa.Array, slots: np.ndarray, hash_size: int) -> np.ndar
     return np.where(lengths == 0, 0, bucket)
 
 
+def utf8_strings(values: pa.Array, replacement: str | None) -> tuple[pa.Array, np.ndarray]:
+    """``values`` (binary) as strings, and which were not UTF-8 (now ``replacement``).
+
+    One cast checks the whole array; only when it fails does a per-value pass find the
+    culprits, so clean data costs no more than reading strings directly.
+    """
+    bad = np.zeros(len(values), dtype=bool)
+    try:
+        return values.cast(pa.string()), bad
+    except pa.ArrowInvalid:
+        pass
+    for i, v in enumerate(values.to_pylist()):
+        if v is not None:
+            try:
+                v.decode("utf-8")
+            except UnicodeDecodeError:
+                bad[i] = True
+    fixed = pc.if_else(pa.array(bad), pa.scalar(replacement, pa.binary()), values)
+    return fixed.cast(pa.string()), bad
+
+
 class CriteoReader:
     """Iterable of batches ``{label (B,) int8, dense (B,13) float32, sparse (B,26) int64}``.
 
     Dense = log(x + 1) for x >= 0, 0 for negative or missing; sparse = per-slot hashed
     bucket in [0, hash_size), 0 = missing. Malformed rows are skipped and counted in
     ``.stats``; with ``max_bad_rows`` set, exceeding it raises DataError naming file:line.
-    Each iteration is a fresh pass over the files (stats reset).
+    Each iteration is a fresh pass over the files (stats reset). ``shard=(index, count)``
+    reads that byte range of every file, and whole compressed files round-robin.
     """
 
     def __init__(
@@ -190,17 +212,28 @@ class CriteoReader:
 
         def on_invalid(row: pcsv.InvalidRow) -> str:
             # Only a line holding the separator byte lands here; count it, never stop.
-            extra_bad.append((row.number, "contains a \\x1f byte"))
+            number = None if row.number is None else row.number + offset
+            extra_bad.append((number, "contains a \\x1f byte"))
             return "skip"
 
         source: str | pa.NativeFile = str(path)
         first_line = 1
-        if self.shard is not None:
+        if self.shard is not None and _compressed(path):
+            # bytes of a compressed stream are no lines: whole files go round-robin instead
+            index, count = self.shard
+            if self.files.index(path) % count != index:
+                return
+        elif self.shard is not None:
             part = byte_range(path, *self.shard)
             if part is None:
                 return
             source, first_line = part
-        read = pcsv.ReadOptions(column_names=["line"], block_size=self.chunk_bytes)
+        offset = first_line - 1  # Arrow numbers the rows of ``source`` from 1
+        # Single-threaded: only then does Arrow know the line number of a skipped row (and
+        # splitting lines is not what takes the time here).
+        read = pcsv.ReadOptions(
+            column_names=["line"], block_size=self.chunk_bytes, use_threads=False
+        )
         parse = pcsv.ParseOptions(
             delimiter=_SEP,
             quote_char=False,
@@ -210,7 +243,8 @@ class CriteoReader:
             ignore_empty_lines=False,
             invalid_row_handler=on_invalid,
         )
-        convert = pcsv.ConvertOptions(column_types={"line": pa.string()}, strings_can_be_null=False)
+        # bytes, not strings: a line that is not UTF-8 is one bad row, not a failed block
+        convert = pcsv.ConvertOptions(column_types={"line": pa.binary()}, strings_can_be_null=False)
         try:
             stream = pcsv.open_csv(
                 source, read_options=read, parse_options=parse, convert_options=convert
@@ -218,7 +252,7 @@ class CriteoReader:
         except (pa.ArrowInvalid, OSError) as exc:
             if "Empty CSV file" in str(exc):
                 return
-            raise DataError(f"{path}: cannot read: {exc}") from exc
+            raise DataError(f"{path}: cannot read near line {first_line}: {exc}") from exc
         while True:
             try:
                 batch = stream.read_next_batch()
@@ -230,7 +264,9 @@ class CriteoReader:
             for number, why in extra_bad:
                 self._bad(path, number, why)
             extra_bad.clear()
-            lines = batch.column(0)
+            lines, not_utf8 = utf8_strings(batch.column(0), "")
+            for i in np.flatnonzero(not_utf8):
+                self._bad(path, first_line + int(i), "not UTF-8 text")
             if len(lines):
                 out = self._parse(path, lines, first_line)
                 if out is not None:
@@ -295,6 +331,11 @@ class CriteoReader:
             raise DataError(
                 f"{where}: {why} (more than max_bad_rows={self.max_bad_rows} malformed rows)"
             )
+
+
+def _compressed(path: Path) -> bool:
+    """Whether Arrow decompresses ``path`` (it goes by the suffix)."""
+    return path.suffix.lower() in (".gz", ".bz2", ".lz4", ".zst")
 
 
 def byte_range(path: Path, index: int, count: int) -> tuple[pa.NativeFile, int] | None:

@@ -32,6 +32,7 @@ from e2ekit.ctr.data.criteo import (
     CriteoReader,
     hash_strings,
     list_files,
+    utf8_strings,
 )
 
 FORMATS = ("auto", "criteo", "criteo_csv", "slots")
@@ -44,6 +45,7 @@ _UINT_RE = r"^[0-9]+$"
 LABEL_KEYS = ("click", "label")
 DENSE_KEY = "dense_feature"
 _SNIFF_BYTES = 1 << 20
+_MAX_LINE_BYTES = 16 << 20  # a first line longer than this is not looked at further
 
 
 def _as_list(paths: str | Path | Sequence[str | Path]) -> list[str | Path]:
@@ -139,7 +141,10 @@ class CriteoCSVReader(CriteoReader):
         header = _first_line(path, skip_blank=False)
         if header is None:
             return
-        names = [n.strip() for n in next(csv.reader([header.lstrip("\ufeff")]))]
+        try:
+            names = [n.strip() for n in next(csv.reader([header.removeprefix("\ufeff")]), [])]
+        except csv.Error as exc:
+            raise DataError(f"{path}:1: cannot read the header row ({exc})") from None
         for name in _CSV_NAMES:
             if name not in names:
                 raise DataError(f"{path}:1: header ({len(names)} columns) has no {name!r}")
@@ -155,8 +160,9 @@ class CriteoCSVReader(CriteoReader):
         parse = pcsv.ParseOptions(
             newlines_in_values=False, ignore_empty_lines=False, invalid_row_handler=on_invalid
         )
+        # bytes, not strings: a field that is not UTF-8 spoils its row, not its whole block
         convert = pcsv.ConvertOptions(
-            column_types={n: pa.string() for n in names},
+            column_types={n: pa.binary() for n in names},
             include_columns=list(_CSV_NAMES),
             strings_can_be_null=True,
             null_values=[""],
@@ -165,10 +171,10 @@ class CriteoCSVReader(CriteoReader):
             stream = pcsv.open_csv(
                 str(path), read_options=read, parse_options=parse, convert_options=convert
             )
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowKeyError, OSError) as exc:
             if "Empty CSV file" in str(exc):
                 return
-            raise DataError(f"{path}: cannot read: {exc}") from exc
+            raise DataError(f"{path}: cannot read near line 1: {exc}") from exc
         first_line = 2  # line 1 is the header
         pending: list[int] = []  # line numbers Arrow skipped that we have not passed yet
         while True:
@@ -183,7 +189,8 @@ class CriteoCSVReader(CriteoReader):
                 pending.append(number)
             skipped.clear()
             pending.sort()
-            out, first_line = self._parse_csv(path, batch, first_line, pending)
+            batch, not_utf8 = _utf8_batch(batch)
+            out, first_line = self._parse_csv(path, batch, first_line, pending, not_utf8)
             pending = [p for p in pending if p >= first_line]
             if out is not None:
                 yield out
@@ -191,7 +198,12 @@ class CriteoCSVReader(CriteoReader):
             self._bad(path, number if number >= 0 else None, why)
 
     def _parse_csv(
-        self, path: Path, batch: pa.RecordBatch, first_line: int, gaps: list[int]
+        self,
+        path: Path,
+        batch: pa.RecordBatch,
+        first_line: int,
+        gaps: list[int],
+        not_utf8: np.ndarray | None = None,
     ) -> tuple[dict[str, np.ndarray] | None, int]:
         """Validate and convert one block; returns (chunk or None, first line of the next)."""
         n = batch.num_rows
@@ -207,14 +219,23 @@ class CriteoCSVReader(CriteoReader):
         raw = raw.reshape(N_DENSE, n)
         dense_bad = dense_bad.reshape(N_DENSE, n)
         good = label_ok & ~dense_bad.any(axis=0)
+        if not_utf8 is not None:
+            good &= ~not_utf8
         blank = np.zeros(n, dtype=bool)
         if not good.all():
             blank = ~label_s.is_valid().to_numpy(zero_copy_only=False)
             blank &= np.isnan(raw).all(axis=0)
             for name in SPARSE_NAMES:
                 blank &= ~batch.column(name).is_valid().to_numpy(zero_copy_only=False)
+            if not_utf8 is not None:
+                blank &= ~not_utf8
             for i in np.flatnonzero(~good & ~blank):
-                self._bad(path, int(lines[i]), _csv_why(batch, int(i), dense_bad[:, i]))
+                why = (
+                    "not UTF-8 text"
+                    if not_utf8 is not None and not_utf8[i]
+                    else _csv_why(batch, int(i), dense_bad[:, i])
+                )
+                self._bad(path, int(lines[i]), why)
         keep = np.flatnonzero(good)
         if keep.size == 0:
             return None, next_line
@@ -232,6 +253,18 @@ class CriteoCSVReader(CriteoReader):
             "sparse": np.ascontiguousarray(sparse.T),
         }
         return chunk, next_line
+
+
+def _utf8_batch(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, np.ndarray]:
+    """The batch's binary columns as strings, and which rows held a field that was not
+    UTF-8 (that field is now null)."""
+    bad = np.zeros(batch.num_rows, dtype=bool)
+    columns = []
+    for col in batch.columns:
+        strings, not_utf8 = utf8_strings(col, None)
+        columns.append(strings)
+        bad |= not_utf8
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names), bad
 
 
 def _line_numbers(first_line: int, n: int, gaps: list[int]) -> np.ndarray:
@@ -412,11 +445,13 @@ def _first_line(path: Path, *, skip_blank: bool = True) -> str | None:
             buf = b""
             while True:
                 block = stream.read(_SNIFF_BYTES)
-                *complete, buf = (buf + block).split(b"\n")
-                if not block and buf:
-                    complete.append(buf)
+                # \r alone ends a line too (as for Arrow's parser)
+                *complete, buf = re.split(rb"\r\n|\r|\n", buf + block)
+                if (not block and buf) or len(buf) > _MAX_LINE_BYTES:
+                    complete.append(buf)  # the last line, or one too long to be a header
+                    buf = b""
                 for line in complete:
-                    text = line.decode("utf-8", errors="replace").rstrip("\r")
+                    text = line.decode("utf-8", errors="replace")
                     if text.strip() or not skip_blank:
                         return text
                 if not block:

@@ -10,7 +10,16 @@ from PIL import Image, UnidentifiedImageError
 from e2ekit.core import fileio
 from e2ekit.core.errors import DataError
 
-__all__ = ["atomic_write_json", "image_size"]
+__all__ = ["atomic_write_json", "image_size", "is_file"]
+
+
+def is_file(path: Path) -> bool:
+    """``path.is_file()``, False (not an OSError) for a name the OS refuses, such as one
+    over 255 bytes read from a corrupt list or annotation: it is then reported missing."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def image_size(path: Path, why: str) -> tuple[int, int]:
@@ -19,12 +28,16 @@ def image_size(path: Path, why: str) -> tuple[int, int]:
     Used when an annotation lacks the size; ``why`` says which record needed it, so
     a missing image is reported against the annotation that pointed at it.
     """
-    if not path.is_file():
+    if not is_file(path):
         raise DataError(f"{why}: no image size given and the image {path} does not exist")
     try:
         with Image.open(path) as im:
             w, h = im.size
-    except (UnidentifiedImageError, OSError) as exc:
+    except Image.DecompressionBombError:
+        raise DataError(
+            f"{why}: image {path} declares more pixels than any image may have here"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{why}: cannot read the size of image {path}: {exc}") from None
     return int(w), int(h)
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from e2ekit.core.errors import DataError
+from e2ekit.core.textio import loads_json, read_utf8
 from e2ekit.det.data._io import image_size
 from e2ekit.det.data.records import DetDataset, DetRecord
 
@@ -34,21 +35,29 @@ def load_json(path: Path) -> Any:
     """Parse a JSON file; a missing file or a syntax error names the file and line."""
     if not path.is_file():
         raise DataError(f"annotation file not found: {path}")
+    text = read_utf8(path, DataError)
     try:
-        with path.open("r", encoding="utf-8-sig") as f:
-            return json.load(f)
+        return loads_json(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason}); is it a JSON file?") from None
+
+
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 def _int(value: Any, where: str, key: str) -> int:
-    """An integer field (bools and fractional numbers rejected: they are always a bug)."""
+    """An integer field (bools and fractional numbers rejected: they are always a bug).
+
+    Ids and sizes are stored as int64, so a larger number is refused here rather than
+    overflowing (or wrapping around) in numpy.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise DataError(f"{where}: '{key}' must be an integer, got {value!r}")
     if isinstance(value, float) and not value.is_integer():
         raise DataError(f"{where}: '{key}' must be an integer, got {value!r}")
+    if not _INT64[0] <= value <= _INT64[1]:
+        shown = f"{value:.3g}" if isinstance(value, float) else f"a {len(str(value))}-digit number"
+        raise DataError(f"{where}: '{key}' is {shown}, out of the 64-bit integer range")
     return int(value)
 
 
@@ -81,9 +90,13 @@ def _bbox(value: Any, where: str) -> list[float]:
         or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value)
     ):
         raise DataError(f"{where}: 'bbox' must be 4 numbers [x, y, width, height], got {value!r}")
-    box = [float(v) for v in value]
+    try:
+        box = [float(v) for v in value]
+    except OverflowError:  # an integer of hundreds of digits
+        box = [math.inf]
     if not all(math.isfinite(v) for v in box):
-        raise DataError(f"{where}: 'bbox' has a non-finite value: {value!r}")
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise DataError(f"{where}: 'bbox' has a non-finite value: {shown}")
     return box
 
 
@@ -98,8 +111,12 @@ class _Annotations:
 
 def _int_column(values: list[Any], key: str, src: str) -> np.ndarray:
     """A list of ids as int64 in one numpy call; the slow per-entry check names a bad one."""
-    arr = np.asarray(values) if values else np.zeros(0, np.int64)
-    if arr.ndim == 1 and arr.dtype.kind in "iu":
+    try:
+        arr = np.asarray(values) if values else np.zeros(0, np.int64)
+    except (ValueError, TypeError):  # ragged: some id is a list
+        arr = np.zeros((0, 0))
+    fits = arr.dtype.kind == "i" or (arr.dtype.kind == "u" and arr.max() <= _INT64[1])
+    if arr.ndim == 1 and fits:  # uint64 past int64 would wrap around: checked one by one
         return arr.astype(np.int64)
     return np.array(
         [_int(v, f"{src} annotations[{i}]", key) for i, v in enumerate(values)], np.int64
@@ -131,7 +148,7 @@ def _annotations(annotations: list[Any], src: str) -> _Annotations:
         bb = np.array(boxes, dtype=np.float64) if boxes else np.zeros((0, 4))
         if bb.ndim != 2 or bb.shape[1] != 4 or not np.isfinite(bb).all():
             bb = None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         bb = None
     if bb is None:  # find and name the first bad bbox
         bb = np.array(
@@ -194,7 +211,8 @@ def parse_coco(data: Any, path: Path, image_dir: Path) -> DetDataset:
     bad_ids, bad_counts = np.unique(ann.category_ids[~known], return_counts=True)
     unknown = {f"category_id {c}": int(n) for c, n in zip(bad_ids, bad_counts, strict=True)}
     xywh = ann.bboxes
-    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge boxes: inf, for validate
+        xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1).astype(np.float32)
 
     # group annotations by image (stable: each image keeps its annotations in file order)
     image_pos = np.array([image_ids[int(i)] for i in sorted_iids], np.int64)[pos]

@@ -113,7 +113,7 @@ def labelme_to_coco(
             raise DataError(f"{f}: 'shapes' must be a list, got {type(shapes).__name__}")
         image = Path(os.path.normpath(f.parent.absolute() / str(data["imagePath"])))
         w, h = data.get("imageWidth"), data.get("imageHeight")
-        if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
+        if not all(type(v) is int and 0 < v < 2**31 for v in (w, h)):  # else: the header
             w, h = image_size(image, f"{f} imageWidth/imageHeight")
         boxes: list[tuple[list[float], str, int]] = []
         for j, shape in enumerate(shapes):

@@ -17,6 +17,7 @@ reading is still reported by file and record.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -165,8 +166,8 @@ class DetDataset:
         ``image_dir`` then joins back), else the path as stored. Annotation ids
         count from 1 because pycocotools treats a matched ground-truth id of 0 as
         unmatched. VOC's difficult flag is kept as an extra ``difficult: 1`` key.
-        A label outside the class list cannot be written, so it is a
-        DataError naming the box (run ``validate`` first to drop such boxes).
+        A label outside the class list or a non-finite coordinate cannot be written, so
+        it is a DataError naming the box (run ``validate`` first to drop such boxes).
         """
         root = Path(image_root) if image_root is not None else None
         images: list[dict[str, Any]] = []
@@ -193,6 +194,11 @@ class DetDataset:
                         "cannot write it as COCO (validate the data first)"
                     )
                 x1, y1, x2, y2 = (float(v) for v in rec.boxes[i])
+                if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+                    raise DataError(
+                        f"{rec.where(i)}: box {[x1, y1, x2, y2]} has a NaN or infinite "
+                        "coordinate, which COCO JSON cannot hold (validate the data first)"
+                    )
                 w, h = x2 - x1, y2 - y1
                 ann: dict[str, Any] = {
                     "id": len(annotations) + 1,

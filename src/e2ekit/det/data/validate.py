@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from e2ekit.core.errors import DataError
+from e2ekit.det.data._io import is_file
 from e2ekit.det.data.records import DetDataset, DetRecord
 
 __all__ = ["INVALID", "ValidationReport", "validate"]
@@ -167,7 +168,7 @@ def validate(
 
     bad_size = (sizes <= 0).any(axis=1)
     missing = (
-        np.array([not r.file.is_file() for r in recs], bool)
+        np.array([not is_file(r.file) for r in recs], bool)
         if check_files
         else np.zeros(len(recs), bool)
     )

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from e2ekit.core.errors import DataError, did_you_mean
-from e2ekit.det.data._io import image_size
+from e2ekit.core.textio import read_utf8
+from e2ekit.det.data._io import image_size, is_file
 from e2ekit.det.data.records import DetDataset, DetRecord
 
 __all__ = ["parse_voc_xml", "read_label_list", "read_list_file", "read_voc"]
@@ -47,21 +48,28 @@ def read_label_list(label_list: str | Path | Sequence[str], root: Path) -> list[
     """Class names from a label file (one per line; blank lines and ``#`` skipped) or a list."""
     if not isinstance(label_list, (str, Path)):
         names = [str(n).strip() for n in label_list]
+        places = [f"data.label_list[{k}]" for k in range(len(names))]
         where = "data.label_list"
     else:
         path = _resolve(root, label_list)
         if not path.is_file():
             raise DataError(f"label list not found: {label_list} (looked in {root} and .)")
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-        names = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+        lines = read_utf8(path, DataError).splitlines()
+        kept = [
+            (k, ln.strip())
+            for k, ln in enumerate(lines, start=1)
+            if ln.strip() and not ln.strip().startswith("#")
+        ]
+        names = [n for _, n in kept]
+        places = [f"{path}:{k}" for k, _ in kept]
         where = str(path)
     if not names:
         raise DataError(f"{where}: no class names (expected one name per line)")
-    seen: set[str] = set()
-    for n in names:
+    seen: dict[str, str] = {}
+    for n, place in zip(names, places, strict=True):
         if n in seen:
-            raise DataError(f"{where}: class '{n}' is listed twice")
-        seen.add(n)
+            raise DataError(f"{place}: class '{n}' is listed twice (also at {seen[n]})")
+        seen[n] = place
     return names
 
 
@@ -72,7 +80,7 @@ def read_list_file(root: Path, list_file: str | Path) -> tuple[Path, list[tuple[
         raise DataError(f"list file not found: {list_file} (looked in {root} and .)")
     pairs: list[tuple[Path, Path, int]] = []
     missing: list[str] = []
-    for line_no, line in enumerate(lf.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for line_no, line in enumerate(read_utf8(lf, DataError).splitlines(), start=1):
         fields = line.split()
         if not fields or fields[0].startswith("#"):
             continue
@@ -80,7 +88,7 @@ def read_list_file(root: Path, list_file: str | Path) -> tuple[Path, list[tuple[
             sid = fields[0]
             xml = root / "Annotations" / f"{sid}.xml"
             stems = [root / "JPEGImages" / f"{sid}{s}" for s in _IMAGE_SUFFIXES]
-            image = next((p for p in stems if p.is_file()), stems[0])
+            image = next((p for p in stems if is_file(p)), stems[0])
         elif len(fields) == 2:
             image, xml = (root / f for f in fields)
         else:
@@ -88,7 +96,7 @@ def read_list_file(root: Path, list_file: str | Path) -> tuple[Path, list[tuple[
                 f"{lf}:{line_no}: expected 'image_path xml_path' (or a bare VOC id), got "
                 f"{len(fields)} fields: {line.strip()!r}"
             )
-        if not xml.is_file():
+        if not is_file(xml):
             missing.append(f"{lf}:{line_no}: {xml}")
         pairs.append((image, xml, line_no))
     if missing:
@@ -117,6 +125,16 @@ def _number(node: ET.Element, tag: str, where: str) -> float:
         raise DataError(f"{where}: <{tag}> is not a number: {text!r}") from None
 
 
+def _size(text: str | None) -> int:
+    """A <size> value in pixels; 0 (read the image instead) when missing or not a
+    plausible size (not a number, NaN, inf, beyond 2**31)."""
+    try:
+        value = float((text or "0").strip() or 0)
+    except ValueError:
+        return 0
+    return int(value) if 0 < value < 2**31 else 0
+
+
 def parse_voc_xml(xml: Path, image: Path, class_index: dict[str, int], image_id: int) -> DetRecord:
     """One VOC annotation file -> DetRecord; an unknown class name is a DataError."""
     try:
@@ -127,11 +145,7 @@ def parse_voc_xml(xml: Path, image: Path, class_index: dict[str, int], image_id:
     width = height = 0
     size = ann.find("size")
     if size is not None:
-        try:
-            width = int(float((size.findtext("width") or "0").strip() or 0))
-            height = int(float((size.findtext("height") or "0").strip() or 0))
-        except ValueError:
-            width = height = 0
+        width, height = _size(size.findtext("width")), _size(size.findtext("height"))
     if width <= 0 or height <= 0:  # labelling tools sometimes write 0x0: trust the image
         width, height = image_size(image, f"{xml} <size>")
     boxes: list[list[float]] = []
@@ -154,12 +168,14 @@ def parse_voc_xml(xml: Path, image: Path, class_index: dict[str, int], image_id:
         flag = (obj.findtext("difficult") or "0").strip()
         difficult.append(flag not in ("", "0", "false", "False"))
     n = len(boxes)
+    with np.errstate(over="ignore"):  # beyond float32: inf, which validate reports
+        array = np.array(boxes, np.float32).reshape(-1, 4)
     return DetRecord(
         image_id=image_id,
         file=image,
         width=width,
         height=height,
-        boxes=np.array(boxes, np.float32).reshape(-1, 4),
+        boxes=array,
         labels=np.array(labels, np.int64),
         iscrowd=np.zeros(n, bool),
         difficult=np.array(difficult, bool),

@@ -21,6 +21,7 @@ from torchvision import tv_tensors
 
 from e2ekit.core.errors import ConfigError, DataError
 from e2ekit.core.imageio import read_image, read_label
+from e2ekit.core.textio import read_utf8
 from e2ekit.seg.registry import DATASETS
 
 __all__ = [
@@ -199,6 +200,15 @@ class SegDataset(Dataset):
         )
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False (not an OSError) for a name the OS refuses, such as one
+    over 255 bytes from a corrupt list: it is then reported missing with its line."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _report_missing(missing: list[tuple[str, Path]], source: str) -> None:
     """One DataError naming the count and the first few missing files."""
     if not missing:
@@ -254,7 +264,7 @@ class FileListDataset(SegDataset):
         missing: list[tuple[str, Path]] = []
         first_labelled: int | None = None
         first_unlabelled: int | None = None
-        text = lf.read_text(encoding="utf-8-sig")
+        text = read_utf8(lf, DataError)
         for line_no, line in enumerate(text.splitlines(), start=1):
             stripped = line.strip()
             if not stripped or stripped.startswith("#"):
@@ -274,7 +284,7 @@ class FileListDataset(SegDataset):
             else:
                 first_labelled = first_labelled or line_no
             for p in paths:
-                if not p.is_file():
+                if not _is_file(p):
                     missing.append((f"{lf}:{line_no}", p))
             samples.append((paths[0], paths[1] if len(paths) == 2 else None))
         if first_labelled and first_unlabelled:
@@ -325,7 +335,7 @@ class VOCSegDataset(SegDataset):
             )
         samples: list[tuple[Path, Path | None]] = []
         missing: list[tuple[str, Path]] = []
-        for line_no, line in enumerate(split_file.read_text().splitlines(), start=1):
+        for line_no, line in enumerate(read_utf8(split_file, DataError).splitlines(), start=1):
             sid = line.strip().split()[0] if line.strip() else ""
             if not sid:
                 continue
@@ -333,7 +343,7 @@ class VOCSegDataset(SegDataset):
                 root_path / "JPEGImages" / f"{sid}.jpg",
                 root_path / "SegmentationClass" / f"{sid}.png",
             )
-            missing += [(f"{split_file}:{line_no}", p) for p in pair if not p.is_file()]
+            missing += [(f"{split_file}:{line_no}", p) for p in pair if not _is_file(p)]
             samples.append(pair)
         _report_missing(missing, str(split_file))
         if not samples:

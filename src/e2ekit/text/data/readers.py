@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from e2ekit.core.errors import ConfigError, DataError, did_you_mean
+from e2ekit.core.textio import loads_json, read_utf8
 
 log = logging.getLogger("e2ekit")
 
@@ -311,7 +312,7 @@ def _id2label(path: Path, n: int) -> dict[int, str]:
             "as strings"
         )
     try:
-        table = json.loads(file.read_text(encoding="utf-8-sig"))
+        table = loads_json(file.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{file}:1: not valid JSON ({e}); fix the label2id file") from None
     if not isinstance(table, dict) or not all(
@@ -327,7 +328,7 @@ def _read_ner_json(path: Path, lines: list[tuple[int, str]], require_label: bool
     examples = []
     for n, line in lines:
         try:
-            item = json.loads(line)
+            item = loads_json(line)
         except json.JSONDecodeError as e:
             raise DataError(
                 f"{path}:{n}: invalid JSON at column {e.colno}: {e.msg}; write one object per "
@@ -513,7 +514,7 @@ def _squad_items(p: Path, raw: str) -> Iterable[tuple[str, str, str, dict]]:
         lines = [(n, s) for n, s in enumerate(raw.split("\n"), 1) if s.strip()]
     else:
         try:
-            doc = json.loads(raw)
+            doc = loads_json(raw)
         except json.JSONDecodeError as e:
             if e.msg == "Extra data" and raw.lstrip().startswith("{"):
                 lines = [(n, s) for n, s in enumerate(raw.split("\n"), 1) if s.strip()]
@@ -525,7 +526,7 @@ def _squad_items(p: Path, raw: str) -> Iterable[tuple[str, str, str, dict]]:
     if lines is not None:  # JSON lines of flattened items
         for n, s in lines:
             try:
-                item = json.loads(s)
+                item = loads_json(s)
             except json.JSONDecodeError as e:
                 raise DataError(
                     f"{p}:{n}: invalid JSON at column {e.colno}: {e.msg}; JSON lines need one "
@@ -571,10 +572,7 @@ def read_squad(path: str | Path, *, require_answers: bool) -> list[MrcExample]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"no such file: {p} (check the path in data.train/dev/test)")
-    try:
-        raw = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p}:1: not valid UTF-8 ({e.reason}); re-save as UTF-8") from None
+    raw = read_utf8(p, DataError)
     examples: list[MrcExample] = []
     seen: set[str] = set()
     fixed = dropped = 0
@@ -594,7 +592,7 @@ def read_squad(path: str | Path, *, require_answers: bool) -> list[MrcExample]:
             if not isinstance(text, str) or not text.strip():
                 raise DataError(f"{at}: question '{qid}' has an answer without text")
             given = ans.get("answer_start")
-            if isinstance(given, str) and given.isdigit():
+            if isinstance(given, str) and given.isdecimal() and len(given) <= 18:
                 given = int(given)
             start = _fix_answer(context, text, given)
             if start is None and text.strip() != text:
@@ -663,7 +661,7 @@ def read_texts(path_or_dash: str | Path) -> list[str | tuple[str, str]]:
         if not p.is_file():
             raise DataError(f"no such file: {p}")
         try:
-            items = json.loads(p.read_text(encoding="utf-8-sig"))
+            items = loads_json(read_utf8(p, DataError))
         except json.JSONDecodeError as e:
             raise DataError(f"{p}:{e.lineno}: invalid JSON at column {e.colno}: {e.msg}") from None
         if not isinstance(items, list):
@@ -675,7 +673,7 @@ def read_texts(path_or_dash: str | Path) -> list[str | tuple[str, str]]:
             out = []
             for n, s in lines:
                 try:
-                    out.append(_text_of(json.loads(s), f"{name}:{n}"))
+                    out.append(_text_of(loads_json(s), f"{name}:{n}"))
                 except json.JSONDecodeError as e:
                     raise DataError(
                         f"{name}:{n}: invalid JSON at column {e.colno}: {e.msg}"
