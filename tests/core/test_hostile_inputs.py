@@ -197,3 +197,71 @@ def test_request_schemas_refuse_unknown_keys(kit: str, body: dict) -> None:
         item = {**body["questions"][0], "answer": "a"}
         with pytest.raises(ValidationError, match=r"questions\.0\.answer"):
             request.model_validate({"questions": [item]})
+
+
+CORRUPT_PNG_SCRIPT = """
+import io, sys
+import numpy as np
+from PIL import Image
+from e2ekit.core.errors import DataError
+from e2ekit.core.imageio import decode_image_bytes
+buf = io.BytesIO()
+Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), np.uint8)).save(buf, "PNG")
+raw = bytearray(buf.getvalue())
+raw[raw.index(b"IDAT") + 9] ^= 0xFF  # a broken deflate block, the chunk CRC left alone
+try:
+    decode_image_bytes(bytes(raw))
+except DataError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_a_corrupt_png_stream_is_an_error_not_a_crash() -> None:
+    """libpng inside torchvision ends the process on this file (SIGSEGV): a server would die
+    on one upload. It runs in a child so a regression fails this test, not the test run."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", CORRUPT_PNG_SCRIPT], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert "refused: cannot decode image" in proc.stdout
+
+
+def test_sixteen_bit_png_keeps_the_high_byte() -> None:
+    import io
+
+    from PIL import Image
+
+    from e2ekit.core.imageio import decode_image_bytes
+
+    deep = np.array([[0, 256], [65535, 0x1234]], np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(deep).save(buf, "PNG")
+    got = decode_image_bytes(buf.getvalue())
+    assert got.dtype == torch.uint8 and got.shape == (3, 2, 2)
+    assert got[0].tolist() == [[0, 1], [255, 0x12]] and (got[0] == got[2]).all()
+
+
+def test_label_bomb_and_bad_list_files_are_errors(tmp_path: Path) -> None:
+    from e2ekit.core.errors import DataError
+    from e2ekit.core.imageio import ImageTooLarge, list_inputs, read_label
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", 60000, 60000, 8, 0, 0, 0, 0)  # 3.6 G pixels declared
+    (tmp_path / "label.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    )
+    with pytest.raises(ImageTooLarge, match="label.png"):
+        read_label(tmp_path / "label.png")
+    listing = tmp_path / "list.txt"
+    listing.write_bytes("caf\xe9.png\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"list\.txt.*line 1|list\.txt:1"):
+        list_inputs(listing)
+    listing.write_text("x" * 300 + ".png\n")
+    with pytest.raises(DataError, match=r"list\.txt:1: image not found"):
+        list_inputs(listing)

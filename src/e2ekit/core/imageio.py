@@ -29,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image
 
 from e2ekit.core.errors import DataError
+from e2ekit.core.textio import read_utf8
 
 __all__ = [
     "IMAGE_EXTS",
@@ -66,13 +67,18 @@ CEILING_KEY = "e2ekit's ceiling for any image"
 # The config key the serving limit lives under (ServeSettings.max_image_pixels).
 SERVE_LIMIT_KEY = "serve.max_image_pixels"
 # Formats torchvision decodes natively; the rest go through Pillow.
-_TORCHVISION_FORMATS = {"JPEG", "PNG", "WEBP"}
+# PNG goes to Pillow: torchvision's libpng decoder crashes the process (SIGSEGV) on a
+# corrupt IDAT stream, and one bad upload must not kill a server.
+_TORCHVISION_FORMATS = {"JPEG", "WEBP"}
 
 # Pillow modes whose pixel values are the class ids themselves.
 _ID_MODES = {"L", "P", "I", "I;16", "I;16L", "I;16B", "1"}
 
 
 def _pil_to_rgb_tensor(im: Image.Image) -> torch.Tensor:
+    if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: keep the high byte
+        grey = (np.asarray(im, dtype=np.int64).clip(0, 65535) >> 8).astype(np.uint8)
+        return torch.from_numpy(grey)[None].expand(3, -1, -1).contiguous()
     arr = np.array(im.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()  # (3, H, W)
 
@@ -254,8 +260,10 @@ def read_label(path: str | Path) -> np.ndarray:
                     "single-channel 8- or 16-bit PNG of class ids"
                 )
             arr = np.array(im)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"cannot decode label file {path}: {exc}") from None
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"label {path}", None, PIXEL_CEILING, CEILING_KEY) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot decode label file {path}: {_reason(exc)}") from None
     if arr.ndim != 2:
         raise DataError(f"label {path} has shape {arr.shape}; expected (H, W) class ids")
     if arr.dtype == np.bool_:  # mode '1': black/white -> 0/1
@@ -361,12 +369,16 @@ def list_inputs(path: Path) -> list[Path]:
     if path.suffix.lower() in IMAGE_EXTS:
         return [path]
     files = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(read_utf8(path, DataError).splitlines(), start=1):
         if not line.strip():
             continue
         item = Path(line.split()[0])
         item = item if item.is_absolute() else path.parent / item
-        if not item.is_file():
+        try:
+            found = item.is_file()
+        except OSError:  # a name too long for the file system
+            found = False
+        if not found:
             raise DataError(f"{path}:{line_no}: image not found: {item}")
         files.append(item)
     if not files:
