@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint format bench clean
+.PHONY: setup demo test test-all reliability lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,13 +23,19 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Kills, disk full, reader fuzzing, server fuzzing and load, hostile folders: one table
+# (about 20 minutes on 2 cores; docs/reliability.md).
+reliability: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[reliability]"
+	$(BIN)/python -m reliability
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests $(wildcard benchmarks)
-	$(BIN)/ruff format --check src tests $(wildcard benchmarks)
+	$(BIN)/ruff check src tests reliability $(wildcard benchmarks)
+	$(BIN)/ruff format --check src tests reliability $(wildcard benchmarks)
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks reliability
+	$(BIN)/ruff check --fix src tests benchmarks reliability
 
 bench: $(STAMP)
 	@for script in benchmarks/*/bench_*.py benchmarks/bench_*.py; do \
