@@ -35,6 +35,9 @@ def make_blobs(
     return x, logits.argmax(axis=1).astype(np.int64)
 
 
+CSV_FIELD_LIMIT = 131072  # the csv module's default field_size_limit
+
+
 def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) per CSV record; a malformed record (an unclosed quote, a field
     of megabytes) is a DataError naming the line rather than ``csv.Error``."""
@@ -47,6 +50,13 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
                 return
             except csv.Error as exc:
                 raise DataError(f"{path}:{reader.line_num}: not a valid CSV row ({exc})") from None
+            # csv's own limit is process-wide and other libraries raise it (scipy does on
+            # import): hold every field to the standard 128 KiB here
+            if any(len(field) > CSV_FIELD_LIMIT for field in row):
+                raise DataError(
+                    f"{path}:{reader.line_num}: not a valid CSV row (field larger than field "
+                    f"limit ({CSV_FIELD_LIMIT}))"
+                )
             yield reader.line_num, row
 
 
