@@ -502,6 +502,10 @@ CTR_LOOP = CoveredBy(f"{EFFECTS}::test_ctr_loop_keys")
 CTR_EXPORT = CoveredBy(f"{EFFECTS}::test_ctr_export_keys")
 CTR_STREAM = CoveredBy(f"{EFFECTS}::test_ctr_stream_keys")
 CTR_BUILTIN = CoveredBy(f"{EFFECTS}::test_ctr_builtin_data_keys")  # a generation takes seconds
+CTR_SERVING = "tests/ctr/test_serving.py"
+CTR_SERVING_STREAM = CoveredBy(
+    f"{CTR_SERVING}::test_streaming_partitions_publish_versions_and_compact"
+)
 INFER_OVERRIDES = CoveredBy(
     "tests/core/test_infer_device.py::test_each_infer_override_changes_the_predictor"
 )
@@ -836,9 +840,15 @@ CTR: dict[str, Evidence] = {
     "export.quantize_keep_final_float": CTR_EXPORT,
     "export.quantize_op_types": CTR_EXPORT,
     "export.sample_batch": Changes(2, export_spec),
+    "export.snapshots": CTR_SERVING_STREAM,
+    "export.snapshot_compact_every": CTR_SERVING_STREAM,
     **INFER,
+    "infer.kv": CoveredBy(f"{CTR_SERVING}::test_redis_store_serves_and_follows_versions"),
     **SERVE,
     "serve.max_image_pixels": Refused(1000),
+    "serve.watch_s": CoveredBy(
+        f"{CTR_SERVING}::test_server_swaps_versions_under_load_without_a_failed_request"
+    ),
 }
 
 TABLES: dict[str, dict[str, Evidence]] = {

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from ..conftest import ROOT, SHARED_DATA
 
@@ -77,12 +78,20 @@ def test_export_predict_serve(cli, trained: Path, tmp_path: Path) -> None:
     summary = last_json(out)
     assert summary["max_abs_diff"] < 1e-4
     manifest = json.loads((export / "sparse" / "manifest.json").read_text())
-    assert manifest["format"] == "e2ekit-ctr-sparse" and manifest["format_version"] == 1
-    keys = np.load(export / "sparse" / "keys.npy")
-    values = np.load(export / "sparse" / "values.npy")
-    assert keys.shape[0] == values.shape[0] == manifest["rows"] == summary["sparse_rows"] > 0
+    assert manifest["format"] == "e2ekit-ctr-snapshots" and manifest["format_version"] == 1
+    (base,) = manifest["versions"]
+    assert base["kind"] == "base" and base["name"] == summary["model_version"]
+    assert base["name"].startswith("step-") and base["meta"]["dense"] == "model.onnx"
+    keys = np.load(export / "sparse" / base["dir"] / "keys.npy")
+    values = np.load(export / "sparse" / base["dir"] / "values.npy")
+    assert keys.shape[0] == values.shape[0] == base["rows"] == summary["sparse_rows"] > 0
     assert np.all(np.diff(keys) > 0) and values.shape[1] == manifest["width"]
-    assert manifest["model_version"].startswith("step-")
+    deploy = yaml.safe_load((export / "deploy.yaml").read_text())
+    assert deploy["sparse"] == {
+        "dir": "sparse",
+        "format": "e2ekit-ctr-snapshots",
+        "version": base["name"],
+    }
 
     from e2ekit.ctr.data.splits import split_paths
     from e2ekit.ctr.kit import _load
@@ -122,7 +131,7 @@ def test_export_predict_serve(cli, trained: Path, tmp_path: Path) -> None:
     rows = Path(val).read_text().splitlines()[:3]
     with TestClient(app) as client:
         ok = client.post("/predict", json={"rows": rows}).json()
-        assert len(ok["probs"]) == 3 and ok["model_version"] == manifest["model_version"]
+        assert len(ok["probs"]) == 3 and ok["model_version"] == base["name"]
         np.testing.assert_allclose(ok["probs"], preds["--model"][:3], atol=1e-5)
         nolabel = client.post("/predict", json={"rows": [r.split("\t", 1)[1] for r in rows]})
         np.testing.assert_allclose(nolabel.json()["probs"], ok["probs"], atol=1e-6)
@@ -136,7 +145,8 @@ def test_export_predict_serve(cli, trained: Path, tmp_path: Path) -> None:
         assert r.status_code == 422 and "row 1: I1" in r.text and "out of range" in r.text
         r = client.post("/predict", json={"rows": rows, "model_version": "x"})
         assert r.status_code == 422 and "model_version" in r.text
-        assert client.get("/health").status_code == 200
+        health = client.get("/health")
+        assert health.status_code == 200 and health.json()["model_version"] == base["name"]
         demo = client.post("/predict", json=kit.demo_request(predictor.deploy))
         assert demo.status_code == 200 and len(demo.json()["probs"]) == 2
 
@@ -145,7 +155,7 @@ def test_async_hogwild_two_workers(cli, tmp_path: Path) -> None:
     run = tmp_path / "async"
     code, out, err = cli(
         "ctr", "train", "-c", TINY, "-o", "train.mode=async", "-o", "train.workers=2",
-        "-o", "train.epochs=2", "--out", run,
+        "-o", "train.epochs=2", "-o", "export.snapshots=serving", "--out", run,
     )  # fmt: skip
     assert code == 0, err
     metrics = last_json(out)
@@ -153,6 +163,17 @@ def test_async_hogwild_two_workers(cli, tmp_path: Path) -> None:
     ckpt = torch.load(run / "last.pt", weights_only=False)
     # both workers trained: every row of both epochs counted once
     assert ckpt["rows_seen"] == 2 * 3000
+    # the workers mark the rows they change in the shared mask: the second version's delta
+    # rebuilds the final table
+    from e2ekit.ctr.kv import MmapStore, read_manifest
+
+    kinds = [e["kind"] for e in read_manifest(run / "serving" / "sparse")["versions"]]
+    assert kinds == ["base", "delta"]
+    table = ckpt["model"]["tables.embedding.weight"].numpy()
+    touched = (ckpt["stepper"]["row_optimizer"]["state"]["exp_avg_sq"].sum(dim=1) > 0).numpy()
+    keys = np.flatnonzero(touched)
+    rows = MmapStore(run / "serving" / "sparse").lookup(keys)
+    np.testing.assert_array_equal(rows, table[keys])
 
 
 @pytest.mark.skipif(

@@ -130,6 +130,20 @@ def test_writer_refuses_bad_rows_and_names(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "snap").iterdir()) == ["manifest.json", "v-v0"]
 
 
+def test_empty_versions_publish_and_look_up_zeros(tmp_path: Path) -> None:
+    """A base or delta of no rows (a pass that trained no row) is a valid version."""
+    writer = SnapshotWriter(tmp_path / "snap")
+    writer.write_base(np.zeros(0, np.int64), np.zeros((0, W), np.float32), "v0")
+    writer.write_delta([], np.zeros((0, W)), "v1")
+    writer.write_delta([7], np.ones((1, W)), "v2")
+    digests = [e["digest"] for e in read_manifest(tmp_path / "snap")["versions"]]
+    assert len(set(digests[:2])) == 1 and digests[2] != digests[0]
+    store = MmapStore(tmp_path / "snap", "v1")
+    np.testing.assert_array_equal(store.lookup(np.array([7, 8])), np.zeros((2, W)))
+    store.load(tmp_path / "snap")
+    np.testing.assert_array_equal(store.lookup(np.array([7, 8])), [[1.0] * W, [0.0] * W])
+
+
 def test_prune_keeps_what_the_newest_versions_read(tmp_path: Path) -> None:
     refs = _publish(tmp_path / "snap", compact_every=2)
     store = MmapStore(tmp_path / "snap", "v2")  # maps v0..v2 before they are removed

@@ -56,7 +56,10 @@ def test_partitions_one_by_one_with_a_crash(cli, staged: Path, tmp_path: Path) -
     first = torch.load(run / "last.pt", weights_only=False)
     assert first["stream"]["trained"] == [PARTS[0]]
     assert (run / "checkpoints" / "20261101-00.pt").is_file()
-    assert (run / "exports" / "20261101-00" / "sparse" / "manifest.json").is_file()
+    manifest = json.loads(
+        (run / "exports" / "20261101-00" / "sparse" / "manifest.json").read_text()
+    )
+    assert [e["name"] for e in manifest["versions"]] == [f"step-{first['step']}-20261101-00"]
 
     # p1 completes; p2 arrives with a corrupt row; the strict run dies inside p2
     (stream / PARTS[1] / "_SUCCESS").touch()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import create_model
 
 from e2ekit.core.config import (
     Provenance,
@@ -174,6 +176,7 @@ class ModulePredictor:
         self.output_names = [self.argmax.get(n, n) for n in self.module_outputs]
         self.deploy = dict(spec.deploy)
         self.backend_name = "torch-checkpoint"
+        self.settings: ExportRunConfig | None = None  # the running sections, when known
 
     @property
     def runtime(self) -> dict[str, Any]:
@@ -212,6 +215,22 @@ class ExportRunConfig(Strict):
 
     infer: InferConfig = InferConfig()
     serve: ServeSettings = ServeSettings()
+
+
+@functools.cache
+def export_run_schema(schema: type[RunConfig]) -> type[ExportRunConfig]:
+    """``ExportRunConfig`` with a kit schema's own ``infer`` and ``serve`` sections: keys a
+    kit adds there (ctr's store and version watch) are accepted for that kit's exports only."""
+    infer = schema.model_fields["infer"].annotation
+    serve = schema.model_fields["serve"].annotation
+    if infer is InferConfig and serve is ServeSettings:
+        return ExportRunConfig
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        f"{schema.__name__}ExportRun",
+        __base__=ExportRunConfig,
+        infer=(infer, infer()),  # type: ignore[misc,operator]
+        serve=(serve, serve()),  # type: ignore[misc,operator]
+    )
 
 
 # The runtime flags predict, serve and bench share: flag name -> (section, key).
@@ -258,7 +277,7 @@ def load_export_config(
                 f"only {keys} keys apply{did_you_mean(parts[0], sections)}"
             )
     tree = _with_flags(apply_overrides(tree, prov, overrides), prov, args)
-    return validate(tree, ExportRunConfig, prov)
+    return validate(tree, export_run_schema(kit.schema), prov)
 
 
 def check_device(settings: InferConfig, args: Namespace) -> None:
@@ -276,15 +295,23 @@ def refuse_other_kit(kit: Kit, deploy: dict[str, Any], verb: str) -> None:
 
 
 def export_predictor(
-    kit: Kit, model: str | Path, settings: InferConfig, args: Namespace, verb: str
+    kit: Kit,
+    model: str | Path,
+    settings: InferConfig,
+    args: Namespace,
+    verb: str,
+    config: ExportRunConfig | None = None,
 ) -> Any:
-    """The export in ``model`` run as ``settings`` say (see ``Predictor`` for cuda's fallbacks)."""
+    """The export in ``model`` run as ``settings`` say (see ``Predictor`` for cuda's fallbacks).
+
+    ``config`` (all the running sections) rides along as ``predictor.settings``, where a
+    kit's predict and endpoints read the keys only that kit has."""
     from e2ekit.core.infer import Predictor, load_deploy
 
     check_device(settings, args)
     try:
         refuse_other_kit(kit, load_deploy(model), verb)
-        return Predictor(
+        predictor = Predictor(
             model,
             backend=settings.backend,
             num_threads=settings.num_threads,
@@ -293,6 +320,8 @@ def export_predictor(
         )
     except (FileNotFoundError, ValueError) as exc:
         raise E2EError(str(exc)) from None
+    predictor.settings = config  # type: ignore[attr-defined]
+    return predictor
 
 
 def _asked_for(args: Namespace, flag: str) -> Any:
@@ -313,7 +342,8 @@ def checkpoint_predictor(kit: Kit, args: Namespace) -> ModulePredictor:
     cfg, _ = load_run_config(kit, args)
     prov = Provenance()
     tree = _with_flags({"infer": cfg.infer.model_dump()}, prov, args)
-    settings = validate(tree, ExportRunConfig, prov).infer
+    config = validate(tree, export_run_schema(kit.schema), prov)
+    settings = config.infer
     if _asked_for(args, "backend") == "onnxruntime":
         raise E2EError(
             "--weights runs the checkpoint in PyTorch; for onnxruntime, export it and "
@@ -327,15 +357,17 @@ def checkpoint_predictor(kit: Kit, args: Namespace) -> ModulePredictor:
     key = "--device" if getattr(args, "device", None) else "infer.device"
     device = resolve_device(settings.device, key)
     task, model = _load_model(kit, cfg, args.weights)
-    return ModulePredictor(task.export_spec(model), device, settings.num_threads)
+    predictor = ModulePredictor(task.export_spec(model), device, settings.num_threads)
+    predictor.settings = config
+    return predictor
 
 
 def make_predictor(kit: Kit, args: Namespace) -> Any:
     """An exported model (``--model DIR``) on onnxruntime/torch, or a checkpoint (``--weights``),
     on the device and settings that flags, ``-o infer.*`` and ``-c`` choose."""
     if getattr(args, "model", None):
-        settings = load_export_config(kit, args).infer
-        return export_predictor(kit, args.model, settings, args, "predict")
+        config = load_export_config(kit, args)
+        return export_predictor(kit, args.model, config.infer, args, "predict", config)
     return checkpoint_predictor(kit, args)
 
 
@@ -387,7 +419,7 @@ def cmd_serve(kit: Kit, args: Namespace) -> dict[str, Any]:
     if not args.model:
         raise E2EError("--model is required: an export folder (from `export`)")
     config = load_export_config(kit, args, sections=("infer", "serve"))
-    predictor = export_predictor(kit, args.model, config.infer, args, "serve")
+    predictor = export_predictor(kit, args.model, config.infer, args, "serve", config)
     info = {"kit": kit.name, "model": str(Path(args.model).resolve()), **runtime_info(predictor)}
     app = create_app(kit.endpoints(predictor), config.serve, model_info=info)
     run_server(app, config.serve)

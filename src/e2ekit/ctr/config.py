@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from e2ekit.core.schema import ExportConfig, OptimConfig, RunConfig, Strict, TrainConfig
+from e2ekit.core.schema import (
+    ExportConfig,
+    InferConfig,
+    OptimConfig,
+    RunConfig,
+    Strict,
+    TrainConfig,
+)
+from e2ekit.core.serve.settings import ServeSettings
 
 BUILTIN_PREFIX = "builtin:"
+KV_EMBEDDED = "embedded"
+KV_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class CtrModel(Strict):
@@ -94,6 +104,49 @@ class StreamConfig(Strict):
 
 class CtrExport(ExportConfig):
     sample_batch: int = Field(8, ge=1, description="rows in the export's sample inputs")
+    snapshots: str | None = Field(
+        None,
+        description="folder (relative to the run folder) that training publishes a servable "
+        "version into after every pass and streaming partition: a base table, then deltas of "
+        "the rows changed since; null = off",
+    )
+    snapshot_compact_every: int | None = Field(
+        None,
+        ge=1,
+        description="with export.snapshots: after this many deltas in a row the next version "
+        "is a merged base, so a reader stacks at most this many layers; null = never",
+    )
+
+
+class CtrInfer(InferConfig):
+    kv: str = Field(
+        KV_EMBEDDED,
+        description="where predict and serve look table rows up: embedded (the snapshot's "
+        "memory-mapped files) or redis://host:port[/db] (comma-separated URLs shard the keys; "
+        "the snapshot's layers are written into Redis first)",
+    )
+
+    @field_validator("kv")
+    @classmethod
+    def _kv_spec(cls, value: str) -> str:
+        text = value.strip()
+        urls = [u.strip() for u in text.split(",")]
+        if text == KV_EMBEDDED or (text and all(u.startswith(KV_URL_SCHEMES) for u in urls)):
+            return text
+        raise ValueError(
+            f"{value!r} is not a store: use {KV_EMBEDDED} or redis://host:port[/db] "
+            "(comma-separate several URLs to shard the keys)"
+        )
+
+
+class CtrServe(ServeSettings):
+    watch_s: float = Field(
+        2.0,
+        ge=0,
+        description="how often (seconds) the server checks a snapshot folder for a newer "
+        "version and swaps it in (table and dense model together); 0 = serve the version "
+        "it started with",
+    )
 
 
 class CtrConfig(RunConfig):
@@ -116,6 +169,8 @@ class CtrConfig(RunConfig):
     sparse_optim: SparseOptim = SparseOptim()
     stream: StreamConfig = StreamConfig()
     export: CtrExport = CtrExport()  # type: ignore[assignment]
+    infer: CtrInfer = CtrInfer()
+    serve: CtrServe = CtrServe()
 
     @model_validator(mode="after")
     def _checks(self) -> CtrConfig:

@@ -45,6 +45,20 @@ class PredictRequest(BaseModel):
     )
 
 
+def runner_options(predictor: Any) -> dict[str, Any]:
+    """The store (``infer.kv``) and version watch (``serve.watch_s``) the predictor was
+    opened with; the schema's defaults for one built without settings."""
+    from e2ekit.ctr.config import CtrInfer, CtrServe
+
+    settings = getattr(predictor, "settings", None)
+    infer = getattr(settings, "infer", None)
+    serve = getattr(settings, "serve", None)
+    return {
+        "kv": infer.kv if isinstance(infer, CtrInfer) else CtrInfer().kv,
+        "watch_s": serve.watch_s if isinstance(serve, CtrServe) else CtrServe().watch_s,
+    }
+
+
 def _load(kit: Kit, args: Namespace) -> tuple[CtrConfig, dict[str, Any], Any, Any]:
     """Config, checkpoint, model and stepper of ``--weights``."""
     from e2ekit.ctr.engine.stepper import Stepper, build_model
@@ -180,11 +194,18 @@ class CtrKit(Kit[CtrConfig]):
     def predict(
         self, predictor: Any, input_path: Path, out_dir: Path, options: Mapping[str, Any]
     ) -> dict[str, Any]:
-        from e2ekit.ctr.data.formats import open_reader
-        from e2ekit.ctr.metrics import CtrMetrics
         from e2ekit.ctr.runner import CtrRunner
 
-        runner = CtrRunner(predictor)
+        runner = CtrRunner(predictor, kv=runner_options(predictor)["kv"])
+        try:
+            return self._predict(runner, input_path, out_dir)
+        finally:
+            runner.close()
+
+    def _predict(self, runner: Any, input_path: Path, out_dir: Path) -> dict[str, Any]:
+        from e2ekit.ctr.data.formats import open_reader
+        from e2ekit.ctr.metrics import CtrMetrics
+
         reader = open_reader(
             str(input_path), format="auto", hash_size=runner.hash_size, batch_size=8192
         )
@@ -223,7 +244,7 @@ class CtrKit(Kit[CtrConfig]):
     def endpoints(self, predictor: Any) -> list[Endpoint]:
         from e2ekit.ctr.runner import CtrRunner, parse_lines
 
-        runner = CtrRunner(predictor)
+        runner = CtrRunner(predictor, **runner_options(predictor))
 
         def to_items(req: PredictRequest) -> list[tuple[np.ndarray, np.ndarray]]:
             if not req.rows:
@@ -236,15 +257,20 @@ class CtrKit(Kit[CtrConfig]):
             feats = parse_lines(req.rows, runner.hash_size)  # ValueError -> 422 naming the row
             return list(zip(feats["dense"], feats["sparse"], strict=True))
 
-        def run_batch(items: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
+        def run_batch(items: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[float, Any]]:
             dense = np.stack([d for d, _ in items])
             sparse = np.stack([s for _, s in items])
-            return [float(p) for p in runner.score(dense, sparse)]
+            probs, version = runner.score_versioned(dense, sparse)  # one table/model pair
+            return [(float(p), version) for p in probs]
 
-        def to_response(req: PredictRequest, results: list[float]) -> dict[str, Any]:
-            return {"probs": results, "model_version": runner.version}
+        def to_response(req: PredictRequest, results: list[tuple[float, Any]]) -> dict[str, Any]:
+            # a request split over batches around a swap: the newer version, its last batch's
+            return {"probs": [p for p, _ in results], "model_version": results[-1][1]}
 
-        return [Endpoint("/predict", PredictRequest, to_items, run_batch, to_response)]
+        def info() -> dict[str, Any]:
+            return {"model_version": runner.version}
+
+        return [Endpoint("/predict", PredictRequest, to_items, run_batch, to_response, info=info)]
 
     def demo_input(self, cfg: CtrConfig, folder: Path) -> Path:
         from e2ekit.ctr.data.splits import split_paths

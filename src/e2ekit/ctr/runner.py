@@ -1,22 +1,34 @@
-"""Score raw Criteo rows with an export (sparse store + dense ONNX) or a checkpoint.
+"""Score raw Criteo rows with an export (table store + dense ONNX) or a checkpoint.
 
 The runner does what a CTR server does: parse and hash the row exactly like training,
-look the 26 slot rows up in the exported key -> vector store (a sorted-key binary search;
-unseen keys get the default zero vector), and run the dense graph on the predictor.
+look the 26 slot rows up in the export's key -> vector store (unseen keys get zeros), and
+run the dense graph on the predictor. A snapshot export's rows come from a KV store
+(``infer.kv``: memory-mapped files, or Redis); a server can follow the folder
+(``serve.watch_s``): when a newer version is published there, its table and its dense
+model are loaded side by side and swapped in together.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import threading
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from e2ekit.core.errors import DataError
+from e2ekit.core.errors import DataError, E2EError
+from e2ekit.core.logs import log
+from e2ekit.ctr.config import KV_EMBEDDED
 from e2ekit.ctr.data.criteo import N_DENSE, N_SPARSE, hash_strings
 from e2ekit.ctr.export import SPARSE_FORMAT, SPARSE_VERSION
+from e2ekit.ctr.kv import open_store, read_manifest
+from e2ekit.ctr.kv.snapshots import MANIFEST, SNAPSHOT_FORMAT
 
 
 class SparseStore:
@@ -113,27 +125,262 @@ def _dense_value(text: str, where: str) -> float:
     return float(np.log1p(x)) if x >= 0 else 0.0
 
 
-class CtrRunner:
-    """``predictor`` (export or checkpoint) + its table -> click probabilities."""
+class SnapshotLookup:
+    """A KV store seen as the runner's table: ``lookup(ids (B, 26))`` adds each slot's key
+    offset (``slot * hash_size``) and asks the store."""
 
-    def __init__(self, predictor: Any) -> None:
+    def __init__(self, store: Any, hash_size: int) -> None:
+        self.store = store
+        self.hash_size = hash_size
+        self.version = store.version
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        keys = ids.astype(np.int64) + np.arange(ids.shape[1], dtype=np.int64) * self.hash_size
+        return self.store.lookup(keys)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_snapshot(kv: str, folder: Path, version: str | None, hash_size: int) -> SnapshotLookup:
+    """``version`` of the snapshot folder in the ``kv`` store. A Redis store is pinned to
+    the version it loads: the table must not move under the dense model it pairs with."""
+    options: dict[str, Any] = {} if kv == KV_EMBEDDED else {"refresh_s": math.inf}
+    store = open_store(kv, snapshot_folder=folder, version=version, **options)
+    return SnapshotLookup(store, hash_size)
+
+
+class Live:
+    """One table version and the dense model trained with it: what a batch is scored on.
+
+    The runner swaps a whole ``Live`` in with one assignment; ``users`` counts the batches
+    still scoring on a replaced one, whose store closes once the last of them is done."""
+
+    def __init__(self, version: str | None, table: Any, run: Callable[..., Any]) -> None:
+        self.version = version
+        self.table = table
+        self.run = run
+        self.users = 0
+        self.retired = False
+
+    def close(self) -> None:
+        close = getattr(self.table, "close", None)
+        if close is not None:
+            close()
+
+
+def _file_identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_ino, st.st_size
+
+
+class CtrRunner:
+    """``predictor`` (export or checkpoint) + its table -> click probabilities.
+
+    ``kv`` is the store of a snapshot export's rows (``infer.kv``); ``watch_s > 0`` follows
+    the snapshot folder: every ``watch_s`` seconds its manifest is checked, and a newer
+    version is swapped in (table and dense model at once) after a trial batch passed on it.
+    A version that fails to load is logged and the current one kept.
+    """
+
+    def __init__(self, predictor: Any, kv: str = KV_EMBEDDED, watch_s: float = 0.0) -> None:
         self.predictor = predictor
         deploy = predictor.deploy
         if deploy.get("kit") != "ctr":
             raise DataError(f"this is a {deploy.get('kit')!r} model, not a ctr export")
+        self.hash_size = int(deploy["hash_size"])
+        self.kv = kv
+        self.snapshots: Path | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
         module = getattr(predictor, "module", None)
         if module is not None and hasattr(module, "model"):
-            self.store: Any = TableLookup(module.model)
+            if kv != KV_EMBEDDED:
+                log.warning(
+                    "infer.kv=%s: a checkpoint (--weights) looks rows up in its own table; "
+                    "the store applies to exports (--model)",
+                    kv,
+                )
+            table: Any = TableLookup(module.model)
+            version = deploy.get("model_version")
         else:
-            self.store = SparseStore(Path(predictor.export_dir) / deploy["sparse"]["dir"])
-        self.hash_size = int(deploy["hash_size"])
-        self.version = deploy.get("model_version")
+            table, version = self._open_export(Path(predictor.export_dir), deploy)
+        self._live = Live(version, table, predictor.run)
+        self._seen = _file_identity(self.snapshots / MANIFEST) if self.snapshots else None
+        if watch_s > 0 and self.snapshots is not None:
+            self._start_watch(watch_s)
+
+    def _open_export(self, export_dir: Path, deploy: dict[str, Any]) -> tuple[Any, str | None]:
+        from e2ekit.core.infer import export_file
+
+        sparse = deploy.get("sparse")
+        if not isinstance(sparse, dict):
+            raise DataError(f"{export_dir / 'deploy.yaml'}: no 'sparse' section (the table)")
+        folder = export_file(export_dir, sparse.get("dir"), "sparse.dir")
+        fmt = sparse.get("format")
+        if fmt == SPARSE_FORMAT:
+            if self.kv != KV_EMBEDDED:
+                raise E2EError(
+                    f"infer.kv={self.kv}: {folder} is an export made before snapshots "
+                    f"({SPARSE_FORMAT}); re-export it to serve its rows from Redis"
+                )
+            return SparseStore(folder), deploy.get("model_version")
+        if fmt != SNAPSHOT_FORMAT:
+            raise DataError(
+                f"{export_dir / 'deploy.yaml'}: sparse.format {fmt!r} is not "
+                f"{SNAPSHOT_FORMAT} or {SPARSE_FORMAT}"
+            )
+        version = sparse.get("version")
+        table = open_snapshot(self.kv, folder, version, self.hash_size)
+        self.snapshots = folder
+        return table, table.version
+
+    # -- scoring ------------------------------------------------------------------------------
+    @property
+    def version(self) -> str | None:
+        """The model version scoring now (the table's and the dense model's)."""
+        return self._live.version
+
+    def score_versioned(self, dense: np.ndarray, sparse: np.ndarray) -> tuple[np.ndarray, Any]:
+        """Probabilities and the version that gave them (one table/model pair throughout)."""
+        with self._lock:
+            live = self._live  # read once: the batch stays on this pair
+            live.users += 1
+        try:
+            emb = live.table.lookup(sparse)
+            out = live.run({"dense": dense.astype(np.float32), "emb": emb})
+            probs = np.asarray(out["prob"], dtype=np.float32).reshape(-1)
+        finally:
+            with self._lock:
+                live.users -= 1
+                done = live.retired and live.users == 0
+            if done:
+                live.close()
+        return probs, live.version
 
     def score(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
-        emb = self.store.lookup(sparse)
-        out = self.predictor.run({"dense": dense.astype(np.float32), "emb": emb})
-        return np.asarray(out["prob"], dtype=np.float32).reshape(-1)
+        return self.score_versioned(dense, sparse)[0]
 
     def score_lines(self, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
         feats = parse_lines(lines, self.hash_size)
         return self.score(feats["dense"], feats["sparse"]), feats["label"]
+
+    # -- following a snapshot folder -------------------------------------------------------------
+    def _start_watch(self, interval: float) -> None:
+        backend = getattr(self.predictor, "backend_name", None)
+        precision = getattr(self.predictor, "precision", "fp32")
+        if backend != "onnxruntime" or precision != "fp32":
+            log.info(
+                "serve.watch_s: new versions carry an fp32 ONNX model; serving %s %s, the "
+                "version loaded now stays",
+                backend,
+                precision,
+            )
+            return
+        ref = weakref.ref(self)
+        stop = self._stop
+        self._watcher = threading.Thread(
+            target=_watch, args=(ref, stop, interval), name="e2ekit-ctr-watch", daemon=True
+        )
+        self._watcher.start()
+
+    def refresh(self) -> bool:
+        """Swap in the snapshot folder's newest version if it is not the current one; True
+        when it did. A version that fails to load is logged; the current one stays."""
+        if self.snapshots is None:
+            return False
+        ident = _file_identity(self.snapshots / MANIFEST)
+        if ident is None or ident == self._seen:
+            return False
+        self._seen = ident  # a failed version is tried again only once the manifest changes
+        try:
+            versions = read_manifest(self.snapshots)["versions"]
+            if not versions or versions[-1]["name"] == self._live.version:
+                return False
+            live = self._load(versions[-1])
+        except Exception as exc:  # any failure keeps the version being served
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            log.warning(
+                "new ctr version in %s not loaded (%s); still serving %s",
+                self.snapshots,
+                first,
+                self._live.version,
+            )
+            return False
+        with self._lock:
+            old, self._live = self._live, live  # the one assignment a batch can observe
+            old.retired = True
+            idle = old.users == 0
+        if idle:
+            old.close()
+        log.info("now serving ctr version %s (was %s)", live.version, old.version)
+        return True
+
+    def _load(self, entry: dict[str, Any]) -> Live:
+        """The version ``entry`` names, with its dense model, checked on a trial batch."""
+        from e2ekit.core.infer import OnnxRuntimeBackend, export_file
+
+        predictor = self.predictor
+        export_dir = Path(predictor.export_dir)
+        name = entry["name"]
+        dense = (entry.get("meta") or {}).get("dense")
+        key = f"{MANIFEST} version {name!r} meta.dense"
+        export_file(export_dir, dense, key)  # inside the export folder, or refused
+        deploy = {**predictor.deploy, "model_file": dense, "model_version": name}
+        backend = OnnxRuntimeBackend(
+            export_dir,
+            deploy,
+            num_threads=predictor.num_threads,
+            precision="fp32",
+            device=predictor.device,
+        )
+        assert self.snapshots is not None
+        table = open_snapshot(self.kv, self.snapshots, name, self.hash_size)
+        try:
+            live = Live(name, table, lambda feeds: backend.run(_float32(feeds)))
+            trial = live.run(
+                {
+                    "dense": np.zeros((1, N_DENSE), np.float32),
+                    "emb": table.lookup(np.zeros((1, N_SPARSE), np.int64)),
+                }
+            )
+            prob = np.asarray(trial["prob"])
+            if prob.shape != (1,) or not np.all(np.isfinite(prob)):
+                raise DataError(f"{dense}: a trial row gave {prob.tolist()}, not one probability")
+        except BaseException:
+            table.close()
+            raise
+        return live
+
+    def close(self) -> None:
+        """Stop following the folder and close the current store."""
+        self._stop.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=5)
+        with self._lock:
+            live = self._live
+            live.retired = True
+            idle = live.users == 0
+        if idle:
+            live.close()
+
+
+def _float32(feeds: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()}
+
+
+def _watch(ref: weakref.ref[CtrRunner], stop: threading.Event, interval: float) -> None:
+    """Poll the runner's snapshot folder until it is closed or garbage-collected."""
+    while not stop.wait(interval):
+        runner = ref()
+        if runner is None:
+            return
+        try:
+            runner.refresh()
+        except Exception:  # never let the watch die: the server keeps its version
+            log.exception("ctr version watch")
+        del runner

@@ -68,7 +68,9 @@ class Endpoint:
     (-> its status, 400 by default) or ``ValueError`` (-> 422); :func:`current_settings` gives
     it the server's limits. ``to_response`` returns JSON-able data (numpy arrays/scalars and
     pydantic models are converted) or raises :class:`BadRequest` when the results show the
-    input was unusable (e.g. it drove the model to non-finite scores).
+    input was unusable (e.g. it drove the model to non-finite scores). ``info`` (optional)
+    returns JSON-able state that ``GET /health`` adds at each call, for what changes while
+    the server runs (the model version it serves now).
     """
 
     path: str
@@ -77,6 +79,7 @@ class Endpoint:
     run_batch: Callable[[list[Any]], Sequence[Any]]
     to_response: Callable[[Any, list[Any]], Any]
     summary: str | None = None
+    info: Callable[[], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/") or "{" in self.path:
@@ -393,11 +396,16 @@ def create_app(
             response_class=JSONResponse,
         )
 
+    live = [ep.info for ep in endpoints if ep.info is not None]
+
     @app.get("/health")
     async def health() -> JSONResponse:
+        now = dict(info)
+        for get in live:
+            now.update(jsonable_encoder(get(), custom_encoder=_NUMPY))
         if runtime.accepting:
-            return JSONResponse({**info, "status": "ok"})
-        return JSONResponse({**info, "status": "shutting_down"}, status_code=503)
+            return JSONResponse({**now, "status": "ok"})
+        return JSONResponse({**now, "status": "shutting_down"}, status_code=503)
 
     @app.get("/metrics")
     async def metrics_endpoint(request: Request) -> Response:

@@ -89,6 +89,14 @@ class CtrTrainer(RunLoop):
             total_steps=self.schedule_steps(),
         )
         self.hooks: list[Hook] = build_hooks([h.model_dump() for h in self.tc.hooks])
+        self.publisher: Any = None
+        self._published_step: int | None = None
+        if cfg.export.snapshots is not None and self.is_main:
+            from e2ekit.ctr.export import Publisher
+
+            folder = self.out_dir / cfg.export.snapshots
+            self.publisher = Publisher(folder, cfg, self.stepper.width)
+            self.stepper.track_changes()
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -196,6 +204,24 @@ class CtrTrainer(RunLoop):
             for hook in self.hooks:
                 hook.after_checkpoint(self, str(path))
 
+    def publish(self, tag: str = "") -> dict[str, Any] | None:
+        """Publish the model as a servable version into ``export.snapshots`` (rank 0, once
+        per step): ``step-<step>`` (``-<partition>`` when streaming). None when off."""
+        if self.publisher is None or self.step == self._published_step or self.step == 0:
+            return None
+        version = f"step-{self.step}" + (f"-{tag}" if tag else "")
+        entry = self.publisher.publish(
+            self.model,
+            version,
+            self.stepper.rows.touched_rows(),
+            self.stepper.changed,
+            meta={"step": self.step, "epoch": self.epoch},
+        )
+        if self.stepper.changed is not None:
+            self.stepper.changed.zero_()  # in place: Hogwild workers share this mask
+        self._published_step = self.step
+        return dict(entry)
+
     # -- run folder -------------------------------------------------------------------------
     def open_run_dir(self, evals_kept: int | None = None) -> None:
         """Open the run folder; on resume, evaluations logged after step ``evals_kept``
@@ -234,8 +260,10 @@ class CtrTrainer(RunLoop):
                     self.evaluate_and_save()
                 else:  # eval_interval just evaluated this step: record only the epoch's end
                     self.save("last.pt")
+                self.publish()
             if self._eval_step != self.step:  # same decision on every rank
                 self.evaluate_and_save()
+            self.publish()  # a pass cut short by max_steps
             result = self._finish()
             for hook in self.hooks:
                 hook.after_train(self)

@@ -39,6 +39,7 @@ def _worker(
     results: Any,
     counter: Any,
     total_steps: int | None = None,
+    changed: torch.Tensor | None = None,
 ) -> None:
     """One Hogwild worker: waits for (paths, epoch) tasks, trains its shard, reports stats."""
     from e2ekit.ctr.engine.stepper import Stepper
@@ -48,6 +49,7 @@ def _worker(
     torch.manual_seed(cfg.seed * 1000 + index)
     stepper = Stepper(model, cfg, total_steps=total_steps)
     stepper.rows.state = row_state  # share the optimizer state, not a private copy
+    stepper.changed = changed  # and the rows changed since the last publish
     model.train()
     while True:
         task = tasks.get()
@@ -97,6 +99,9 @@ class HogwildPool:
         model = trainer.model
         model.share_memory()
         trainer.stepper.rows.share_memory_()
+        changed = trainer.stepper.changed
+        if changed is not None:
+            changed.share_memory_()
         ctx = mp.get_context("spawn")  # fork after OpenMP/pyarrow threads started can hang
         self.tasks = [ctx.Queue() for _ in range(self.count)]
         self.results = ctx.Queue()
@@ -117,6 +122,7 @@ class HogwildPool:
                     self.results,
                     self.counter,
                     trainer.stepper.total_steps,
+                    changed,
                 ),
                 daemon=True,
                 name=f"e2ekit-ctr-hogwild-{i}",

@@ -126,6 +126,7 @@ class Stepper:
         self.distributed = distributed
         self.world = tdist.get_world_size() if distributed else 1
         self.seen: torch.Tensor | None = None  # per-row last partition seen (eviction)
+        self.changed: torch.Tensor | None = None  # rows updated since the last publish
         self.partition = 0
 
     def fast_forward(self, step: int) -> None:
@@ -140,6 +141,13 @@ class Stepper:
         """Start recording when each table row was last looked up (for eviction)."""
         if self.seen is None:
             self.seen = torch.zeros(self.table.shape[0], dtype=torch.int32, device=self.device)
+
+    def track_changes(self) -> torch.Tensor:
+        """Start marking the rows each step (or eviction) changes, for versions that hold
+        only those rows; the mask (shared with Hogwild workers) is cleared after a publish."""
+        if self.changed is None:
+            self.changed = torch.zeros(self.table.shape[0], dtype=torch.bool, device=self.device)
+        return self.changed
 
     def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = to_device(batch, self.device)
@@ -168,6 +176,8 @@ class Stepper:
             self.rows.lr = self.row_lr * self.scheduler.get_last_lr()[0] / self.cfg.optim.lr
         if self.seen is not None:
             self.seen[ids] = self.partition
+        if self.changed is not None:
+            self.changed[ids] = True
         return loss.detach()
 
     def _sync(self, ids: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,6 +227,8 @@ class Stepper:
         touched = self.rows.touched_rows()
         stale = touched[self.seen[touched] < self.partition - older_than]
         self.rows.reset_rows(stale)
+        if self.changed is not None:
+            self.changed[stale] = True
         return int(stale.numel())
 
 

@@ -155,7 +155,14 @@ def _train_partition(trainer: CtrTrainer, part: Partition) -> None:
         if sc.export_each:
             from e2ekit.ctr.export import export_model
 
-            export_model(trainer.model, cfg, trainer.out_dir / "exports" / part.tag, quiet=True)
+            export_model(
+                trainer.model,
+                cfg,
+                trainer.out_dir / "exports" / part.tag,
+                version=f"step-{trainer.step}-{part.tag}",
+                quiet=True,
+            )
+        trainer.publish(part.tag)
         log.info("partition %s: %s", part.name, fmt_metrics_stream(record))
 
 

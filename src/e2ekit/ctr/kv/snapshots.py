@@ -226,8 +226,9 @@ def _rows(keys: Any, values: Any, width: int | None, folder: Path) -> tuple[np.n
 
 def _digest(keys: np.ndarray, values: np.ndarray) -> str:
     h = hashlib.blake2b(digest_size=16)
-    h.update(memoryview(keys).cast("B"))
-    h.update(memoryview(values).cast("B"))
+    for arr in (keys, values):
+        if arr.size:  # a memoryview of an empty array cannot be cast to bytes
+            h.update(memoryview(arr).cast("B"))
     return f"blake2b-128:{h.hexdigest()}"
 
 
