@@ -8,10 +8,8 @@ rewritten.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import struct
-import tempfile
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reliability.common import KITS, Built, Row, build, changes, e2ekit, one_line_error, print_rows
+from reliability.common import KITS, Built, Row, build, changes, e2ekit, one_line_error, part_main
 from reliability.common import snapshot as take_snapshot
 
 TEXT_TRAIN = "text_a\tlabel\ngood\tpos\nbad\tneg\n"
@@ -590,14 +588,5 @@ def run(work: Path, quick: bool = False, jobs: int = 2) -> list[Row]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=None)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="e2ekit-reliability-"))
-    print_rows(run(work.resolve(), args.quick))
-
-
 if __name__ == "__main__":
-    main()
+    part_main(__doc__, run)

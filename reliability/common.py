@@ -3,12 +3,14 @@ runner, file-tree snapshots (to catch partial outputs) and the figures table."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,3 +176,13 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = round(time.perf_counter() - self.t0, 1)
+
+
+def part_main(doc: str, run: Callable[[Path, bool], list[Row]]) -> None:
+    """``python -m reliability.<part> [--work DIR] [--quick]``: one part alone, its table."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=None, help="work folder (default: new)")
+    parser.add_argument("--quick", action="store_true", help="a few cases (a smoke run)")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="e2ekit-reliability-"))
+    print_rows(run(work.resolve(), args.quick))

@@ -5,7 +5,6 @@ the file, leaves no partial file, and the run resumes once space is back."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import json
@@ -18,7 +17,6 @@ import shutil
 import signal
 import struct
 import subprocess
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -33,7 +31,7 @@ from reliability.common import (
     Timer,
     base_env,
     one_line_error,
-    print_rows,
+    part_main,
     tiny_config,
 )
 
@@ -702,14 +700,5 @@ def run(work: Path, quick: bool = False) -> list[Row]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=None)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="e2ekit-reliability-"))
-    print_rows(run(work.resolve(), args.quick))
-
-
 if __name__ == "__main__":
-    main()
+    part_main(__doc__, run)

@@ -8,15 +8,13 @@ payload would create a marker file, which must never appear.
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
-from reliability.common import Built, Row, build, e2ekit, one_line_error, print_rows
+from reliability.common import Built, Row, build, e2ekit, one_line_error, part_main
 
 PROBE_MODULE = "e2ekit_hostile_probe"
 # bench measures every runtime it can: a refused torch builder drops only the torch row
@@ -261,14 +259,5 @@ def run(work: Path, quick: bool = False) -> list[Row]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=None)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="e2ekit-reliability-"))
-    print_rows(run(work.resolve(), args.quick))
-
-
 if __name__ == "__main__":
-    main()
+    part_main(__doc__, run)

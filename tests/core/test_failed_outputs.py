@@ -6,27 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from e2ekit.core.cli import main
 from e2ekit.core.errors import DataError
 from e2ekit.core.kit import get_kit
-
-from ..conftest import ROOT
-
-TINY = str(ROOT / "configs" / "toy" / "tiny.yaml")
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("failed_outputs")
-    run, export = root / "run", root / "export"
-    assert main(["toy", "train", "-c", TINY, "--out", str(run), "-o", "train.max_steps=2"]) == 0
-    assert main(["toy", "export", "--weights", str(run), "--out", str(export)]) == 0
-    rows = root / "rows.csv"
-    np.savetxt(rows, np.random.default_rng(0).normal(size=(3, 16)), delimiter=",")
-    return {"run": run, "export": export, "rows": rows}
 
 
 def tree(folder: Path) -> dict[str, bytes]:

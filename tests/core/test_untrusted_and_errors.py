@@ -24,7 +24,6 @@ from e2ekit.core.builders import (
     is_registered,
     register_torch_builder,
 )
-from e2ekit.core.cli import main
 from e2ekit.core.engine.checkpoint import load_checkpoint
 from e2ekit.core.errors import CheckpointError, ConfigError
 from e2ekit.core.infer import Predictor
@@ -34,18 +33,6 @@ from ..conftest import ROOT
 
 TINY = str(ROOT / "configs" / "toy" / "tiny.yaml")
 PROBE = "e2ekit_untrusted_probe"  # a module an export folder names; importing it leaves a mark
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A two-step toy run, its export (with torch weights) and a predict input."""
-    root = tmp_path_factory.mktemp("untrusted")
-    run, export = root / "run", root / "export"
-    assert main(["toy", "train", "-c", TINY, "--out", str(run), "-o", "train.max_steps=2"]) == 0
-    assert main(["toy", "export", "--weights", str(run), "--out", str(export)]) == 0
-    rows = root / "rows.csv"
-    np.savetxt(rows, np.random.default_rng(0).normal(size=(3, 16)), delimiter=",")
-    return {"run": run, "export": export, "rows": rows}
 
 
 def copy_export(toy: dict[str, Path], dest: Path, **changes: object) -> Path:
