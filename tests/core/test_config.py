@@ -138,3 +138,24 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     save_config(cfg, tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml", RunConfig)
     assert again == cfg
+
+
+def test_a_value_error_keeps_its_case() -> None:
+    """Only the first letter is lowered: 'Mi' (mebi) and 'mi' (milli) are different advice."""
+    from pydantic import field_validator
+
+    from e2ekit.core.config import validate
+
+    class Sized(RunConfig):
+        size: str = "1Gi"
+
+        @field_validator("size")
+        @classmethod
+        def _quantity(cls, v: str) -> str:
+            if not v.endswith(("Ki", "Mi", "Gi")):
+                raise ValueError("Use Ki, Mi or Gi (Kubernetes quantities)")
+            return v
+
+    with pytest.raises(ConfigError) as info:
+        validate({"size": "8 GB"}, Sized)
+    assert "value error, Use Ki, Mi or Gi (Kubernetes quantities)" in str(info.value)

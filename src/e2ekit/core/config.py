@@ -220,7 +220,9 @@ def _format_error(err: dict[str, Any], schema: type[BaseModel], prov: Provenance
     if kind == "missing":
         return f"{source}: missing required key '{dotted}'"
     value = err.get("input")
-    return f"{source}: key '{dotted}' {err['msg'].lower()} (got {value!r})"
+    msg = err["msg"]  # pydantic's "Input should be ...": lowercase its first letter only
+    msg = msg[:1].lower() + msg[1:]
+    return f"{source}: key '{dotted}' {msg} (got {value!r})"
 
 
 def validate(tree: dict[str, Any], schema: type[C], prov: Provenance | None = None) -> C:
