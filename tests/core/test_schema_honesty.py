@@ -503,6 +503,8 @@ CTR_EXPORT = CoveredBy(f"{EFFECTS}::test_ctr_export_keys")
 CTR_STREAM = CoveredBy(f"{EFFECTS}::test_ctr_stream_keys")
 CTR_BUILTIN = CoveredBy(f"{EFFECTS}::test_ctr_builtin_data_keys")  # a generation takes seconds
 CTR_SERVING = "tests/ctr/test_serving.py"
+CTR_DEPLOY_TESTS = "tests/ctr/test_deploy.py"
+CTR_DEPLOY = CoveredBy(f"{CTR_DEPLOY_TESTS}::test_deploy_keys_change_the_manifests")
 CTR_SERVING_STREAM = CoveredBy(
     f"{CTR_SERVING}::test_streaming_partitions_publish_versions_and_compact"
 )
@@ -849,6 +851,18 @@ CTR: dict[str, Evidence] = {
     "serve.watch_s": CoveredBy(
         f"{CTR_SERVING}::test_server_swaps_versions_under_load_without_a_failed_request"
     ),
+    "deploy.min_workers": CTR_DEPLOY,
+    "deploy.max_workers": CTR_DEPLOY,
+    "deploy.worker_cpus": CTR_DEPLOY,
+    "deploy.worker_memory": CTR_DEPLOY,
+    "deploy.server_replicas_min": CTR_DEPLOY,
+    "deploy.server_replicas_max": CTR_DEPLOY,
+    "deploy.server_cpu": CTR_DEPLOY,
+    "deploy.server_memory": CTR_DEPLOY,
+    "deploy.server_cpu_target": CTR_DEPLOY,
+    "deploy.snapshot_volume_size": CTR_DEPLOY,
+    "deploy.storage_class": CTR_DEPLOY,
+    "deploy.redis": CoveredBy(f"{CTR_DEPLOY_TESTS}::test_redis_off_serves_from_the_embedded_store"),
 }
 
 TABLES: dict[str, dict[str, Evidence]] = {

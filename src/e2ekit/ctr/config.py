@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -17,6 +18,8 @@ from e2ekit.core.schema import (
 from e2ekit.core.serve.settings import ServeSettings
 
 BUILTIN_PREFIX = "builtin:"
+QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
+DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 KV_EMBEDDED = "embedded"
 KV_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -149,6 +152,67 @@ class CtrServe(ServeSettings):
     )
 
 
+class CtrDeploy(Strict):
+    """``ctr deploy``: the sizes and parts of the Kubernetes manifests it writes."""
+
+    min_workers: int = Field(1, ge=0, description="Ray worker pods kept up (autoscaler floor)")
+    max_workers: int = Field(4, ge=1, description="Ray worker pods at most (autoscaler ceiling)")
+    worker_cpus: int = Field(
+        4, ge=1, description="CPUs of each Ray worker pod; the training entrypoint reserves them"
+    )
+    worker_memory: str = Field("8Gi", description="memory of each Ray worker")
+    server_replicas_min: int = Field(1, ge=1, description="server pods at least (autoscaler)")
+    server_replicas_max: int = Field(4, ge=1, description="server pods at most (autoscaler)")
+    server_cpu: str = Field("1", description="CPU request of each server pod")
+    server_memory: str = Field("2Gi", description="memory of each server pod")
+    server_cpu_target: int = Field(
+        70, ge=1, description="average CPU use (% of server_cpu) the server autoscaler aims at"
+    )
+    redis: bool = Field(
+        True,
+        description="true: a Redis Deployment + Service and infer.kv pointed at it; false: "
+        "infer.kv as configured (embedded: the snapshot files on the shared volume)",
+    )
+    snapshot_volume_size: str = Field(
+        "20Gi", description="size of the shared snapshot volume (ReadWriteMany)"
+    )
+    storage_class: str | None = Field(
+        None,
+        description="storage class of the snapshot volume (one that offers ReadWriteMany); "
+        "null = the cluster's default",
+    )
+
+    @field_validator("worker_memory", "server_cpu", "server_memory", "snapshot_volume_size")
+    @classmethod
+    def _quantity(cls, value: str) -> str:
+        if not QUANTITY.fullmatch(value):
+            raise ValueError(
+                "not a Kubernetes quantity: digits, then optionally one unit (milli m, "
+                "binary Ki/Mi/Gi/Ti, decimal k/M/G/T), no space"
+            )
+        return value
+
+    @field_validator("storage_class")
+    @classmethod
+    def _class_name(cls, value: str | None) -> str | None:
+        if value is not None and not DNS_NAME.fullmatch(value):
+            raise ValueError("not a storage class name: lowercase letters, digits, '-' and '.'")
+        return value
+
+    @model_validator(mode="after")
+    def _ranges(self) -> CtrDeploy:
+        if self.min_workers > self.max_workers:
+            raise ValueError(
+                f"min_workers ({self.min_workers}) must not exceed max_workers ({self.max_workers})"
+            )
+        if self.server_replicas_min > self.server_replicas_max:
+            raise ValueError(
+                f"server_replicas_min ({self.server_replicas_min}) must not exceed "
+                f"server_replicas_max ({self.server_replicas_max})"
+            )
+        return self
+
+
 class CtrConfig(RunConfig):
     unsupported = {
         "train.ema.enabled": "the slot table is updated sparsely, row by row; an EMA copy "
@@ -171,6 +235,7 @@ class CtrConfig(RunConfig):
     export: CtrExport = CtrExport()  # type: ignore[assignment]
     infer: CtrInfer = CtrInfer()
     serve: CtrServe = CtrServe()
+    deploy: CtrDeploy = CtrDeploy()
 
     @model_validator(mode="after")
     def _checks(self) -> CtrConfig:

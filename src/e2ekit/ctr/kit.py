@@ -22,6 +22,7 @@ from e2ekit.core.serve import BadRequest, Endpoint
 from e2ekit.core.state_fit import load_state_strict
 from e2ekit.core.verbs import default_export_dir, folder_out, load_run_config
 from e2ekit.ctr.config import CtrConfig
+from e2ekit.ctr.deploy import cmd_deploy, deploy_flags
 from e2ekit.ctr.task import CtrTask
 
 MAX_LINE_CHARS = 10_000
@@ -189,6 +190,12 @@ class CtrKit(Kit[CtrConfig]):
             "train": shared["train"].extend(cmd_train, _train_flags),
             "eval": shared["eval"].extend(cmd_eval),
             "export": shared["export"].extend(cmd_export),
+            "deploy": Verb(
+                cmd_deploy,
+                "Dockerfile + Kubernetes manifests: Ray training job, Redis, autoscaled server",
+                deploy_flags,
+                out_help="the folder to write (required; refused when not empty)",
+            ),
         }
 
     def predict(
