@@ -25,7 +25,7 @@ def _batch(n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_all_families_registered() -> None:
-    expected = {"lr", "fm", "dnn", "wide_deep", "deepfm", "dcn", "dcn_v2"}
+    expected = {"lr", "fm", "dnn", "wide_deep", "deepfm", "dcn", "dcn_v2", "fwfm", "autoint"}
     assert {n.removesuffix("_tiny") for n in CTR_TINY} == expected
     for name in expected:
         assert name in MODELS

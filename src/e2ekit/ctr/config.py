@@ -25,13 +25,18 @@ KV_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class CtrModel(Strict):
-    type: str = Field("deepfm", description="lr, fm, dnn, wide_deep, deepfm, dcn, dcn_v2 (+_tiny)")
+    type: str = Field(
+        "deepfm",
+        description="lr, fm, dnn, wide_deep, deepfm, dcn, dcn_v2, fwfm, autoint (+_tiny)",
+    )
     hash_size: int = Field(
         2**18, ge=2, description="hash buckets PER SLOT (26 slots share one table); 0 = missing"
     )
     embed_dim: int | None = Field(None, ge=1, description="default: the model's")
     mlp_dims: list[int] | None = Field(None, description="hidden widths; default: the model's")
-    num_layers: int | None = Field(None, ge=1, description="dcn / dcn_v2 cross layers")
+    num_layers: int | None = Field(
+        None, ge=1, description="dcn / dcn_v2 cross layers; autoint attention layers"
+    )
     dropout: float = Field(0.0, ge=0, lt=1)
 
 

@@ -5,6 +5,10 @@ are heavy-tailed with 10-40% missing, and clicks come from a hidden logistic mod
 per-value weights on several slots, a few pairwise crosses (models with crosses win) and
 dense terms. The true click probability of every row is saved (``probs.npy``) next to the
 sampled labels (``labels.npy``), so the Bayes-optimal AUC is known exactly.
+
+An optional :class:`Interaction` plants one strong field-pair interaction: a weight per value
+PAIR of two slots, unrelated across pairs, so a lookup table of the pair learns it from data
+while low-rank products of per-value embeddings only approximate it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,30 @@ from e2ekit.ctr.metrics import roc_auc as auc  # moved; e2ekit.ctr.data.auc stil
 BLOCK_ROWS = 100_000  # generated and written a block at a time: memory stays flat
 _PARTITION = re.compile(r"^\d{8}/\d{2}$")
 _U64 = np.uint64
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """A planted pairwise interaction: ``scale * u(a_value, b_value)`` added to the click logit,
+    ``u`` a fixed pseudo-random unit-variance weight per value pair (0 when either is missing).
+
+    ``slot_a`` / ``slot_b`` are 0-based slot indices (0 = C1); pick two of moderate
+    cardinality (hundreds) so the pair's table is learnable from the data
+    (:func:`hidden_world` lists cardinalities and the slots the click model already uses).
+    """
+
+    slot_a: int
+    slot_b: int
+    scale: float = 1.5
+
+    def __post_init__(self) -> None:
+        for slot in (self.slot_a, self.slot_b):
+            if not 0 <= slot < N_SPARSE:
+                raise ValueError(f"interaction slot {slot} is not within [0, {N_SPARSE})")
+        if self.slot_a == self.slot_b:
+            raise ValueError("interaction slots must differ")
+        if not self.scale > 0:
+            raise ValueError("interaction scale must be > 0")
 
 
 @dataclass
@@ -56,9 +84,10 @@ def _sym_uniform(x: np.ndarray) -> np.ndarray:
 class _Model:
     """The hidden world: vocabularies, frequency laws and click weights, fixed by seed."""
 
-    def __init__(self, seed: int, ctr: float) -> None:
+    def __init__(self, seed: int, ctr: float, interaction: Interaction | None = None) -> None:
         rng = np.random.default_rng([seed, 0])
         self.seed = seed
+        self.interaction = interaction  # draws nothing: the default world is unchanged
         self.card = np.unique(np.round(np.logspace(0.5, 5, N_SPARSE)).astype(np.int64))
         self.card = rng.permutation(np.resize(self.card, N_SPARSE))
         self.zipf_a = rng.uniform(0.9, 1.4, N_SPARSE)
@@ -103,7 +132,18 @@ class _Model:
             key = (cats[:, a] + 1) * 1_000_003 + cats[:, b] + salt
             missing = (cats[:, a] < 0) | (cats[:, b] < 0)
             logit += np.where(missing, 0.0, scale * _sym_uniform(key))
+        if self.interaction is not None:
+            logit += self.planted(cats)
         return dense, cats, logit
+
+    def planted(self, cats: np.ndarray) -> np.ndarray:
+        """The planted interaction's logit term per row (``(n,)``)."""
+        a, b = self.interaction.slot_a, self.interaction.slot_b
+        # bit 62 set: apart from the crosses' keys; the rest stays within int64 for any seed
+        salt = (((self.seed * 104_729 + a * 37 + b + 1) << 24) % (1 << 61)) + (1 << 62)
+        key = (cats[:, a] + 1) * 1_000_003 + cats[:, b] + salt
+        missing = (cats[:, a] < 0) | (cats[:, b] < 0)
+        return np.where(missing, 0.0, self.interaction.scale * _sym_uniform(key))
 
     def table(self, dense: np.ndarray, cats: np.ndarray, labels: np.ndarray) -> pa.Table:
         cols: dict[str, pa.Array] = {"label": pa.array(labels.astype(np.int8))}
@@ -118,10 +158,24 @@ class _Model:
 
 
 @functools.lru_cache(maxsize=4)
-def _hidden_world(seed: int, ctr: float) -> _Model:
-    """One hidden world per (seed, ctr), built once a process (0.5 s): the train, val and
-    test splits are draws from the same one. Read-only after construction."""
-    return _Model(seed, ctr)
+def _hidden_world(seed: int, ctr: float, interaction: Interaction | None = None) -> _Model:
+    """One hidden world per (seed, ctr, interaction), built once a process (0.5 s): the
+    train, val and test splits are draws from the same one. Read-only after construction."""
+    return _Model(seed, ctr, interaction)
+
+
+def hidden_world(seed: int = 0, ctr: float = 0.12) -> dict[str, list]:
+    """What the click model of ``seed`` uses, to choose slots for an :class:`Interaction` (or
+    a column no weight reads): per-slot cardinality, Zipf exponent and missing rate, the
+    slots with per-value weights and the crossed slot pairs (0-based slot indices)."""
+    model = _hidden_world(seed, ctr)
+    return {
+        "cardinality": [int(c) for c in model.card],
+        "zipf_a": [round(float(a), 3) for a in model.zipf_a],
+        "missing": [float(m) for m in model.cat_missing],
+        "weighted_slots": sorted(int(s) for s in model.slot_w),
+        "crosses": [[int(a), int(b)] for a, b in model.crosses],
+    }
 
 
 def _calibrate(logit: np.ndarray, ctr: float) -> float:
@@ -144,6 +198,7 @@ def write_synthetic_criteo(
     partitions: list[str] | None = None,
     ctr: float = 0.12,
     sample: int = 0,
+    interaction: Interaction | None = None,
 ) -> SyntheticCriteo:
     """Write ``rows`` Criteo-format rows; same seed, same bytes.
 
@@ -151,6 +206,8 @@ def write_synthetic_criteo(
     split evenly in order into ``out_dir/YYYYMMDD/HH/part-0.tsv``, each followed by a
     ``_SUCCESS`` donefile (written last, as streaming trainers expect). ``sample`` picks an
     independent draw from the same hidden world (same ``seed``): train 0, validation 1, ...
+    ``interaction`` plants a pairwise term (default none: the data is the same bytes as
+    without the argument); train and val must be written with the same one.
     """
     if rows < 1:
         raise ValueError("rows must be >= 1")
@@ -161,7 +218,7 @@ def write_synthetic_criteo(
             raise ValueError(f"partition {part!r} is not 'YYYYMMDD/HH'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = _hidden_world(seed, ctr)
+    model = _hidden_world(seed, ctr, interaction)
     parts = partitions or [None]
     bounds = np.linspace(0, rows, len(parts) + 1).round().astype(int)
     probs_all, labels_all, files = [], [], []
