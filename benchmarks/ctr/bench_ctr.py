@@ -75,6 +75,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _bench_env import load_now, log  # noqa: E402
 from _deepctr_env import DEFAULT_VENV, PEER, ensure_venv  # noqa: E402
 
 from e2ekit.ctr.config import CtrConfig  # noqa: E402
@@ -103,17 +104,6 @@ LR = 1e-3
 SEED = 1024  # model init, both sides (DeepCTR's default seed)
 SPARSE = [f"C{i}" for i in range(1, 27)]
 COLUMNS = ["label", *(f"I{i}" for i in range(1, 14)), *SPARSE]
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def load_now(when: str) -> float:
-    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
-    if load > cpus:
-        log(f"warning ({when}): 1-min load average {load:.1f} on {cpus} CPUs; results are noisy")
-    return round(load, 2)
 
 
 def parse_args() -> argparse.Namespace:

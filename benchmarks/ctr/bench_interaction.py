@@ -32,9 +32,7 @@ import argparse
 import gc
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,30 +52,11 @@ from e2ekit.ctr.data.synthetic import (
 )
 from e2ekit.ctr.engine.fit import CtrTrainer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_env import cpu_model, log
+
 MODELS = ("lr", "deepfm", "dcn_v2", "fwfm", "autoint", "lr_cross")
 N_DENSE = 13
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def cpu_model() -> str:
-    """The CPU as lscpu names it ("Model name"); /proc/cpuinfo where lscpu is missing."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def parse_args() -> argparse.Namespace:

@@ -46,41 +46,13 @@ import numpy as np
 from e2ekit.ctr.kv import MmapStore, SnapshotWriter
 from e2ekit.ctr.runner import SparseStore
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_env import cpu_model, load_now, log
+
 HASH_SIZE = 2**18
 SLOTS = 26
 BATCHES = (1, 64)
 NAMESPACE = "bench"
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def load_now(when: str) -> float:
-    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
-    if load > cpus:
-        log(f"warning ({when}): 1-min load average {load:.1f} on {cpus} CPUs; results are noisy")
-    return round(load, 2)
-
-
-def cpu_model() -> str:
-    """The CPU as lscpu names it ("Model name"); /proc/cpuinfo where lscpu is missing."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Model name":
-                return value.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def parse_args() -> argparse.Namespace:
