@@ -32,8 +32,6 @@ import json
 import os
 import platform
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +45,7 @@ from e2ekit.ctr.kv import MmapStore, SnapshotWriter
 from e2ekit.ctr.runner import SparseStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_env import cpu_model, load_now, log
+from _bench_env import cpu_model, load_now, log, start_redis
 
 HASH_SIZE = 2**18
 SLOTS = 26
@@ -123,38 +121,6 @@ def write_sparse(folder: Path, keys: np.ndarray, values: np.ndarray) -> Path:
     }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_redis(folder: Path) -> tuple[subprocess.Popen, str, str]:
-    """A throwaway redis-server (no persistence) on a free port: process, URL, version."""
-    import redis
-
-    exe = shutil.which("redis-server")
-    assert exe is not None
-    folder.mkdir(parents=True, exist_ok=True)
-    version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
-    for _ in range(5):
-        port = free_port()
-        args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        args += ["--appendonly", "no", "--dir", str(folder)]
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
-        deadline = time.monotonic() + 10
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-                return proc, url, version
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
-        proc.kill()
-        proc.wait()
-    raise RuntimeError("redis-server did not start")
 
 
 def naive_get_per_key(url: str, version: str, width: int) -> Callable[[np.ndarray], np.ndarray]:

@@ -35,7 +35,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_env import cpu_model, load_now, log
+from _bench_env import cpu_model, free_port, load_now, log, start_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 SERIES = (("c1_r1", 1, 1), ("c8_r1", 8, 1), ("c32_r1", 32, 1), ("c8_r64", 8, 64))
@@ -67,12 +66,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-redis", action="store_true", help="skip the Redis store")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON line here")
     return p.parse_args()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def e2ekit(*args: str) -> list[str]:
@@ -159,30 +152,6 @@ class VersionPublisher:
 
 
 # -- the server -------------------------------------------------------------------------------
-def start_redis(folder: Path) -> tuple[subprocess.Popen, str, str]:
-    """A throwaway redis-server (no persistence) on a free port: process, URL, version."""
-    import redis
-
-    exe = shutil.which("redis-server")
-    assert exe is not None
-    folder.mkdir(parents=True, exist_ok=True)
-    version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
-    for _ in range(5):
-        port = free_port()
-        args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        args += ["--appendonly", "no", "--dir", str(folder)]
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
-        deadline = time.monotonic() + 10
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-                return proc, url, version
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
-        proc.kill()
-        proc.wait()
-    raise RuntimeError("redis-server did not start")
 
 
 def start_server(
