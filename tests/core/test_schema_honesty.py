@@ -844,6 +844,9 @@ CTR: dict[str, Evidence] = {
     "export.sample_batch": Changes(2, export_spec),
     "export.snapshots": CTR_SERVING_STREAM,
     "export.snapshot_compact_every": CTR_SERVING_STREAM,
+    "export.snapshot_keep": CoveredBy(
+        f"{CTR_SERVING}::test_snapshot_keep_prunes_old_versions_and_their_dense_models"
+    ),
     **INFER,
     "infer.kv": CoveredBy(f"{CTR_SERVING}::test_redis_store_serves_and_follows_versions"),
     **SERVE,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -155,6 +156,38 @@ def test_prune_keeps_what_the_newest_versions_read(tmp_path: Path) -> None:
     np.testing.assert_array_equal(store.lookup(keys), _reference(refs["v2"], keys))
     store.load(tmp_path / "snap")
     np.testing.assert_array_equal(store.lookup(keys), _reference(refs["v4"], keys))
+
+
+def test_prune_of_six_versions_keeps_two_chains_and_a_kept_deltas_base(tmp_path: Path) -> None:
+    """keep=2 after each of six writes: only the newest two chains stay on disk, a kept
+    delta's base is never removed, and the newest version still looks up exactly."""
+    snap = tmp_path / "snap"
+    writer = SnapshotWriter(snap, compact_every=3)
+    rng = np.random.default_rng(4)
+    table: Table = {}
+    for i in range(6):
+        keys = rng.choice(2_000, 50, replace=False)
+        values = rng.standard_normal((50, W)).astype(np.float32)
+        write = writer.write_base if i == 0 else writer.write_delta
+        write(keys, values, f"v{i}")
+        table.update(zip(keys.tolist(), values, strict=True))
+        writer.prune(keep=2)
+        manifest = read_manifest(snap)
+        names = [e["name"] for e in manifest["versions"]]
+        chains = {p.name for v in names[-2:] for p in layers(snap, v)}
+        assert sorted(p.name for p in snap.iterdir()) == sorted([*chains, "manifest.json"])
+        assert names[-1] == f"v{i}" and f"v-{names[0]}" in chains
+        assert manifest["versions"][0]["kind"] == "base"  # the chains' base stays
+    # v0 base, v1..v3 deltas, v4 compacted base, v5 delta: v3's chain and v0 are gone
+    assert names == ["v4", "v5"]
+    keys = np.array([*sorted(table), 5_000], np.int64)
+    np.testing.assert_array_equal(MmapStore(snap).lookup(keys), _reference(table, keys))
+    writer = SnapshotWriter(tmp_path / "chain")  # no compaction: the base stays throughout
+    writer.write_base([1], np.ones((1, W)), "b")
+    for i in range(4):
+        writer.write_delta([i + 2], np.full((1, W), i), f"d{i}")
+        assert writer.prune(keep=1) == []
+    assert (tmp_path / "chain" / "v-b").is_dir()
 
 
 def _corrupt(snap: Path, case: str) -> tuple[str, Path]:
@@ -417,7 +450,7 @@ def test_redis_load_writes_only_missing_layers_and_drop(
     store = open_store(",".join(redis_pair), namespace="t")
     store.load(tmp_path / "snap", "v1")
     markers = 2 * len(redis_pair)  # one per layer per shard
-    pointers = len(redis_pair)
+    pointers = len(redis_pair) + 2  # ns:current per shard; ns:layers and ns:seq on shard 0
     assert _dbsize(redis_pair) == rows["v0"] + rows["v1"] + markers + pointers
     store.load(tmp_path / "snap", "v2")  # a delta costs only its own rows
     assert _dbsize(redis_pair) == rows["v0"] + rows["v1"] + rows["v2"] + 3 * 2 + pointers
@@ -432,6 +465,77 @@ def test_redis_load_writes_only_missing_layers_and_drop(
     store.load(tmp_path / "snap", "v2")  # dropped, so written again
     np.testing.assert_array_equal(store.lookup(keys), _reference(refs["v2"], keys))
     store.close()
+
+
+def _prefix_count(urls: list[str], prefix: str) -> int:
+    import redis
+
+    return sum(len(list(redis.Redis.from_url(u).scan_iter(match=prefix + "*"))) for u in urls)
+
+
+def test_redis_prune_bounds_the_keys_across_swaps(tmp_path: Path, redis_pair: list[str]) -> None:
+    """Each swap (a fresh store per version, as a server's runner does) drops the layers
+    older than the previous and the new chain: the key count stays bounded, dropped layers
+    leave no key, and lookups of the new and the previous version stay exact."""
+    import redis
+
+    snap = tmp_path / "snap"
+    writer = SnapshotWriter(snap, compact_every=1)  # base, delta, base, delta...
+    rng = np.random.default_rng(6)
+    table: Table = {}
+    refs: dict[str, Table] = {}
+    urls = ",".join(redis_pair)
+    served = open_store(urls, namespace="t", refresh_s=math.inf)
+    dropped: list[str] = []
+    registry = redis.Redis.from_url(redis_pair[0])
+    for i in range(8):
+        keys = rng.choice(3_000, 200, replace=False)
+        values = rng.standard_normal((200, W)).astype(np.float32)
+        (writer.write_base if i == 0 else writer.write_delta)(keys, values, f"v{i}")
+        table.update(zip(keys.tolist(), values, strict=True))
+        refs[f"v{i}"] = dict(table)
+        if i == 0:
+            served.load(snap)
+            continue
+        previous, old = served.layers, served
+        served = open_store(urls, namespace="t", snapshot_folder=snap, refresh_s=math.inf)
+        dropped += served.prune(keep=previous)
+        query = np.array([*sorted(table), 9_999], np.int64)
+        np.testing.assert_array_equal(served.lookup(query), _reference(refs[f"v{i}"], query))
+        np.testing.assert_array_equal(old.lookup(query), _reference(refs[f"v{i - 1}"], query))
+        old.close()
+        held = {n.decode() for n in registry.zrange("t:layers", 0, -1)}
+        assert held == {*previous, *served.layers}  # bounded: the new and the previous chain
+        rows = {e["name"]: e["rows"] for e in read_manifest(snap)["versions"]}
+        markers, pointers = 2 * len(held), 2 + 2  # + ns:layers and ns:seq
+        assert _dbsize(redis_pair) == sum(rows[n] for n in held) + markers + pointers
+    assert dropped == [f"v{i}" for i in range(6)]  # v7 (delta) and v6 (base) read no older
+    for name in dropped:
+        assert _prefix_count(redis_pair, f"t:{name}:") == 0
+    served.close()
+
+
+def test_redis_prune_keeps_the_chain_a_server_one_version_behind_reads(
+    tmp_path: Path, redis_pair: list[str]
+) -> None:
+    """Another server swapping ahead keeps the chain ns:current named before it (servers
+    that have not refreshed yet read it) and drops only what is older."""
+    refs = _publish(tmp_path / "snap", compact_every=1)  # v0 b, v1 d, v2 b, v3 d, v4 b
+    snap, urls = tmp_path / "snap", ",".join(redis_pair)
+    keys = _queries(refs)[2]
+    behind = open_store(urls, namespace="t", snapshot_folder=snap, version="v1")
+    ahead = open_store(urls, namespace="t", snapshot_folder=snap, version="v2")
+    assert ahead.prune() == []  # v1's chain (v1, v0) is the previous one
+    np.testing.assert_array_equal(behind.lookup(keys), _reference(refs["v1"], keys))
+    behind.close()
+    behind = ahead
+    ahead = open_store(urls, namespace="t", snapshot_folder=snap, version="v3")
+    assert ahead.prune() == ["v0", "v1"]  # older than v2, which the previous chain reads
+    np.testing.assert_array_equal(behind.lookup(keys), _reference(refs["v2"], keys))
+    np.testing.assert_array_equal(ahead.lookup(keys), _reference(refs["v3"], keys))
+    assert _prefix_count(redis_pair, "t:v0:") == _prefix_count(redis_pair, "t:v1:") == 0
+    for store in (behind, ahead):
+        store.close()
 
 
 def test_redis_servers_follow_the_published_version(tmp_path: Path, redis_pair: list[str]) -> None:

@@ -188,6 +188,42 @@ def test_streaming_partitions_publish_versions_and_compact(tmp_path: Path) -> No
     np.testing.assert_array_equal(rows, table[touched])
 
 
+def test_snapshot_keep_prunes_old_versions_and_their_dense_models(
+    run: Path, tmp_path: Path
+) -> None:
+    """export.snapshot_keep=2: after six versions the folder holds exactly the files of the
+    newest two chains (a kept delta's base included), and the newest still looks up exactly."""
+    from e2ekit.ctr.export import Publisher
+    from e2ekit.ctr.kv import layers
+
+    overrides = ["export.snapshot_keep=2", "export.snapshot_compact_every=2"]
+    cfg, model = load_config(run / "config.yaml", CtrConfig, overrides), _model(run)
+    serving = tmp_path / "serving"
+    publisher = Publisher(serving, cfg, model.width)
+    table = model.tables.embedding.weight.detach().numpy()
+    served = MmapStore()
+    for i in range(6):
+        rows = torch.arange(i * 10, i * 10 + 40)
+        publisher.publish(model, f"v{i}", rows, None if i == 0 else rows)
+        if i == 1:
+            served.load(serving / "sparse")  # a server on v1: its maps outlive the prune
+    manifest = read_manifest(serving / "sparse")
+    names = [e["name"] for e in manifest["versions"]]
+    kinds = [e["kind"] for e in manifest["versions"]]
+    assert names == ["v3", "v4", "v5"] and kinds == ["base", "delta", "delta"]  # v3: v4's base
+    chains = {p.name for v in names[-2:] for p in layers(serving / "sparse", v)}
+    assert chains == {"v-v3", "v-v4", "v-v5"}
+    assert sorted(p.name for p in (serving / "sparse").iterdir()) == [
+        "manifest.json",
+        *sorted(chains),
+    ]
+    assert sorted(p.name for p in (serving / "dense").iterdir()) == [f"{n}.onnx" for n in names]
+    keys = np.arange(0, 90, dtype=np.int64)
+    np.testing.assert_array_equal(MmapStore(serving / "sparse").lookup(keys), table[keys])
+    np.testing.assert_array_equal(served.lookup(keys[:50]), table[:50])
+    assert yaml.safe_load((serving / "deploy.yaml").read_text())["sparse"]["version"] == "v5"
+
+
 # -- serving follows versions ---------------------------------------------------------------------
 class Load:
     """Threads posting /predict in a loop; every response's status and model_version."""
@@ -365,6 +401,23 @@ def test_redis_store_serves_and_follows_versions(
     publisher.publish(model, "r2", stepper.rows.touched_rows(), stepper.changed)
     assert runner.refresh() is True and runner.version == "r2"
     rows = val_rows(16)
+    np.testing.assert_allclose(
+        runner.score_lines(rows)[0], CtrRunner(Predictor(serving)).score_lines(rows)[0], atol=1e-6
+    )
+    publisher.writer.compact_every = 1  # r3 a merged base, r4 its delta
+    for name in ("r3", "r4"):
+        publisher.publish(model, name, stepper.rows.touched_rows(), stepper.changed)
+        assert runner.refresh() is True and runner.version == name
+    import redis
+
+    from e2ekit.ctr.runner import redis_namespace
+
+    ns = redis_namespace(serving / "sparse")  # the folder's own: never shared with another
+    assert ns != redis_namespace(tmp_path / "another")
+    client = redis.Redis.from_url(redis_url)  # r1, r2: older than the previous chain (r3)
+    assert [n.decode() for n in client.zrange(f"{ns}:layers", 0, -1)][-2:] == ["r3", "r4"]
+    assert not list(client.scan_iter(match=f"{ns}:r1:*"))
+    assert not list(client.scan_iter(match=f"{ns}:r2:*"))
     np.testing.assert_allclose(
         runner.score_lines(rows)[0], CtrRunner(Predictor(serving)).score_lines(rows)[0], atol=1e-6
     )

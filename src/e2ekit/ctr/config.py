@@ -124,6 +124,13 @@ class CtrExport(ExportConfig):
         description="with export.snapshots: after this many deltas in a row the next version "
         "is a merged base, so a reader stacks at most this many layers; null = never",
     )
+    snapshot_keep: int = Field(
+        5,
+        ge=1,
+        description="with export.snapshots: after each version the folder keeps the newest "
+        "this many versions and the layers their chains read (a kept delta's base stays); "
+        "older ones, with their dense models, are removed",
+    )
 
 
 class CtrInfer(InferConfig):

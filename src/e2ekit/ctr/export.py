@@ -26,6 +26,8 @@ Training with ``export.snapshots`` publishes into one serving folder (:class:`Pu
 ``dense/<version>.onnx`` per version, the ``sparse/`` snapshot folder (a base, then deltas
 of the rows changed since the previous version) and deploy.yaml naming the newest pair,
 written in that order so a reader never pairs a dense model with another version's table.
+After each version, ``export.snapshot_keep`` bounds the folder: older versions that no kept
+version's chain reads are removed (manifest first, then their files).
 """
 
 from __future__ import annotations
@@ -219,6 +221,7 @@ class Publisher:
     time in this process, then a delta of the rows changed since the previous version), and
     ``deploy.yaml`` naming both. A server following the folder reads a version's dense
     file from its manifest entry, so it never pairs a dense model with another table.
+    Then versions beyond the newest ``export.snapshot_keep`` chains are pruned.
     """
 
     def __init__(self, folder: str | Path, cfg: CtrConfig, width: int) -> None:
@@ -291,7 +294,33 @@ class Publisher:
         finally:
             shutil.rmtree(stage, ignore_errors=True)
             model.train(was_training)
+        self.prune(self.cfg.export.snapshot_keep)
         log.info(
             "published %s into %s: %s of %d rows", name, self.folder, entry["kind"], entry["rows"]
         )
         return entry
+
+    def prune(self, keep: int) -> list[str]:
+        """Remove the versions none of the newest ``keep`` reads: sparse layers and dense
+        models; their names.
+
+        The manifest is rewritten before any file goes, so a reader never finds a listed
+        version missing; a server still on a removed version keeps its memory-mapped rows
+        and loaded dense model (unlinked files stay readable) until its next watch.
+        """
+        manifest = self.writer.manifest()
+        if manifest is None:
+            return []
+        dense = {e["name"]: (e.get("meta") or {}).get("dense") for e in manifest["versions"]}
+        gone = self.writer.prune(keep)
+        root = (self.folder / DENSE_DIR).resolve()
+        for name in gone:
+            path = dense.get(name)
+            if not isinstance(path, str):
+                continue
+            file = (self.folder / path).resolve()
+            if file.parent == root:  # only a dense model this folder's publisher wrote
+                file.unlink(missing_ok=True)
+        if gone:
+            log.info("pruned %d old version(s) from %s", len(gone), self.folder)
+        return gone

@@ -10,6 +10,7 @@ model are loaded side by side and swapped in together.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -142,10 +143,25 @@ class SnapshotLookup:
         self.store.close()
 
 
+def redis_namespace(folder: Path) -> str:
+    """One Redis namespace per snapshot folder: servers of the same folder (the same path on
+    a shared volume) share its layers and version pointer; another model's folder, on the
+    same Redis, can neither move that pointer nor prune those layers."""
+    digest = hashlib.blake2b(str(Path(folder).resolve()).encode(), digest_size=6).hexdigest()
+    return f"e2ekit-ctr-{digest}"
+
+
 def open_snapshot(kv: str, folder: Path, version: str | None, hash_size: int) -> SnapshotLookup:
     """``version`` of the snapshot folder in the ``kv`` store. A Redis store is pinned to
     the version it loads: the table must not move under the dense model it pairs with."""
-    options: dict[str, Any] = {} if kv == KV_EMBEDDED else {"refresh_s": math.inf}
+    options: dict[str, Any] = (
+        {}
+        if kv == KV_EMBEDDED
+        else {
+            "refresh_s": math.inf,
+            "namespace": redis_namespace(folder),
+        }
+    )
     store = open_store(kv, snapshot_folder=folder, version=version, **options)
     return SnapshotLookup(store, hash_size)
 
@@ -315,10 +331,26 @@ class CtrRunner:
             old, self._live = self._live, live  # the one assignment a batch can observe
             old.retired = True
             idle = old.users == 0
+        previous = _store_layers(old.table)
         if idle:
             old.close()
         log.info("now serving ctr version %s (was %s)", live.version, old.version)
+        self._prune_shared(live, previous)
         return True
+
+    def _prune_shared(self, live: Live, previous: list[str]) -> None:
+        """Drop old layers from a shared store (Redis: ``RedisStore.prune`` says which are
+        safe), keeping ``previous``, the chain batches may still be scoring on. The
+        embedded store has nothing to drop: the publisher prunes the files. A failure is a
+        warning: serving goes on."""
+        prune = getattr(getattr(live.table, "store", None), "prune", None)
+        if prune is None:
+            return
+        try:
+            prune(keep=previous)
+        except Exception as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            log.warning("old ctr layers not dropped from %s (%s)", self.kv, first)
 
     def _load(self, entry: dict[str, Any]) -> Live:
         """The version ``entry`` names, with its dense model, checked on a trial batch."""
@@ -367,6 +399,12 @@ class CtrRunner:
             idle = live.users == 0
         if idle:
             live.close()
+
+
+def _store_layers(table: Any) -> list[str]:
+    """The layer names a table's shared store reads (empty for the embedded store)."""
+    layers = getattr(getattr(table, "store", None), "layers", None)
+    return list(layers) if isinstance(layers, list) else []
 
 
 def _float32(feeds: dict[str, Any]) -> dict[str, np.ndarray]:

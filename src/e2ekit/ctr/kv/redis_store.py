@@ -12,6 +12,9 @@ trainer, the rows live in Redis. Layout, for namespace ``ns``:
 - ``ns:current``: the current version on every shard, JSON ``{"version", "layers": [newest
   .. base], "width", "shards"}``. Set after every layer it names is written, so a server
   that reads it can serve it.
+- ``ns:layers`` (shard 0): a sorted set of the layers this namespace holds, each scored by
+  ``ns:seq`` (a counter) when it was first written, so layers can be told apart by age
+  without reading a snapshot folder; :meth:`RedisStore.prune` drops the old ones.
 
 A lookup sends one MGET per shard covering every layer of the current chain (newest first)
 and takes, per key, the first layer that has it; a key no layer has gets zeros. Each store
@@ -92,6 +95,9 @@ class RedisStore:
         self.refresh_s = float(refresh_s)
         self.chunk_rows = max(1, int(chunk_rows))
         self._pointer = f"{self.namespace}:current"
+        self._registry = f"{self.namespace}:layers"
+        self._seq = f"{self.namespace}:seq"
+        self._replaced: tuple[str, ...] = ()  # the chain ns:current named before our load
         self._clients = []
         for url in self.urls:
             try:
@@ -234,6 +240,7 @@ class RedisStore:
             width = int(manifest["width"])
             chain = version_chain(manifest, version, folder)
             for entry in reversed(chain):  # base first
+                self._register(entry["name"])  # before its rows: a half-written one is pruned
                 self._ensure_layer(folder, entry, width)
             layers = [e["name"] for e in chain]
             raw = json.dumps(
@@ -245,12 +252,57 @@ class RedisStore:
                 }
             ).encode()
             # shard 0 last: servers poll shard 0, and every shard's copy is set by then
-            for s in reversed(range(len(self._clients))):
+            for s in reversed(range(1, len(self._clients))):
                 self._call(s, lambda c: c.set(self._pointer, raw))
+            old = self._call(0, lambda c: c.getset(self._pointer, raw))
+            replaced = self._parse_pointer(old, strict=False) if old is not None else None
             new = self._parse_pointer(raw, strict=True)
             with self._lock:
                 self._state = new
+                self._replaced = replaced.layers if replaced else ()
                 self._checked = time.monotonic()
+
+    def _register(self, name: str) -> None:
+        """Record ``name`` in ``ns:layers`` (once: a layer keeps the age of its first write)."""
+        if self._call(0, lambda c: c.zscore(self._registry, name)) is None:
+            seq = self._call(0, lambda c: c.incr(self._seq))
+            self._call(0, lambda c: c.zadd(self._registry, {name: seq}, nx=True))
+
+    def prune(self, keep: Sequence[str] = ()) -> list[str]:
+        """Drop the layers older than every chain still in use; their names, oldest first.
+
+        Why this rule is safe with many servers sharing the namespace: a layer is dropped only
+        when it was first written before the oldest layer of the chains still in use (this
+        store's chain, the chain ``ns:current`` named before this store's ``load`` replaced
+        it, the chain ``ns:current`` names now, and ``keep``: the chain this server served
+        before the swap, for batches still running on it) and is in none of them. So a
+        server that has not refreshed yet (``refresh_s``, ``serve.watch_s``) and is one
+        version behind still finds its rows, a layer a concurrent load is writing (newer by
+        age) is never touched, and a server dropping stale layers needs no word from the
+        one that wrote them. A server more than one published version behind may lose rows:
+        follow the folder more often than versions are published. One snapshot folder per
+        namespace (``ns:current`` is one lineage); layers written by an e2ekit that kept no
+        ``ns:layers`` are not listed there and stay (``drop`` removes them).
+        """
+        state = self._state
+        if state is None:
+            return []
+        in_use = {*state.layers, *self._replaced, *keep}
+        ages = [self._call(0, lambda c, n=n: c.zscore(self._registry, n)) for n in in_use]
+        known = [a for a in ages if a is not None]
+        if not known:
+            return []
+        floor = min(known)
+        current = self._call(0, lambda c: c.get(self._pointer))
+        parsed = self._parse_pointer(current, strict=False) if current is not None else None
+        in_use |= set(parsed.layers) if parsed else set()
+        older = self._call(0, lambda c: c.zrangebyscore(self._registry, "-inf", f"({floor}"))
+        gone = [n.decode() for n in older if n.decode() not in in_use]
+        for name in gone:
+            self._drop_layer(name)
+        if gone:
+            log.info("dropped %d old layer(s) from Redis namespace %s", len(gone), self.namespace)
+        return gone
 
     def _layer_doc(self, entry: dict[str, Any], width: int) -> dict[str, Any]:
         return {
@@ -321,12 +373,17 @@ class RedisStore:
                 f"version {version!r} is part of the current chain in namespace "
                 f"{self.namespace!r}; load a version that does not read it first"
             )
+        return self._drop_layer(version)
+
+    def _drop_layer(self, version: str) -> int:
+        """Unlink one layer's marker, then its rows (SCAN by prefix), then its registry entry."""
         deleted = 0
         for s in range(len(self._clients)):  # markers first: a half-dropped layer is absent
             deleted += self._call(s, lambda c: c.unlink(f"{self.namespace}:{version}:layer"))
         prefix = f"{self.namespace}:{version}:"
         for s in range(len(self._clients)):
             deleted += self._call(s, lambda c: self._unlink_prefix(c, prefix))
+        self._call(0, lambda c: c.zrem(self._registry, version))
         return int(deleted)
 
     @staticmethod
