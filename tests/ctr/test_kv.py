@@ -344,18 +344,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
+def _start_redis(folder: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """A redis-server without persistence on ``port`` (default: a free one)."""
     import redis
 
     exe = shutil.which("redis-server")
     assert exe is not None
     folder.mkdir(parents=True, exist_ok=True)
     for _ in range(5):  # another process may take the free port first
-        port = _free_port()
-        args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        free = port or _free_port()
+        args = [exe, "--port", str(free), "--bind", "127.0.0.1", "--save", ""]
         args += ["--appendonly", "no", "--dir", str(folder)]
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
+        url = f"redis://127.0.0.1:{free}/0"
         deadline = time.monotonic() + 10
         while proc.poll() is None and time.monotonic() < deadline:
             try:
@@ -609,3 +610,92 @@ def test_redis_swap_is_atomic_under_concurrent_lookups(
 
     assert _hammer(store, load_versions, refs, queries) > 5
     store.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("flush", ["all", "one shard"])
+def test_redis_flush_between_lookups_publishes_the_chain_again(
+    tmp_path: Path, redis_pair: list[str], flush: str
+) -> None:
+    """A Redis restarted empty (or FLUSHALL) under a pinned store: the next lookup answers
+    the same rows, not zeros, and the layers, their markers and the pointer are back."""
+    import redis
+
+    refs = _publish(tmp_path / "snap", compact_every=None)  # v0 base, v1..v4 deltas
+    store = open_store(
+        ",".join(redis_pair), namespace="t", snapshot_folder=tmp_path / "snap", version="v2",
+        refresh_s=math.inf,
+    )  # fmt: skip
+    keys = np.array(sorted(refs["v2"])[:40], np.int64).reshape(4, 10)
+    first = store.lookup(keys)
+    np.testing.assert_array_equal(first, _reference(refs["v2"], keys))
+    before = _dbsize(redis_pair)
+    clients = [redis.Redis.from_url(u) for u in redis_pair]
+    for client in clients if flush == "all" else clients[1:]:
+        client.flushall()
+    assert _dbsize(redis_pair) < before
+    np.testing.assert_array_equal(store.lookup(keys), first)
+    assert _dbsize(redis_pair) == before
+    for client in clients:
+        assert all(client.exists(f"t:{v}:layer") for v in ("v0", "v1", "v2"))
+        assert json.loads(client.get("t:current"))["version"] == "v2"
+    store.close()
+
+
+def test_redis_lost_chain_a_store_cannot_publish_is_an_error_not_zeros(
+    tmp_path: Path, redis_pair: list[str]
+) -> None:
+    """A store that follows ``ns:current`` (no folder of its own) or whose folder no longer
+    holds the version raises a clear error once Redis lost its layers."""
+    import redis
+
+    refs = _publish(tmp_path / "snap")
+    keys = np.array(sorted(refs["v1"])[:8], np.int64)
+    loader = open_store(redis_pair[0], namespace="t", snapshot_folder=tmp_path / "snap")
+    follower = open_store(redis_pair[0], namespace="t", refresh_s=math.inf)
+    assert follower.version == "v4"
+    redis.Redis.from_url(redis_pair[0]).flushall()
+    with pytest.raises(E2EError, match=r"lost layer.* of version 'v4'.*load\(\) a version"):
+        follower.lookup(keys)
+    shutil.rmtree(tmp_path / "snap")
+    with pytest.raises(E2EError, match=r"publishing it again from .*snap failed"):
+        loader.lookup(keys)
+    for store in (loader, follower):
+        store.close()
+
+
+def test_redis_stopped_is_a_clear_error_and_a_restart_heals(tmp_path: Path) -> None:
+    """Redis down: lookups raise RedisUnavailableError, never zeros; started again empty on
+    the same port, the next lookup publishes the chain anew and answers as before."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH (Debian: apt-get install -y redis-server)")
+    pytest.importorskip("redis")
+    from e2ekit.ctr.kv.redis_store import RedisUnavailableError
+
+    refs = _publish(tmp_path / "snap")
+    proc, url = _start_redis(tmp_path / "r")
+    try:
+        store = open_store(
+            url, namespace="t", snapshot_folder=tmp_path / "snap", refresh_s=math.inf,
+            timeout_s=2,
+        )  # fmt: skip
+        keys = np.array(sorted(refs["v4"])[:8], np.int64)
+        first = store.lookup(keys)
+        np.testing.assert_array_equal(first, _reference(refs["v4"], keys))
+        _stop(proc)
+        with pytest.raises(RedisUnavailableError, match=f"{url}: cannot reach Redis"):
+            store.lookup(keys)
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        proc = _start_redis(tmp_path / "r2", port=port)[0]
+        np.testing.assert_array_equal(store.lookup(keys), first)
+        store.close()
+    finally:
+        _stop(proc)

@@ -439,3 +439,36 @@ def test_kv_and_watch_s_are_ctr_keys_checked_up_front(cli, run: Path) -> None:
         "-o", "infer.kv=redis://127.0.0.1:1",
     )  # fmt: skip
     assert code != 0 and "redis://127.0.0.1:1" in err and "cannot reach Redis" in err
+
+
+def test_server_on_redis_survives_a_flush_and_fails_clearly_when_it_is_down(
+    run: Path, tmp_path: Path
+) -> None:
+    """A server pinned to a version in Redis: after FLUSHALL it answers the same
+    probabilities (the chain is published again), and with Redis stopped it answers 5xx,
+    never probabilities from zero rows."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH (Debian: apt-get install -y redis-server)")
+    redis = pytest.importorskip("redis")
+    from fastapi.testclient import TestClient
+
+    from e2ekit.core.serve import ServeSettings, create_app
+
+    from .test_kv import _start_redis, _stop
+
+    proc, url = _start_redis(tmp_path / "redis")
+    try:
+        predictor = with_settings(Predictor(run / "serving"), infer={"kv": url})
+        app = create_app(get_kit("ctr").endpoints(predictor), ServeSettings(max_wait_ms=1.0))
+        rows = val_rows(8)
+        with TestClient(app) as client:
+            first = client.post("/predict", json={"rows": rows})
+            assert first.status_code == 200
+            redis.Redis.from_url(url).flushall()
+            again = client.post("/predict", json={"rows": rows})
+            assert again.status_code == 200 and again.json() == first.json()
+            _stop(proc)
+            down = client.post("/predict", json={"rows": rows})
+            assert down.status_code >= 500 and "probs" not in down.json()
+    finally:
+        _stop(proc)

@@ -17,7 +17,11 @@ trainer, the rows live in Redis. Layout, for namespace ``ns``:
   without reading a snapshot folder; :meth:`RedisStore.prune` drops the old ones.
 
 A lookup sends one MGET per shard covering every layer of the current chain (newest first)
-and takes, per key, the first layer that has it; a key no layer has gets zeros. Each store
+and those layers' markers, and takes, per key, the first layer that has it; a key no layer has
+gets zeros. A marker missing from that MGET means the shard lost the layer (a restart without
+persistence, FLUSHALL, a drop): its misses would be zeros that are not in the table, so the
+store re-publishes the chain it loaded from its snapshot folder and looks up again, or raises
+:class:`RedisUnavailableError` / :class:`~e2ekit.core.errors.E2EError`; never zeros. Each store
 keeps the chain in memory and re-reads ``ns:current`` (one GET) at most every ``refresh_s``
 seconds, so servers follow the version a trainer publishes. Shards are queried one after
 another (one round trip each).
@@ -40,7 +44,7 @@ from e2ekit.core.logs import log
 from e2ekit.ctr.kv.base import NotLoadedError, as_keys
 from e2ekit.ctr.kv.snapshots import check_name, open_layer, read_manifest, version_chain
 
-__all__ = ["RedisStore", "shard_of"]
+__all__ = ["RedisStore", "RedisUnavailableError", "shard_of"]
 
 DEFAULT_NAMESPACE = "e2ekit-ctr"
 _C1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -56,6 +60,23 @@ def shard_of(keys: np.ndarray, shards: int) -> np.ndarray:
     h *= _C2
     h ^= h >> np.uint64(31)
     return (h % np.uint64(shards)).astype(np.intp)
+
+
+class RedisUnavailableError(E2EError):
+    """A shard cannot be reached (down, restarting, timing out): retry later."""
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where this store's loaded chain came from, to publish it again if Redis loses it."""
+
+    folder: Path
+    entries: tuple[dict[str, Any], ...]  # newest first
+    width: int
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(e["name"] for e in self.entries)
 
 
 @dataclass(frozen=True)
@@ -110,6 +131,7 @@ class RedisStore:
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._state: _State | None = None
+        self._source: _Source | None = None  # what load() wrote, for re-publishing
         self._checked = time.monotonic()
         raw = self._call(0, lambda c: c.get(self._pointer))
         if raw is not None:
@@ -122,7 +144,7 @@ class RedisStore:
         try:
             return fn(self._clients[shard])
         except (self._redis.exceptions.ConnectionError, self._redis.exceptions.TimeoutError) as exc:
-            raise E2EError(f"{self.urls[shard]}: cannot reach Redis ({exc})") from None
+            raise RedisUnavailableError(f"{self.urls[shard]}: cannot reach Redis ({exc})") from None
 
     def _parse_pointer(self, raw: bytes, *, strict: bool) -> _State | None:
         """The chain ``ns:current`` names; on a malformed one an error (``strict``) or a
@@ -158,7 +180,7 @@ class RedisStore:
         now = time.monotonic()
         if now - self._checked >= self.refresh_s:
             self._checked = now
-            raw = self._clients[0].get(self._pointer)
+            raw = self._call(0, lambda c: c.get(self._pointer))
             if raw is not None and (state is None or raw != state.raw):
                 new = self._parse_pointer(raw, strict=False)
                 if new is not None:
@@ -190,21 +212,86 @@ class RedisStore:
         return list(state.layers) if state else []
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
-        """float32 rows of shape ``keys.shape + (width,)``; missing keys get zeros."""
-        state = self._current()
+        """float32 rows of shape ``keys.shape + (width,)``; missing keys get zeros.
+
+        A chain Redis lost is published again and the lookup retried once; an unreachable
+        shard raises :class:`RedisUnavailableError`."""
         q = as_keys(keys)
         uniq, inverse = np.unique(q.reshape(-1), return_inverse=True)
+        for attempt in range(2):
+            state = self._current()
+            out, lost = self._gather(state, uniq)
+            if not lost:
+                return out[inverse.reshape(-1)].reshape((*q.shape, state.width))
+            self._restore(state, lost, final=attempt == 1)
+        raise AssertionError("unreachable")  # _restore raises on the final attempt
+
+    def _gather(self, state: _State, uniq: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """The rows of ``uniq`` and the layers some shard asked lacks the marker of (then
+        the rows are not to be trusted). One MGET per shard: rows and markers are read
+        atomically, so a present marker means that shard held the whole layer."""
         out = np.zeros((uniq.shape[0], state.width), np.float32)
         n = len(self._clients)
         shard = shard_of(uniq, n) if n > 1 else None
-        for s, client in enumerate(self._clients):
+        markers = [p + "layer" for p in state.prefixes]
+        lost: set[str] = set()
+        for s in range(n):
             idx = np.arange(uniq.shape[0]) if shard is None else (shard == s).nonzero()[0]
             if idx.shape[0] == 0:
                 continue
             ks = [str(k) for k in uniq[idx].tolist()]
-            got = client.mget([p + k for p in state.prefixes for k in ks])
-            self._fill(out, idx, got, state, ks)
-        return out[inverse.reshape(-1)].reshape((*q.shape, state.width))
+            names = [p + k for p in state.prefixes for k in ks] + markers
+            got = self._call(s, lambda c, names=names: c.mget(names))
+            tail = got[len(got) - len(markers) :]
+            missing = {name for name, v in zip(state.layers, tail, strict=True) if v is None}
+            if missing:
+                lost |= missing
+                continue
+            self._fill(out, idx, got[: len(got) - len(markers)], state, ks)
+        return out, [name for name in state.layers if name in lost]
+
+    def _restore(self, state: _State, lost: list[str], *, final: bool) -> None:
+        """Make the chain whole again before a retry: re-publish it from the snapshot folder
+        this store loaded it from, or move to the chain ``ns:current`` names now. Raises
+        when neither is possible (or a retry found it lost again)."""
+        where = f"Redis namespace {self.namespace!r} lost layer(s) {', '.join(lost)}"
+        where += f" of version {state.version!r} (restarted without persistence or flushed?)"
+        if final:
+            raise E2EError(f"{where}, again right after it was published anew")
+        with self._load_lock:
+            if self._state is not state:  # a load() swapped meanwhile: retry on its chain
+                return
+            source = self._source
+            if source is not None and source.layers == state.layers:
+                try:
+                    self._republish(source)
+                except RedisUnavailableError:
+                    raise
+                except Exception as exc:
+                    first = (str(exc).splitlines() or [type(exc).__name__])[0]
+                    raise E2EError(
+                        f"{where}; publishing it again from {source.folder} failed: {first}"
+                    ) from None
+                log.warning("%s; published it again from %s", where, source.folder)
+                return
+            raw = self._call(0, lambda c: c.get(self._pointer))
+            new = self._parse_pointer(raw, strict=False) if raw is not None else None
+            if new is None or new.layers == state.layers:
+                raise E2EError(f"{where}; load() a version again")
+            with self._lock:
+                if self._state is state:
+                    self._state = new
+                    self._checked = time.monotonic()
+
+    def _republish(self, source: _Source) -> None:
+        """Write back the layers of ``source`` that Redis lacks and, where ``ns:current`` is
+        gone, point it at that chain again (never over a version published since)."""
+        for entry in reversed(source.entries):  # base first
+            self._register(entry["name"])
+            self._ensure_layer(source.folder, entry, source.width)
+        raw = self._pointer_doc(list(source.layers), source.width)
+        for s in reversed(range(len(self._clients))):  # shard 0 last, as load() does
+            self._call(s, lambda c: c.set(self._pointer, raw, nx=True))
 
     @staticmethod
     def _fill(
@@ -243,14 +330,7 @@ class RedisStore:
                 self._register(entry["name"])  # before its rows: a half-written one is pruned
                 self._ensure_layer(folder, entry, width)
             layers = [e["name"] for e in chain]
-            raw = json.dumps(
-                {
-                    "version": layers[0],
-                    "layers": layers,
-                    "width": width,
-                    "shards": len(self._clients),
-                }
-            ).encode()
+            raw = self._pointer_doc(layers, width)
             # shard 0 last: servers poll shard 0, and every shard's copy is set by then
             for s in reversed(range(1, len(self._clients))):
                 self._call(s, lambda c: c.set(self._pointer, raw))
@@ -259,8 +339,14 @@ class RedisStore:
             new = self._parse_pointer(raw, strict=True)
             with self._lock:
                 self._state = new
+                self._source = _Source(folder, tuple(dict(e) for e in chain), width)
                 self._replaced = replaced.layers if replaced else ()
                 self._checked = time.monotonic()
+
+    def _pointer_doc(self, layers: list[str], width: int) -> bytes:
+        """The ``ns:current`` value naming ``layers`` (newest first)."""
+        doc = {"version": layers[0], "layers": layers, "width": width, "shards": len(self._clients)}
+        return json.dumps(doc).encode()
 
     def _register(self, name: str) -> None:
         """Record ``name`` in ``ns:layers`` (once: a layer keeps the age of its first write)."""
@@ -279,8 +365,10 @@ class RedisStore:
         server that has not refreshed yet (``refresh_s``, ``serve.watch_s``) and is one
         version behind still finds its rows, a layer a concurrent load is writing (newer by
         age) is never touched, and a server dropping stale layers needs no word from the
-        one that wrote them. A server more than one published version behind may lose rows:
-        follow the folder more often than versions are published. One snapshot folder per
+        one that wrote them. A server more than one published version behind may find its
+        layers dropped: its lookups publish them again from its folder (or fail, once the
+        folder dropped them too), so follow the folder more often than versions are
+        published. One snapshot folder per
         namespace (``ns:current`` is one lineage); layers written by an e2ekit that kept no
         ``ns:layers`` are not listed there and stay (``drop`` removes them).
         """
