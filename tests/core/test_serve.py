@@ -442,6 +442,20 @@ def test_model_exception_fails_that_request_only(start_server) -> None:
     assert metric(text, "e2ekit_serve_requests_total", path="/predict", status="500") == 1
 
 
+def test_a_service_the_model_needs_being_down_is_503_with_retry_after(start_server) -> None:
+    from e2ekit.core.errors import ServiceUnavailable
+
+    class StoreDown(SumModel):
+        def run_batch(self, items: list) -> list[float]:
+            raise ServiceUnavailable("redis://127.0.0.1:1: cannot reach Redis")
+
+    settings = ServeSettings()
+    run = start_server(create_app([sum_endpoint(StoreDown())], settings), settings)
+    r = post(run.url, {"rows": [[1.0]]})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["detail"] == "redis://127.0.0.1:1: cannot reach Redis"
+
+
 def test_slow_model_answers_504_then_recovers(start_server) -> None:
     model = SumModel(gated=True)
     settings = ServeSettings(request_timeout_s=0.2)

@@ -22,6 +22,11 @@ class CheckpointError(E2EError):
     """A checkpoint is missing, unsafe or does not match the model."""
 
 
+class ServiceUnavailable(E2EError):
+    """A service the model depends on (a key-value store) cannot be reached right now; a
+    server answers 503 with Retry-After, since the request may succeed later."""
+
+
 def closest(name: str, choices: Iterable[str]) -> str | None:
     """The most similar valid choice, for 'did you mean' hints."""
     found = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)

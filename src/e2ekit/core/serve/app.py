@@ -26,6 +26,7 @@ from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from e2ekit.core.errors import ServiceUnavailable
 from e2ekit.core.serve.batcher import (
     BatcherClosedError,
     BatchFailedError,
@@ -279,6 +280,8 @@ def _route_for(endpoint: Endpoint, runtime: ServeRuntime) -> Callable[..., Any]:
                 504, "timeout", f"no result within request_timeout_s={settings.request_timeout_s}"
             )
         except BatchFailedError as exc:
+            if isinstance(exc.__cause__, ServiceUnavailable):
+                return fail(503, "unavailable", str(exc.__cause__), RETRY_LATER)
             return fail(500, "batch_failed", f"{exc}; see the server log")
         except BatcherClosedError as exc:
             return fail(503, "shutting_down", str(exc), RETRY_LATER)

@@ -20,6 +20,8 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from e2ekit.core.errors import ServiceUnavailable
+
 log = logging.getLogger("e2ekit.serve")
 
 BatchFn = Callable[[list[Any]], Sequence[Any]]
@@ -278,7 +280,10 @@ class DynamicBatcher:
             self._fail(chunks, lambda: BatcherClosedError("server is shutting down"))
             raise
         except Exception as exc:
-            log.exception("batcher %s: batch of %d items failed", self.name, len(items))
+            if isinstance(exc, ServiceUnavailable):  # expected while a store is down: one line
+                log.error("batcher %s: batch of %d items failed: %s", self.name, len(items), exc)
+            else:
+                log.exception("batcher %s: batch of %d items failed", self.name, len(items))
             self._fail(chunks, functools.partial(_batch_failed, exc))
         finally:
             self._report(len(items), time.perf_counter() - started, ok)

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from e2ekit.core.errors import DataError, E2EError
+from e2ekit.core.errors import DataError, E2EError, ServiceUnavailable
 from e2ekit.core.logs import log
 from e2ekit.ctr.kv.base import NotLoadedError, as_keys
 from e2ekit.ctr.kv.snapshots import check_name, open_layer, read_manifest, version_chain
@@ -62,7 +62,7 @@ def shard_of(keys: np.ndarray, shards: int) -> np.ndarray:
     return (h % np.uint64(shards)).astype(np.intp)
 
 
-class RedisUnavailableError(E2EError):
+class RedisUnavailableError(ServiceUnavailable):
     """A shard cannot be reached (down, restarting, timing out): retry later."""
 
 
