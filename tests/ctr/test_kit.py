@@ -313,3 +313,17 @@ def test_a_kill_around_the_final_saves_resumes_to_the_same_run(
         CtrTrainer(cfg, tmp_path / "between").fit()
     monkeypatch.setattr(run_module, "atomic_torch_save", save)
     resume_and_compare(tmp_path / "between")
+
+
+@pytest.mark.parametrize("content", ["", "x\ty\n1\t2\t3\n"], ids=["empty", "all-malformed"])
+def test_predict_without_a_valid_row_writes_nothing(
+    cli, trained: Path, tmp_path: Path, content: str
+) -> None:
+    """No header-only predictions.tsv: the failed command leaves no output folder at all."""
+    source = tmp_path / "rows.tsv"
+    source.write_text(content)
+    out_dir = tmp_path / "pred"
+    code, _, err = cli("ctr", "predict", "--weights", trained / "best.pt", "--input", source,
+                       "--out", out_dir)  # fmt: skip
+    assert code == 1 and "no valid rows" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.tsv"]

@@ -314,3 +314,21 @@ def test_predict_memory_is_bounded_on_a_large_image(cli, trained: Path, tmp_path
     grown_mb = float(done.stdout.strip().splitlines()[-1])
     assert grown_mb < 1500, f"predict on 8000x8000 grew the process by {grown_mb:.0f} MB"
     assert np.array(Image.open(tmp_path / "pred" / "label" / "big.png")).shape == (8000, 8000)
+
+
+def test_predict_stopped_by_a_corrupt_image_leaves_no_outputs(
+    cli, trained: Path, tmp_path: Path
+) -> None:
+    """Good images first, then one whose header reads but whose pixels do not decode: no
+    half folder of label maps."""
+    images = tmp_path / "images"
+    images.mkdir()
+    noise = np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8)
+    for name in ("a", "b", "c_corrupt"):
+        Image.fromarray(noise).save(images / f"{name}.png")
+    raw = (images / "c_corrupt.png").read_bytes()
+    (images / "c_corrupt.png").write_bytes(raw[: len(raw) // 2])  # cut inside its pixel data
+    out = tmp_path / "pred"
+    code, _, err = cli("seg", "predict", "--weights", trained, "--input", images, "--out", out)
+    assert code == 1 and "c_corrupt.png" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
