@@ -75,3 +75,14 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen, str, str]:
         proc.kill()
         proc.wait()
     raise RuntimeError("redis-server did not start")
+
+
+def emit(result: dict, out: Path | None) -> None:
+    """The benchmark's one JSON line on stdout, and in ``out`` when given."""
+    import json
+
+    line = json.dumps(result)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(line + "\n")
+    print(line, flush=True)

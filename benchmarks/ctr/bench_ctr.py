@@ -75,7 +75,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _bench_env import load_now, log  # noqa: E402
+from _bench_env import emit, load_now, log  # noqa: E402
 from _deepctr_env import DEFAULT_VENV, PEER, ensure_venv  # noqa: E402
 
 from e2ekit.ctr.config import CtrConfig  # noqa: E402
@@ -459,11 +459,7 @@ def main() -> None:
             out["real_sample"] = bench_real(args.real_sample, args.model_list, args, tmp, python)
     env["loadavg_1m_end"] = load_now("end")
     out.update(env=env, settings=settings, wall_s=round(time.perf_counter() - started, 1))
-    line = json.dumps(out)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
-    print(line, flush=True)
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import shutil
 import sys
@@ -53,7 +52,7 @@ from e2ekit.ctr.data.synthetic import (
 from e2ekit.ctr.engine.fit import CtrTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_env import cpu_model, log
+from _bench_env import cpu_model, emit, log
 
 MODELS = ("lr", "deepfm", "dcn_v2", "fwfm", "autoint", "lr_cross")
 N_DENSE = 13
@@ -235,11 +234,7 @@ def main() -> None:
         "loadavg_1m_end": round(os.getloadavg()[0], 2),
     }
     out["wall_s"] = round(time.perf_counter() - started, 1)
-    line = json.dumps(out)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
-    print(line, flush=True)
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from e2ekit.ctr.kv import MmapStore, SnapshotWriter
 from e2ekit.ctr.runner import SparseStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_env import cpu_model, load_now, log, start_redis
+from _bench_env import cpu_model, emit, load_now, log, start_redis
 
 HASH_SIZE = 2**18
 SLOTS = 26
@@ -252,11 +252,7 @@ def main() -> None:
     out["runs"] = results
     env["loadavg_1m_end"] = load_now("end")
     out.update(env=env, wall_s=round(time.perf_counter() - started, 1))
-    line = json.dumps(out)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
-    print(line, flush=True)
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ this machine's CPUs: the numbers are end to end on one box, not the server alone
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -48,7 +47,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_env import cpu_model, free_port, load_now, log, start_redis
+from _bench_env import cpu_model, emit, free_port, load_now, log, start_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 SERIES = (("c1_r1", 1, 1), ("c8_r1", 8, 1), ("c32_r1", 32, 1), ("c8_r64", 8, 64))
@@ -471,11 +470,7 @@ def main() -> None:
     out["all_caught_up"] = caught_up
     env["loadavg_1m_end"] = load_now("end")
     out.update(env=env, wall_s=round(time.perf_counter() - started, 1))
-    line = json.dumps(out)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
-    print(line, flush=True)
+    emit(out, args.out)
 
 
 if __name__ == "__main__":
