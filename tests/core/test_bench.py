@@ -115,3 +115,14 @@ def test_bench_errors_are_one_line(
     code, out, err = cli("toy", "bench", *[a.format(**paths) for a in args])
     assert code == 1 and out == ""
     assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_refuses_an_infer_key_it_would_ignore() -> None:
+    """ctr's infer.kv says where predict and serve look rows up; bench never looks rows up."""
+    from e2ekit.core.bench import refuse_kit_infer_keys
+    from e2ekit.core.errors import ConfigError
+    from e2ekit.ctr.config import CtrInfer
+
+    refuse_kit_infer_keys(CtrInfer())  # the default: nothing to refuse
+    with pytest.raises(ConfigError, match=r"infer\.kv: bench .* applies to predict and serve"):
+        refuse_kit_infer_keys(CtrInfer(kv="redis://127.0.0.1:6379"))

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from e2ekit.core.errors import E2EError
+from e2ekit.core.errors import ConfigError, E2EError
 from e2ekit.core.infer import (
     SAMPLE_INPUTS_FILE,
     WEIGHTS_FILE,
@@ -142,6 +142,18 @@ def _restore_torch_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def refuse_kit_infer_keys(settings: InferConfig) -> None:
+    """bench times the exported model on its sample inputs alone: an ``infer`` key a kit adds
+    (ctr's ``kv``, where rows are looked up) has no effect there, so setting it is refused."""
+    own = InferConfig.model_fields
+    for key, field in type(settings).model_fields.items():
+        if key not in own and getattr(settings, key) != field.default:
+            raise ConfigError(
+                f"infer.{key}: bench times the exported model on its sample inputs and does "
+                f"not use infer.{key}; it applies to predict and serve"
+            )
+
+
 def cmd_bench(kit: Any, args: Namespace) -> dict[str, Any]:
     """Throughput and latency of each variant of an export folder, per batch size."""
     if not args.model:
@@ -159,6 +171,7 @@ def cmd_bench(kit: Any, args: Namespace) -> dict[str, Any]:
     if args.threads is not None and args.threads < 1:
         raise E2EError(f"--threads {args.threads}: must be >= 1")
     settings = load_export_config(kit, args).infer
+    refuse_kit_infer_keys(settings)
     check_device(settings, args)
     try:
         deploy = load_deploy(folder)
