@@ -98,7 +98,6 @@ class Stepper:
         self.model = model.to(self.device)
         self.cfg = cfg
         self.table = model.tables.embedding.weight
-        self.offsets = model.tables.offsets
         self.width = int(self.table.shape[1])
         self.dense_params = model.dense_parameters()
         groups = param_groups(model, cfg.optim, self.dense_params)
@@ -153,10 +152,10 @@ class Stepper:
         batch = to_device(batch, self.device)
         dense, sparse, label = batch["dense"], batch["sparse"], batch["label"]
         n = sparse.shape[0]
-        ids = (sparse + self.offsets).reshape(-1)  # (B * 26,) global rows
+        ids = self.model.rows(sparse).reshape(-1)  # (B * S,) global rows
         emb = self.table.detach().index_select(0, ids).view(n, -1, self.width).requires_grad_()
         with autocast(self.device, self.amp_dtype):
-            logits = self.model.head(dense, emb)
+            logits = self.model.head(dense, self.model.pool(emb, sparse))
         loss = self.loss_fn(logits.float(), label)
         self.dense_opt.zero_grad(set_to_none=False)
         self.scaler.scale(loss).backward()

@@ -1,7 +1,8 @@
 """Hashed per-slot embeddings for CTR models.
 
-All slots share ONE table of ``num_slots * hash_size`` rows; slot ``s`` owns rows
-``[s * hash_size, (s + 1) * hash_size)``, so the same bucket in two slots never collides and one
+All slots share ONE table; slot ``s`` owns its own range of rows (``layout.offsets``; with one
+hash size for all: ``[s * hash_size, (s + 1) * hash_size)``), so the same bucket in two slots
+never collides and one
 sparse-gradient parameter covers every slot (what SparseAdam / sparse Adagrad and parameter
 servers want). Bucket 0 of each slot is the reader's "missing" id and gets its own learned row.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from e2ekit.ctr.models.layout import FeatureLayout
 
 __all__ = ["SlotEmbedding", "SlotLinear", "sparse_parameters"]
 
@@ -24,23 +27,32 @@ class SlotEmbedding(nn.Module):
 
     def __init__(
         self,
-        hash_size: int,
-        dim: int,
+        hash_size: int | None = None,
+        dim: int = 8,
         num_slots: int = 26,
         sparse: bool = True,
         init_std: float = 1e-4,
+        layout: FeatureLayout | None = None,
     ) -> None:
         super().__init__()
-        self.num_slots, self.hash_size, self.dim = num_slots, hash_size, dim
-        self.embedding = nn.Embedding(num_slots * hash_size, dim, sparse=sparse)
+        if layout is None:
+            if hash_size is None:
+                raise ValueError("SlotEmbedding needs hash_size (one for every slot) or a layout")
+            layout = FeatureLayout(0, (hash_size,) * num_slots, tuple(range(num_slots)))
+        self.layout = layout
+        self.num_slots, self.hash_size, self.dim = layout.num_slots, layout.uniform_hash, dim
+        self.embedding = nn.Embedding(layout.num_rows, dim, sparse=sparse)
         nn.init.normal_(self.embedding.weight, std=init_std)
         # (num_slots,) row offset of each slot in the shared table.
-        offsets = torch.arange(num_slots, dtype=torch.long) * hash_size
-        self.register_buffer("offsets", offsets, persistent=False)
+        self.register_buffer("offsets", torch.from_numpy(layout.offsets), persistent=False)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """``(B, S)`` buckets -> ``(B, S)`` global table rows."""
+        return ids + self.offsets
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         # (B, S) + (S,) -> (B, S) global rows -> (B, S, D)
-        return self.embedding(ids + self.offsets)
+        return self.embedding(self.rows(ids))
 
 
 class SlotLinear(SlotEmbedding):

@@ -13,11 +13,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from e2ekit.ctr.models.layout import FeatureLayout
 from e2ekit.ctr.models.zoo import (
     DEFAULT_MLP,
     MLP,
-    N_DENSE,
-    N_SPARSE,
     TINY_DIM,
     TINY_MLP,
     CtrModel,
@@ -27,8 +26,6 @@ from e2ekit.ctr.models.zoo import (
 from e2ekit.ctr.registry import MODELS
 
 __all__ = ["AutoInt", "FwFM", "InteractingLayer", "fwfm_interaction"]
-
-N_FIELDS = N_SPARSE + N_DENSE
 
 
 def fwfm_interaction(v: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -49,12 +46,20 @@ class FwFM(CtrModel):
     """
 
     first_order = True
+    same_dims = True
 
-    def __init__(self, hash_size: int, embed_dim: int = 16, sparse: bool = True) -> None:
-        super().__init__(hash_size, embed_dim, sparse)
-        self.linear = _FirstOrder()
-        self.fields = _Fields(embed_dim)
-        self.pair_weight = nn.Parameter(torch.ones(N_FIELDS, N_FIELDS))
+    def __init__(
+        self,
+        hash_size: int,
+        embed_dim: int = 16,
+        sparse: bool = True,
+        layout: FeatureLayout | None = None,
+    ) -> None:
+        super().__init__(hash_size, embed_dim, sparse, layout)
+        self.linear = _FirstOrder(self.num_dense)
+        self.fields = _Fields(self.embed_dim, self.num_dense)
+        n = self.num_fields + self.num_dense
+        self.pair_weight = nn.Parameter(torch.ones(n, n))
 
     def head(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         v = self.fields(dense, emb[:, :, 1:])  # (B, 39, D)
@@ -98,6 +103,7 @@ class AutoInt(CtrModel):
     """
 
     first_order = True
+    same_dims = True
 
     def __init__(
         self,
@@ -109,18 +115,20 @@ class AutoInt(CtrModel):
         num_heads: int = 2,
         head_dim: int = 8,
         sparse: bool = True,
+        layout: FeatureLayout | None = None,
     ) -> None:
-        super().__init__(hash_size, embed_dim, sparse)
-        self.linear = _FirstOrder()
-        self.fields = _Fields(embed_dim)
-        layers, width = [], embed_dim
+        super().__init__(hash_size, embed_dim, sparse, layout)
+        self.linear = _FirstOrder(self.num_dense)
+        self.fields = _Fields(self.embed_dim, self.num_dense)
+        layers, width = [], self.embed_dim
         for _ in range(num_layers):
             layers.append(InteractingLayer(width, head_dim, num_heads, dropout))
             width = layers[-1].out_dim
         self.attention = nn.ModuleList(layers)
-        self.mlp = MLP(N_FIELDS * embed_dim, mlp_dims, dropout) if mlp_dims else None
+        n = self.num_fields + self.num_dense
+        self.mlp = MLP(n * self.embed_dim, mlp_dims, dropout) if mlp_dims else None
         deep = self.mlp.out_dim if self.mlp is not None else 0
-        self.out = nn.Linear(N_FIELDS * width + deep, 1)
+        self.out = nn.Linear(n * width + deep, 1)
 
     def head(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         v = self.fields(dense, emb[:, :, 1:])  # (B, 39, D)
@@ -137,13 +145,20 @@ class AutoInt(CtrModel):
 
 
 @MODELS.register("fwfm")
-def fwfm(hash_size: int = 2**20, embed_dim: int = 16, sparse: bool = True) -> FwFM:
-    return FwFM(hash_size, embed_dim, sparse)
+def fwfm(
+    hash_size: int = 2**20,
+    embed_dim: int = 16,
+    sparse: bool = True,
+    layout: FeatureLayout | None = None,
+) -> FwFM:
+    return FwFM(hash_size, embed_dim, sparse, layout=layout)
 
 
 @MODELS.register("fwfm_tiny")
-def fwfm_tiny(hash_size: int = 64, sparse: bool = True) -> FwFM:
-    return FwFM(hash_size, TINY_DIM, sparse)
+def fwfm_tiny(
+    hash_size: int = 64, sparse: bool = True, layout: FeatureLayout | None = None
+) -> FwFM:
+    return FwFM(hash_size, TINY_DIM, sparse, layout=layout)
 
 
 @MODELS.register("autoint")
@@ -156,10 +171,26 @@ def autoint(
     num_heads: int = 2,
     head_dim: int = 8,
     sparse: bool = True,
+    layout: FeatureLayout | None = None,
 ) -> AutoInt:
-    return AutoInt(hash_size, embed_dim, mlp_dims, num_layers, dropout, num_heads, head_dim, sparse)
+    return AutoInt(
+        hash_size,
+        embed_dim,
+        mlp_dims,
+        num_layers,
+        dropout,
+        num_heads,
+        head_dim,
+        sparse,
+        layout=layout,
+    )
 
 
 @MODELS.register("autoint_tiny")
-def autoint_tiny(hash_size: int = 64, dropout: float = 0.0, sparse: bool = True) -> AutoInt:
-    return AutoInt(hash_size, TINY_DIM, TINY_MLP, 2, dropout, 2, 2, sparse)
+def autoint_tiny(
+    hash_size: int = 64,
+    dropout: float = 0.0,
+    sparse: bool = True,
+    layout: FeatureLayout | None = None,
+) -> AutoInt:
+    return AutoInt(hash_size, TINY_DIM, TINY_MLP, 2, dropout, 2, 2, sparse, layout=layout)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from e2ekit.ctr.models.embedding import SlotEmbedding
+from e2ekit.ctr.models.layout import CRITEO_DENSE, CRITEO_SLOTS, FeatureLayout
 from e2ekit.ctr.registry import MODELS
 
 __all__ = [
@@ -31,8 +32,8 @@ __all__ = [
     "fm_interaction",
 ]
 
-N_DENSE = 13
-N_SPARSE = 26
+N_DENSE = CRITEO_DENSE  # the defaults; a schema's layout sets its own
+N_SPARSE = CRITEO_SLOTS
 DEFAULT_MLP = (400, 400, 400)  # ElasticCTR / PaddleRec ctr-dnn: 3 x 400 ReLU
 TINY_DIM = 4  # tiny variants: fast tests, not for training
 TINY_MLP = (16, 16)
@@ -71,21 +72,55 @@ class CtrModel(nn.Module):
     update them with a fused row-wise optimizer (never a sparse-tensor round trip), the dense
     head is what ONNX export holds, and the table is what the KV export writes. ``width`` is
     ``embed_dim`` plus one leading column for the first-order (LR) weight when the model has one.
+    ``layout`` (default: Criteo's 13 dense + 26 slots of ``hash_size`` buckets) says how many
+    dense features, slots and fields there are; with per-field dims a row is as wide as the
+    widest field and narrower fields read its leading columns.
     """
 
     first_order: bool = False
+    same_dims: bool = False  # models whose fields interact by dot products need one dim
 
-    def __init__(self, hash_size: int, embed_dim: int, sparse: bool) -> None:
+    def __init__(
+        self, hash_size: int, embed_dim: int, sparse: bool, layout: FeatureLayout | None = None
+    ) -> None:
         super().__init__()
-        self.hash_size, self.embed_dim = hash_size, embed_dim
+        self.layout = layout if layout is not None else FeatureLayout.criteo(hash_size)
+        self.num_dense, self.num_fields = self.layout.num_dense, self.layout.num_fields
+        self.field_dims = self._field_dims(embed_dim)
+        if self.field_dims is not None:
+            embed_dim = max(self.field_dims)
+        self.hash_size, self.embed_dim = self.layout.uniform_hash, embed_dim
         self.width = embed_dim + int(self.first_order)
-        self.tables = SlotEmbedding(hash_size, self.width, num_slots=N_SPARSE, sparse=sparse)
+        self.tables = SlotEmbedding(dim=self.width, sparse=sparse, layout=self.layout)
+
+    def _field_dims(self, embed_dim: int) -> tuple[int, ...] | None:
+        """Per-field dims when they differ (0 in the layout = the model's ``embed_dim``)."""
+        if self.layout.field_dims is None or embed_dim == 0:
+            return None
+        dims = tuple(d or embed_dim for d in self.layout.field_dims)
+        if len(set(dims)) == 1:
+            return None if dims[0] == embed_dim else dims
+        if self.same_dims:
+            raise ValueError(
+                f"{type(self).__name__} takes dot products between field vectors, so every "
+                f"field needs the same embed_dim (the schema gives {sorted(set(dims))}); drop "
+                "the per-column embed_dim or use dnn, wide_deep, dcn or dcn_v2"
+            )
+        return dims
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        return self.head(dense, self.tables(sparse))
+        return self.head(dense, self.pool(self.tables(sparse), sparse))
+
+    def rows(self, sparse: torch.Tensor) -> torch.Tensor:
+        """``(B, S)`` slot buckets -> ``(B, S)`` global table rows (the keys a store holds)."""
+        return self.tables.rows(sparse)
+
+    def pool(self, emb: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        """Looked-up slot rows ``(B, S, width)`` -> field vectors ``(B, F, width)``."""
+        return self.layout.pool(emb, sparse)
 
     def head(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B,)`` from ``dense (B, 13)`` and looked-up rows ``emb (B, 26, width)``."""
+        """Logits ``(B,)`` from ``dense (B, num_dense)`` and field rows ``emb (B, F, width)``."""
         raise NotImplementedError
 
     def dense_parameters(self) -> list[nn.Parameter]:
@@ -93,40 +128,45 @@ class CtrModel(nn.Module):
         table = self.tables.embedding.weight
         return [p for p in self.parameters() if p is not table]
 
+    def deep_input(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Field vectors (each at its own dim) flattened next to the raw dense features."""
+        if self.field_dims is None:
+            flat = emb.flatten(1)
+        else:
+            flat = torch.cat([emb[:, f, :d] for f, d in enumerate(self.field_dims)], dim=1)
+        return torch.cat([flat, dense], dim=1)
+
+    def deep_dim(self) -> int:
+        """Width of :meth:`deep_input`."""
+        fields = sum(self.field_dims) if self.field_dims else self.num_fields * self.embed_dim
+        return fields + self.num_dense
+
 
 class _FirstOrder(nn.Module):
-    """``w0 + sum_slots w[slot, id] + <w_dense, dense>``: logistic regression on all features;
-    the slot weights are column 0 of the model's table."""
+    """``w0 + sum_fields w[field, id] + <w_dense, dense>``: logistic regression on all
+    features; the slot weights are column 0 of the model's table."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_dense: int = CRITEO_DENSE) -> None:
         super().__init__()
-        self.dense_linear = nn.Linear(N_DENSE, 1)  # its bias is the global w0
+        self.dense_linear = nn.Linear(num_dense, 1)  # its bias is the global w0
 
     def forward(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        # (B, 26) summed -> (B,) + (B, 1) -> (B,)
+        # (B, F) summed -> (B,) + (B, 1) -> (B,)
         return emb[:, :, 0].sum(dim=1) + self.dense_linear(dense).squeeze(1)
 
 
 class _Fields(nn.Module):
-    """All 39 fields as vectors ``(B, 26 + 13, D)``: slot embeddings, then ``x_i * v_i`` per
-    dense feature (the FM view of real-valued features, as in PaddleRec's Criteo FM/DeepFM)."""
+    """All fields as vectors ``(B, F + num_dense, D)``: slot embeddings, then ``x_i * v_i``
+    per dense feature (the FM view of real-valued features, as in PaddleRec's Criteo
+    FM/DeepFM)."""
 
-    def __init__(self, embed_dim: int) -> None:
+    def __init__(self, embed_dim: int, num_dense: int = CRITEO_DENSE) -> None:
         super().__init__()
-        self.dense_vectors = nn.Parameter(torch.randn(N_DENSE, embed_dim) * 1e-4)
+        self.dense_vectors = nn.Parameter(torch.randn(num_dense, embed_dim) * 1e-4)
 
     def forward(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        dense_emb = dense.unsqueeze(2) * self.dense_vectors  # (B, 13, 1) * (13, D) -> (B, 13, D)
-        return torch.cat([emb, dense_emb], dim=1)  # (B, 39, D)
-
-
-def _deep_input(dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    """Flattened slot embeddings next to the raw dense features: ``(B, 26 * D + 13)``."""
-    return torch.cat([emb.flatten(1), dense], dim=1)
-
-
-def _deep_dim(embed_dim: int) -> int:
-    return N_SPARSE * embed_dim + N_DENSE
+        dense_emb = dense.unsqueeze(2) * self.dense_vectors  # (B, n, 1) * (n, D) -> (B, n, D)
+        return torch.cat([emb, dense_emb], dim=1)  # (B, F + n, D)
 
 
 class LogisticRegression(CtrModel):
@@ -134,9 +174,11 @@ class LogisticRegression(CtrModel):
 
     first_order = True
 
-    def __init__(self, hash_size: int, sparse: bool = True) -> None:
-        super().__init__(hash_size, 0, sparse)
-        self.linear = _FirstOrder()
+    def __init__(
+        self, hash_size: int, sparse: bool = True, layout: FeatureLayout | None = None
+    ) -> None:
+        super().__init__(hash_size, 0, sparse, layout)
+        self.linear = _FirstOrder(self.num_dense)
 
     def head(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return self.linear(dense, emb)
@@ -146,11 +188,18 @@ class FM(CtrModel):
     """Factorization Machine (Rendle 2010): LR + pairwise ``<v_i, v_j> x_i x_j`` over 39 fields."""
 
     first_order = True
+    same_dims = True
 
-    def __init__(self, hash_size: int, embed_dim: int = 16, sparse: bool = True) -> None:
-        super().__init__(hash_size, embed_dim, sparse)
-        self.linear = _FirstOrder()
-        self.fields = _Fields(embed_dim)
+    def __init__(
+        self,
+        hash_size: int,
+        embed_dim: int = 16,
+        sparse: bool = True,
+        layout: FeatureLayout | None = None,
+    ) -> None:
+        super().__init__(hash_size, embed_dim, sparse, layout)
+        self.linear = _FirstOrder(self.num_dense)
+        self.fields = _Fields(self.embed_dim, self.num_dense)
 
     def head(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return self.linear(dense, emb) + fm_interaction(self.fields(dense, emb[:, :, 1:]))
@@ -167,13 +216,14 @@ class DNN(CtrModel):
         mlp_dims: Sequence[int] = DEFAULT_MLP,
         dropout: float = 0.0,
         sparse: bool = True,
+        layout: FeatureLayout | None = None,
     ) -> None:
-        super().__init__(hash_size, embed_dim, sparse)
-        self.mlp = MLP(_deep_dim(embed_dim), mlp_dims, dropout)
+        super().__init__(hash_size, embed_dim, sparse, layout)
+        self.mlp = MLP(self.deep_dim(), mlp_dims, dropout)
         self.out = nn.Linear(self.mlp.out_dim, 1)
 
     def head(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return self.out(self.mlp(_deep_input(dense, emb))).squeeze(1)  # (B, 1) -> (B,)
+        return self.out(self.mlp(self.deep_input(dense, emb))).squeeze(1)  # (B, 1) -> (B,)
 
 
 class WideDeep(CtrModel):
@@ -192,14 +242,15 @@ class WideDeep(CtrModel):
         mlp_dims: Sequence[int] = DEFAULT_MLP,
         dropout: float = 0.0,
         sparse: bool = True,
+        layout: FeatureLayout | None = None,
     ) -> None:
-        super().__init__(hash_size, embed_dim, sparse)
-        self.wide = _FirstOrder()
-        self.mlp = MLP(_deep_dim(embed_dim), mlp_dims, dropout)
+        super().__init__(hash_size, embed_dim, sparse, layout)
+        self.wide = _FirstOrder(self.num_dense)
+        self.mlp = MLP(self.deep_dim(), mlp_dims, dropout)
         self.out = nn.Linear(self.mlp.out_dim, 1)
 
     def head(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        deep = self.out(self.mlp(_deep_input(dense, emb[:, :, 1:]))).squeeze(1)
+        deep = self.out(self.mlp(self.deep_input(dense, emb[:, :, 1:]))).squeeze(1)
         return self.wide(dense, emb) + deep
 
 
@@ -208,6 +259,7 @@ class DeepFM(CtrModel):
     field embeddings (no pre-training, unlike FNN); the MLP reads all 39 field vectors."""
 
     first_order = True
+    same_dims = True
 
     def __init__(
         self,
@@ -216,11 +268,12 @@ class DeepFM(CtrModel):
         mlp_dims: Sequence[int] = DEFAULT_MLP,
         dropout: float = 0.0,
         sparse: bool = True,
+        layout: FeatureLayout | None = None,
     ) -> None:
-        super().__init__(hash_size, embed_dim, sparse)
-        self.linear = _FirstOrder()
-        self.fields = _Fields(embed_dim)
-        self.mlp = MLP((N_SPARSE + N_DENSE) * embed_dim, mlp_dims, dropout)
+        super().__init__(hash_size, embed_dim, sparse, layout)
+        self.linear = _FirstOrder(self.num_dense)
+        self.fields = _Fields(self.embed_dim, self.num_dense)
+        self.mlp = MLP((self.num_fields + self.num_dense) * self.embed_dim, mlp_dims, dropout)
         self.out = nn.Linear(self.mlp.out_dim, 1)
 
     def head(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -273,15 +326,16 @@ class DCN(CtrModel):
         num_layers: int = 3,
         dropout: float = 0.0,
         sparse: bool = True,
+        layout: FeatureLayout | None = None,
     ) -> None:
-        super().__init__(hash_size, embed_dim, sparse)
-        d = _deep_dim(embed_dim)
+        super().__init__(hash_size, embed_dim, sparse, layout)
+        d = self.deep_dim()
         self.cross = nn.ModuleList(CrossLayer(d) for _ in range(num_layers))
         self.mlp = MLP(d, mlp_dims, dropout)
         self.out = nn.Linear(d + self.mlp.out_dim, 1)
 
     def head(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        x0 = _deep_input(dense, emb)  # (B, d)
+        x0 = self.deep_input(dense, emb)  # (B, d)
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
@@ -302,16 +356,17 @@ class DCNv2(CtrModel):
         dropout: float = 0.0,
         parallel: bool = False,
         sparse: bool = True,
+        layout: FeatureLayout | None = None,
     ) -> None:
-        super().__init__(hash_size, embed_dim, sparse)
-        d = _deep_dim(embed_dim)
+        super().__init__(hash_size, embed_dim, sparse, layout)
+        d = self.deep_dim()
         self.parallel = parallel
         self.cross = nn.ModuleList(CrossLayerV2(d) for _ in range(num_layers))
         self.mlp = MLP(d, mlp_dims, dropout)
         self.out = nn.Linear(self.mlp.out_dim + (d if parallel else 0), 1)
 
     def head(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        x0 = _deep_input(dense, emb)  # (B, d)
+        x0 = self.deep_input(dense, emb)  # (B, d)
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
@@ -324,23 +379,32 @@ class DCNv2(CtrModel):
 
 
 @MODELS.register("lr")
-def lr(hash_size: int = 2**20, sparse: bool = True) -> LogisticRegression:
-    return LogisticRegression(hash_size, sparse)
+def lr(
+    hash_size: int = 2**20, sparse: bool = True, layout: FeatureLayout | None = None
+) -> LogisticRegression:
+    return LogisticRegression(hash_size, sparse, layout=layout)
 
 
 @MODELS.register("lr_tiny")
-def lr_tiny(hash_size: int = 64, sparse: bool = True) -> LogisticRegression:
-    return LogisticRegression(hash_size, sparse)
+def lr_tiny(
+    hash_size: int = 64, sparse: bool = True, layout: FeatureLayout | None = None
+) -> LogisticRegression:
+    return LogisticRegression(hash_size, sparse, layout=layout)
 
 
 @MODELS.register("fm")
-def fm(hash_size: int = 2**20, embed_dim: int = 16, sparse: bool = True) -> FM:
-    return FM(hash_size, embed_dim, sparse)
+def fm(
+    hash_size: int = 2**20,
+    embed_dim: int = 16,
+    sparse: bool = True,
+    layout: FeatureLayout | None = None,
+) -> FM:
+    return FM(hash_size, embed_dim, sparse, layout=layout)
 
 
 @MODELS.register("fm_tiny")
-def fm_tiny(hash_size: int = 64, sparse: bool = True) -> FM:
-    return FM(hash_size, TINY_DIM, sparse)
+def fm_tiny(hash_size: int = 64, sparse: bool = True, layout: FeatureLayout | None = None) -> FM:
+    return FM(hash_size, TINY_DIM, sparse, layout=layout)
 
 
 @MODELS.register("dnn")
@@ -350,13 +414,19 @@ def dnn(
     mlp_dims: Sequence[int] = DEFAULT_MLP,
     dropout: float = 0.0,
     sparse: bool = True,
+    layout: FeatureLayout | None = None,
 ) -> DNN:
-    return DNN(hash_size, embed_dim, mlp_dims, dropout, sparse)
+    return DNN(hash_size, embed_dim, mlp_dims, dropout, sparse, layout=layout)
 
 
 @MODELS.register("dnn_tiny")
-def dnn_tiny(hash_size: int = 64, dropout: float = 0.0, sparse: bool = True) -> DNN:
-    return DNN(hash_size, TINY_DIM, TINY_MLP, dropout, sparse)
+def dnn_tiny(
+    hash_size: int = 64,
+    dropout: float = 0.0,
+    sparse: bool = True,
+    layout: FeatureLayout | None = None,
+) -> DNN:
+    return DNN(hash_size, TINY_DIM, TINY_MLP, dropout, sparse, layout=layout)
 
 
 @MODELS.register("wide_deep")
@@ -366,13 +436,19 @@ def wide_deep(
     mlp_dims: Sequence[int] = DEFAULT_MLP,
     dropout: float = 0.0,
     sparse: bool = True,
+    layout: FeatureLayout | None = None,
 ) -> WideDeep:
-    return WideDeep(hash_size, embed_dim, mlp_dims, dropout, sparse)
+    return WideDeep(hash_size, embed_dim, mlp_dims, dropout, sparse, layout=layout)
 
 
 @MODELS.register("wide_deep_tiny")
-def wide_deep_tiny(hash_size: int = 64, dropout: float = 0.0, sparse: bool = True) -> WideDeep:
-    return WideDeep(hash_size, TINY_DIM, TINY_MLP, dropout, sparse)
+def wide_deep_tiny(
+    hash_size: int = 64,
+    dropout: float = 0.0,
+    sparse: bool = True,
+    layout: FeatureLayout | None = None,
+) -> WideDeep:
+    return WideDeep(hash_size, TINY_DIM, TINY_MLP, dropout, sparse, layout=layout)
 
 
 @MODELS.register("deepfm")
@@ -382,13 +458,19 @@ def deepfm(
     mlp_dims: Sequence[int] = DEFAULT_MLP,
     dropout: float = 0.0,
     sparse: bool = True,
+    layout: FeatureLayout | None = None,
 ) -> DeepFM:
-    return DeepFM(hash_size, embed_dim, mlp_dims, dropout, sparse)
+    return DeepFM(hash_size, embed_dim, mlp_dims, dropout, sparse, layout=layout)
 
 
 @MODELS.register("deepfm_tiny")
-def deepfm_tiny(hash_size: int = 64, dropout: float = 0.0, sparse: bool = True) -> DeepFM:
-    return DeepFM(hash_size, TINY_DIM, TINY_MLP, dropout, sparse)
+def deepfm_tiny(
+    hash_size: int = 64,
+    dropout: float = 0.0,
+    sparse: bool = True,
+    layout: FeatureLayout | None = None,
+) -> DeepFM:
+    return DeepFM(hash_size, TINY_DIM, TINY_MLP, dropout, sparse, layout=layout)
 
 
 @MODELS.register("dcn")
@@ -399,13 +481,19 @@ def dcn(
     num_layers: int = 3,
     dropout: float = 0.0,
     sparse: bool = True,
+    layout: FeatureLayout | None = None,
 ) -> DCN:
-    return DCN(hash_size, embed_dim, mlp_dims, num_layers, dropout, sparse)
+    return DCN(hash_size, embed_dim, mlp_dims, num_layers, dropout, sparse, layout=layout)
 
 
 @MODELS.register("dcn_tiny")
-def dcn_tiny(hash_size: int = 64, dropout: float = 0.0, sparse: bool = True) -> DCN:
-    return DCN(hash_size, TINY_DIM, TINY_MLP, 2, dropout, sparse)
+def dcn_tiny(
+    hash_size: int = 64,
+    dropout: float = 0.0,
+    sparse: bool = True,
+    layout: FeatureLayout | None = None,
+) -> DCN:
+    return DCN(hash_size, TINY_DIM, TINY_MLP, 2, dropout, sparse, layout=layout)
 
 
 @MODELS.register("dcn_v2")
@@ -417,10 +505,18 @@ def dcn_v2(
     dropout: float = 0.0,
     parallel: bool = False,
     sparse: bool = True,
+    layout: FeatureLayout | None = None,
 ) -> DCNv2:
-    return DCNv2(hash_size, embed_dim, mlp_dims, num_layers, dropout, parallel, sparse)
+    return DCNv2(
+        hash_size, embed_dim, mlp_dims, num_layers, dropout, parallel, sparse, layout=layout
+    )
 
 
 @MODELS.register("dcn_v2_tiny")
-def dcn_v2_tiny(hash_size: int = 64, dropout: float = 0.0, sparse: bool = True) -> DCNv2:
-    return DCNv2(hash_size, TINY_DIM, TINY_MLP, 2, dropout, sparse=sparse)
+def dcn_v2_tiny(
+    hash_size: int = 64,
+    dropout: float = 0.0,
+    sparse: bool = True,
+    layout: FeatureLayout | None = None,
+) -> DCNv2:
+    return DCNv2(hash_size, TINY_DIM, TINY_MLP, 2, dropout, sparse=sparse, layout=layout)
