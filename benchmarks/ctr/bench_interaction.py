@@ -13,8 +13,9 @@ Data: ``write_synthetic_criteo`` with an ``Interaction`` on two slots of moderat
 
 "LR with the true cross" (``lr_cross``): the same files with one column no weight reads
 (default C1) rewritten to ``a_value + "_" + b_value`` (empty when either is missing), in train
-AND val: exactly the id a declared schema cross would feed the model. Plain ``lr`` sees the
-original C1 (noise).
+AND val: the id of the pair, hand-made. Plain ``lr`` sees the original C1 (noise).
+``lr+cross`` and ``deepfm+cross``: the original files with the pair declared as a schema cross
+(``data.schema: {crosses: [[C3, C16]]}``), what a user of the kit writes: one more field.
 
 Every model: the ctr kit's own trainer (``CtrTrainer.train_pass``, sync), one epoch in file
 order, same seed, hash size, embedding dim, MLP, batch, Adam (``optim`` and ``sparse_optim``)
@@ -54,7 +55,7 @@ from e2ekit.ctr.engine.fit import CtrTrainer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_env import cpu_model, emit, log
 
-MODELS = ("lr", "deepfm", "dcn_v2", "fwfm", "autoint", "lr_cross")
+MODELS = ("lr", "deepfm", "dcn_v2", "fwfm", "autoint", "lr_cross", "lr+cross", "deepfm+cross")
 N_DENSE = 13
 
 
@@ -98,8 +99,13 @@ def cross_column(src: Path, dst: Path, a: int, b: int, column: int) -> None:
             fout.write("\t".join(f) + "\n")
 
 
-def make_config(model: str, train: Path, val: Path, args: argparse.Namespace) -> CtrConfig:
+def make_config(
+    model: str, train: Path, val: Path, args: argparse.Namespace, cross: bool = False
+) -> CtrConfig:
     spec: dict[str, Any] = {"type": model, "hash_size": args.hash_size}
+    data: dict[str, Any] = {"train": str(train), "val": str(val), "format": "criteo"}
+    if cross:
+        data["schema"] = {"crosses": [[f"C{s + 1}" for s in args.pair]]}
     lr = args.lr_linear if model == "lr" else args.lr
     if model != "lr":
         spec["embed_dim"] = args.embed_dim
@@ -110,7 +116,7 @@ def make_config(model: str, train: Path, val: Path, args: argparse.Namespace) ->
             "seed": args.seed,
             "device": "cpu",
             "model": spec,
-            "data": {"train": str(train), "val": str(val), "format": "criteo"},
+            "data": data,
             "train": {
                 "mode": "sync",
                 "threads": args.threads,
@@ -128,8 +134,8 @@ def make_config(model: str, train: Path, val: Path, args: argparse.Namespace) ->
 def run_model(
     name: str, train: Path, val: Path, args: argparse.Namespace, tmp: Path
 ) -> dict[str, Any]:
-    model = "lr" if name == "lr_cross" else name
-    cfg = make_config(model, train, val, args)
+    model = "lr" if name == "lr_cross" else name.removesuffix("+cross")
+    cfg = make_config(model, train, val, args, cross=name.endswith("+cross"))
     trainer = CtrTrainer(cfg, tmp / f"run_{name}")  # the folder is never created
     try:
         params = sum(p.numel() for p in trainer.model.dense_parameters())

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+import warnings
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -16,6 +17,8 @@ from e2ekit.core.schema import (
     TrainConfig,
 )
 from e2ekit.core.serve.settings import ServeSettings
+from e2ekit.ctr.features import CRITEO, FeatureSchema
+from e2ekit.ctr.ps.config import PsConfig
 
 BUILTIN_PREFIX = "builtin:"
 QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
@@ -30,7 +33,10 @@ class CtrModel(Strict):
         description="lr, fm, dnn, wide_deep, deepfm, dcn, dcn_v2, fwfm, autoint (+_tiny)",
     )
     hash_size: int = Field(
-        2**18, ge=2, description="hash buckets PER SLOT (26 slots share one table); 0 = missing"
+        2**18,
+        ge=2,
+        description="hash buckets PER SLOT (all slots share one table; bucket 0 = missing); "
+        "data.schema columns and crosses may set their own",
     )
     embed_dim: int | None = Field(None, ge=1, description="default: the model's")
     mlp_dims: list[int] | None = Field(None, description="hidden widths; default: the model's")
@@ -50,19 +56,43 @@ class BuiltinCriteo(Strict):
     ctr: float = Field(0.12, ge=0.01, le=0.5)
 
 
-class CtrData(Strict):
-    train: str | None = Field("builtin:train", description="file, folder or glob; or builtin:train")
-    val: str | None = "builtin:val"
-    test: str | None = None
-    format: Literal["auto", "criteo", "criteo_csv", "slots"] = Field(
-        "auto", description="criteo: TSV; criteo_csv: CSV with header; slots: 'label slot:id'"
-    )
-    max_bad_rows: int | None = Field(
-        None, ge=0, description="fail after this many malformed rows; unset: count and go on"
-    )
-    shuffle_buffer: int = Field(0, ge=0, description="rows held for shuffling; 0 = file order")
-    prefetch: int = Field(2, ge=0, description="batches parsed ahead in a background thread")
-    builtin: BuiltinCriteo = BuiltinCriteo()
+# ``data.schema`` is the name users know (TFX, Feast, PaddleRec); pydantic's deprecated
+# BaseModel.schema() method is what it shadows, which nothing here calls.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "schema"', category=UserWarning)
+
+    class CtrData(Strict):
+        schema: FeatureSchema | None = Field(  # type: ignore[assignment]
+            None,
+            description="the files' columns (label, dense, sparse, multi, ignore), per-column hash "
+            "sizes and dims, and declared crosses; null or criteo = Criteo's 13 + 26 columns",
+        )
+        train: str | None = Field(
+            "builtin:train", description="file, folder or glob; or builtin:train"
+        )
+        val: str | None = "builtin:val"
+        test: str | None = None
+        format: Literal["auto", "criteo", "criteo_csv", "slots"] = Field(
+            "auto", description="criteo: TSV; criteo_csv: CSV with header; slots: 'label slot:id'"
+        )
+        max_bad_rows: int | None = Field(
+            None, ge=0, description="fail after this many malformed rows; unset: count and go on"
+        )
+        shuffle_buffer: int = Field(0, ge=0, description="rows held for shuffling; 0 = file order")
+        prefetch: int = Field(2, ge=0, description="batches parsed ahead in a background thread")
+        builtin: BuiltinCriteo = BuiltinCriteo()
+
+        @field_validator("schema", mode="before")
+        @classmethod
+        def _named_schema(cls, value: Any) -> Any:
+            if isinstance(value, str):
+                if value != CRITEO:
+                    raise ValueError(
+                        f"{value!r}: the shipped schema is {CRITEO}; other files need a mapping "
+                        "with columns (see README, 'Any feature schema')"
+                    )
+                return {}
+            return value
 
 
 class SparseOptim(Strict):
@@ -76,10 +106,11 @@ class SparseOptim(Strict):
 
 
 class CtrTrain(TrainConfig):
-    mode: Literal["sync", "async", "ddp"] = Field(
+    mode: Literal["sync", "async", "ddp", "ps"] = Field(
         "sync",
         description="sync: one process, large batches; async: Hogwild worker processes on "
-        "shared tables; ddp: torchrun ranks, all-reduced dense grads and gathered row grads",
+        "shared tables; ddp: torchrun ranks, all-reduced dense grads and gathered row grads; "
+        "ps: Ray worker actors pulling rows from and pushing gradients to server actors (ps.*)",
     )
     workers: int = Field(2, ge=1, description="async: worker processes")
     threads: int | None = Field(
@@ -248,9 +279,25 @@ class CtrConfig(RunConfig):
     infer: CtrInfer = CtrInfer()
     serve: CtrServe = CtrServe()
     deploy: CtrDeploy = CtrDeploy()
+    ps: PsConfig = PsConfig()
 
     @model_validator(mode="after")
     def _checks(self) -> CtrConfig:
+        schema = self.data.schema
+        if schema is not None and schema.custom:
+            if self.data.format != "auto":
+                raise ValueError(
+                    f"data.format={self.data.format}: formats describe Criteo files; with "
+                    "data.schema columns the files are read as the schema says (its "
+                    "delimiter and header); remove data.format"
+                )
+            for split in ("train", "val", "test"):
+                value = getattr(self.data, split)
+                if value and value.startswith(BUILTIN_PREFIX):
+                    raise ValueError(
+                        f"data.{split}={value} is generated Criteo data, which does not have "
+                        "the columns data.schema names; point it at your files"
+                    )
         if self.train.mode == "async" and self.train.hooks:
             raise ValueError(
                 "train.hooks: Hogwild workers step in other processes, where hooks cannot "

@@ -3,17 +3,20 @@
 A Criteo-scale table (tens of millions of rows) does not belong in an ONNX graph (2 GB
 protobuf limit, and serving wants it in a KV store anyway). So the export folder holds:
 
-- ``model.onnx``: ``dense (B, 13) float32, emb (B, 26, width) float32 -> prob (B,)``, the
-  model's dense head with the sigmoid inside (parity-checked vs PyTorch);
+- ``model.onnx``: ``dense (B, num_dense) float32, emb (B, fields, width) float32 -> prob
+  (B,)``, the model's dense head with the sigmoid inside (parity-checked vs PyTorch); Criteo:
+  13 dense, 26 fields;
 - ``sparse/``: the table rows that training touched, as a key -> vector snapshot folder;
-- ``deploy.yaml``: hashing, feature transform and table layout, so a server can turn raw
-  Criteo rows into the two inputs.
+- ``deploy.yaml``: hashing, feature transform, the feature schema and the table layout
+  (slots, their hash sizes, which field each slot pools into), so a server can turn raw rows
+  into the two inputs.
 
 ``sparse/`` is a snapshot folder (``format: e2ekit-ctr-snapshots``, see
 :mod:`e2ekit.ctr.kv.snapshots`) holding one base version named after the model version
 (``step-12``; with a streaming partition ``step-12-20261101-00``), and deploy.yaml's
-``sparse`` entry names its format and version. Key = ``slot * hash_size + bucket`` with
-``slot`` in 0..25 (C1..C26) and ``bucket`` the per-slot hashed id (0 = missing value); a
+``sparse`` entry names its format and version. Key = ``offset[slot] + bucket`` (with one
+hash size for all slots: ``slot * hash_size + bucket``; Criteo: ``slot`` in 0..25 = C1..C26)
+and ``bucket`` the per-slot hashed id (0 = missing value); a
 row is float32 ``(width,)``: when the model has a first-order term, column 0 is its weight
 and columns 1.. the embedding. A key not in the store looks up zeros. Each version's
 ``meta`` names its dense model (``dense``: a file of the export folder), so a server
@@ -53,7 +56,7 @@ from e2ekit.core.fileio import replace_folder
 from e2ekit.core.infer import DEPLOY_FILE, SAMPLE_INPUTS_FILE
 from e2ekit.core.logs import log
 from e2ekit.ctr.config import CtrConfig
-from e2ekit.ctr.data.criteo import N_DENSE, N_SPARSE
+from e2ekit.ctr.features import schema_of
 from e2ekit.ctr.kv.snapshots import SNAPSHOT_FORMAT, SnapshotWriter
 from e2ekit.ctr.models.zoo import CtrModel
 
@@ -65,6 +68,11 @@ MODEL_FILE = "model.onnx"
 HASHING = (
     "per-slot FNV-1a 64 over the raw string, mixed with the slot index (splitmix64), "
     "bucket = h % (hash_size - 1) + 1; empty = bucket 0 (e2ekit.ctr.data.criteo.hash_strings)"
+)
+
+CROSS_HASHING = (
+    "; a cross = splitmix64 over its columns' buckets and its index, bucket = h % "
+    "(hash_size - 1) + 1, 0 when a column is missing (e2ekit.ctr.features.add_crosses)"
 )
 
 
@@ -82,10 +90,12 @@ class DenseHead(nn.Module):
 def sample_inputs(model: CtrModel, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Realistic example inputs: log1p-like dense values and real table rows."""
     g = torch.Generator().manual_seed(seed)
-    dense = torch.rand(n, N_DENSE, generator=g) * 5
-    ids = torch.randint(0, model.hash_size, (n, N_SPARSE), generator=g)
+    layout = model.layout
+    dense = torch.rand(n, layout.num_dense, generator=g) * 5
+    sizes = torch.tensor(layout.slot_hash, dtype=torch.float64)
+    ids = (torch.rand(n, layout.num_slots, generator=g, dtype=torch.float64) * sizes).long()
     with torch.no_grad():
-        emb = model.tables(ids)
+        emb = model.pool(model.tables(ids), ids)
     return {"dense": dense, "emb": emb.float()}
 
 
@@ -100,7 +110,7 @@ def calibration_inputs(model: CtrModel, cfg: CtrConfig, n: int) -> list[dict[str
     out: list[dict[str, np.ndarray]] = []
     with torch.no_grad():
         for batch in make_stream(cfg, paths, train=False, batch_size=min(n, 256)):
-            emb = model.tables(batch["sparse"]).float()
+            emb = model.pool(model.tables(batch["sparse"]), batch["sparse"]).float()
             for i in range(len(batch["label"])):
                 row = {"dense": batch["dense"][i : i + 1], "emb": emb[i : i + 1]}
                 out.append({k: v.numpy() for k, v in row.items()})
@@ -110,18 +120,27 @@ def calibration_inputs(model: CtrModel, cfg: CtrConfig, n: int) -> list[dict[str
 
 
 def deploy_info(model: CtrModel, cfg: CtrConfig, version: str) -> dict[str, Any]:
+    schema = schema_of(cfg)
     return {
         "kit": "ctr",
         "task": "ctr",
         "model_type": cfg.model.type,
         "model_version": version,
-        "num_dense": N_DENSE,
-        "num_slots": N_SPARSE,
-        "hash_size": model.hash_size,
+        "num_dense": model.layout.num_dense,
+        "num_slots": model.layout.num_slots,
+        "num_fields": model.layout.num_fields,
+        "hash_size": model.hash_size,  # null when columns have their own hash sizes
         "width": model.width,
         "first_order": model.first_order,
-        "dense_transform": "log(x + 1) for integer x >= 0, else 0; missing = 0",
-        "hashing": HASHING,
+        "schema": schema.model_dump(mode="json"),
+        "layout": model.layout.to_dict(),
+        "dense_transform": (
+            "per column: data.schema transform (log1p: log(x + 1) for x >= 0, else 0; "
+            "none: as written); missing = 0"
+            if schema.custom
+            else "log(x + 1) for integer x >= 0, else 0; missing = 0"
+        ),
+        "hashing": HASHING + (CROSS_HASHING if schema.crosses else ""),
         "sparse": {"dir": SPARSE_DIR, "format": SNAPSHOT_FORMAT, "version": version},
         "output": "prob: click probability per row",
     }
@@ -151,11 +170,12 @@ def table_rows(model: CtrModel, rows: torch.Tensor | None) -> tuple[np.ndarray, 
 
 def version_meta(model: CtrModel, version: str, dense: str) -> dict[str, Any]:
     """What a sparse version records beside its rows: its dense model and the table layout
-    (key = slot * hash_size + bucket; deploy.yaml says how raw values hash)."""
+    (key = offset[slot] + bucket; deploy.yaml says how raw values hash)."""
     return {
         "model_version": version,
         "dense": dense,
         "hash_size": model.hash_size,
+        "slot_hash": list(model.layout.slot_hash),
         "columns": (["first_order"] if model.first_order else [])
         + [f"emb{i}" for i in range(model.embed_dim)],
     }

@@ -210,12 +210,9 @@ class CtrKit(Kit[CtrConfig]):
             runner.close()
 
     def _predict(self, runner: Any, input_path: Path, out_dir: Path) -> dict[str, Any]:
-        from e2ekit.ctr.data.formats import open_reader
         from e2ekit.ctr.metrics import CtrMetrics
 
-        reader = open_reader(
-            str(input_path), format="auto", hash_size=runner.hash_size, batch_size=8192
-        )
+        reader = runner.open_reader(input_path)
         out_dir.mkdir(parents=True, exist_ok=True)
         metrics = CtrMetrics()
         rows = 0
@@ -249,7 +246,7 @@ class CtrKit(Kit[CtrConfig]):
         return summary
 
     def endpoints(self, predictor: Any) -> list[Endpoint]:
-        from e2ekit.ctr.runner import CtrRunner, parse_lines
+        from e2ekit.ctr.runner import CtrRunner
 
         runner = CtrRunner(predictor, **runner_options(predictor))
 
@@ -261,7 +258,7 @@ class CtrKit(Kit[CtrConfig]):
                     raise BadRequest(
                         f"rows[{i}] has {len(line)} characters; at most {MAX_LINE_CHARS}", 413
                     )
-            feats = parse_lines(req.rows, runner.hash_size)  # ValueError -> 422 naming the row
+            feats = runner.parse(req.rows)  # ValueError -> 422 naming the row
             return list(zip(feats["dense"], feats["sparse"], strict=True))
 
         def run_batch(items: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[float, Any]]:

@@ -1,8 +1,9 @@
-"""Score raw Criteo rows with an export (table store + dense ONNX) or a checkpoint.
+"""Score raw CTR rows with an export (table store + dense ONNX) or a checkpoint.
 
-The runner does what a CTR server does: parse and hash the row exactly like training,
-look the 26 slot rows up in the export's key -> vector store (unseen keys get zeros), and
-run the dense graph on the predictor. A snapshot export's rows come from a KV store
+The runner does what a CTR server does: parse and hash the row exactly like training (the
+export's feature schema: Criteo's columns or the user's), look the slot rows up in the
+export's key -> vector store (unseen keys get zeros), pool multi-valued slots into fields,
+and run the dense graph on the predictor. A snapshot export's rows come from a KV store
 (``infer.kv``: memory-mapped files, or Redis); a server can follow the folder
 (``serve.watch_s``): when a newer version is published there, its table and its dense
 model are loaded side by side and swapped in together.
@@ -26,10 +27,12 @@ import pyarrow as pa
 from e2ekit.core.errors import DataError, E2EError
 from e2ekit.core.logs import log
 from e2ekit.ctr.config import KV_EMBEDDED
-from e2ekit.ctr.data.criteo import N_DENSE, N_SPARSE, hash_strings
+from e2ekit.ctr.data.criteo import N_DENSE, N_SPARSE, CriteoReader, hash_strings
 from e2ekit.ctr.export import SPARSE_FORMAT, SPARSE_VERSION
+from e2ekit.ctr.features import FeatureSchema, add_crosses
 from e2ekit.ctr.kv import open_store, read_manifest
 from e2ekit.ctr.kv.snapshots import MANIFEST, SNAPSHOT_FORMAT
+from e2ekit.ctr.models.layout import FeatureLayout
 
 
 class SparseStore:
@@ -71,13 +74,12 @@ class TableLookup:
 
     def __init__(self, model: Any) -> None:
         self.table = model.tables.embedding.weight.detach().cpu().numpy()
-        self.hash_size = int(model.hash_size)
+        self.layout: FeatureLayout = model.layout
         self.width = int(model.width)
         self.version = "checkpoint"
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
-        rows = ids.astype(np.int64) + np.arange(ids.shape[1], dtype=np.int64) * self.hash_size
-        return self.table[rows]
+        return self.table[self.layout.rows(ids)]
 
 
 def parse_lines(lines: list[str], hash_size: int) -> dict[str, np.ndarray]:
@@ -127,17 +129,16 @@ def _dense_value(text: str, where: str) -> float:
 
 
 class SnapshotLookup:
-    """A KV store seen as the runner's table: ``lookup(ids (B, 26))`` adds each slot's key
-    offset (``slot * hash_size``) and asks the store."""
+    """A KV store seen as the runner's table: ``lookup(ids (B, S))`` adds each slot's key
+    offset (``layout.offsets``) and asks the store."""
 
-    def __init__(self, store: Any, hash_size: int) -> None:
+    def __init__(self, store: Any, layout: FeatureLayout) -> None:
         self.store = store
-        self.hash_size = hash_size
+        self.layout = layout
         self.version = store.version
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
-        keys = ids.astype(np.int64) + np.arange(ids.shape[1], dtype=np.int64) * self.hash_size
-        return self.store.lookup(keys)
+        return self.store.lookup(self.layout.rows(ids))
 
     def close(self) -> None:
         self.store.close()
@@ -151,7 +152,9 @@ def redis_namespace(folder: Path) -> str:
     return f"e2ekit-ctr-{digest}"
 
 
-def open_snapshot(kv: str, folder: Path, version: str | None, hash_size: int) -> SnapshotLookup:
+def open_snapshot(
+    kv: str, folder: Path, version: str | None, layout: FeatureLayout
+) -> SnapshotLookup:
     """``version`` of the snapshot folder in the ``kv`` store. A Redis store is pinned to
     the version it loads: the table must not move under the dense model it pairs with."""
     options: dict[str, Any] = (
@@ -163,7 +166,7 @@ def open_snapshot(kv: str, folder: Path, version: str | None, hash_size: int) ->
         }
     )
     store = open_store(kv, snapshot_folder=folder, version=version, **options)
-    return SnapshotLookup(store, hash_size)
+    return SnapshotLookup(store, layout)
 
 
 class Live:
@@ -207,7 +210,11 @@ class CtrRunner:
         deploy = predictor.deploy
         if deploy.get("kit") != "ctr":
             raise DataError(f"this is a {deploy.get('kit')!r} model, not a ctr export")
-        self.hash_size = int(deploy["hash_size"])
+        if deploy.get("layout"):
+            self.layout = FeatureLayout.from_dict(deploy["layout"])
+        else:  # exports made before feature schemas: Criteo with one hash size
+            self.layout = FeatureLayout.criteo(int(deploy["hash_size"]))
+        self.schema = FeatureSchema.model_validate(deploy.get("schema") or {})
         self.kv = kv
         self.snapshots: Path | None = None
         self._lock = threading.Lock()
@@ -251,7 +258,7 @@ class CtrRunner:
                 f"{SNAPSHOT_FORMAT} or {SPARSE_FORMAT}"
             )
         version = sparse.get("version")
-        table = open_snapshot(self.kv, folder, version, self.hash_size)
+        table = open_snapshot(self.kv, folder, version, self.layout)
         self.snapshots = folder
         return table, table.version
 
@@ -267,7 +274,7 @@ class CtrRunner:
             live = self._live  # read once: the batch stays on this pair
             live.users += 1
         try:
-            emb = live.table.lookup(sparse)
+            emb = self.pool(live.table.lookup(sparse), sparse)
             out = live.run({"dense": dense.astype(np.float32), "emb": emb})
             probs = np.asarray(out["prob"], dtype=np.float32).reshape(-1)
         finally:
@@ -281,8 +288,47 @@ class CtrRunner:
     def score(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
         return self.score_versioned(dense, sparse)[0]
 
+    def pool(self, emb: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+        """Slot rows ``(B, S, W)`` -> field rows ``(B, F, W)`` (multi-valued fields pooled)."""
+        if not self.layout.pooled:
+            return emb
+        import torch
+
+        pooled = self.layout.pool(torch.from_numpy(emb), torch.from_numpy(sparse))
+        return pooled.numpy()
+
+    def parse(self, lines: list[str]) -> dict[str, np.ndarray]:
+        """Raw rows in the export's schema -> model inputs (ValueError names a bad row)."""
+        if self.schema.custom:
+            from e2ekit.ctr.data.delimited import parse_rows
+
+            feats = parse_rows(lines, self.schema, self.layout)
+        else:
+            uniform = self.layout.uniform_hash
+            assert uniform is not None, "Criteo columns share one hash size"
+            feats = parse_lines(lines, uniform)
+        feats["sparse"] = add_crosses(feats["sparse"], self.schema, self.layout)
+        return feats
+
+    def open_reader(self, path: str | Path, batch_size: int = 8192) -> CriteoReader:
+        """A reader of files in the export's schema (predict), crosses included."""
+        if self.schema.custom:
+            from e2ekit.ctr.data.delimited import DelimitedReader
+
+            reader: CriteoReader = DelimitedReader(
+                str(path), schema=self.schema, layout=self.layout, batch_size=batch_size
+            )
+        else:
+            from e2ekit.ctr.data.formats import open_reader
+
+            uniform = self.layout.uniform_hash
+            reader = open_reader(str(path), format="auto", hash_size=uniform, batch_size=batch_size)
+        if self.schema.crosses:
+            reader.add_slots = lambda sparse: add_crosses(sparse, self.schema, self.layout)
+        return reader
+
     def score_lines(self, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        feats = parse_lines(lines, self.hash_size)
+        feats = self.parse(lines)
         return self.score(feats["dense"], feats["sparse"]), feats["label"]
 
     # -- following a snapshot folder -------------------------------------------------------------
@@ -371,13 +417,14 @@ class CtrRunner:
             device=predictor.device,
         )
         assert self.snapshots is not None
-        table = open_snapshot(self.kv, self.snapshots, name, self.hash_size)
+        table = open_snapshot(self.kv, self.snapshots, name, self.layout)
         try:
             live = Live(name, table, lambda feeds: backend.run(_float32(feeds)))
+            ids = np.zeros((1, self.layout.num_slots), np.int64)
             trial = live.run(
                 {
-                    "dense": np.zeros((1, N_DENSE), np.float32),
-                    "emb": table.lookup(np.zeros((1, N_SPARSE), np.int64)),
+                    "dense": np.zeros((1, self.layout.num_dense), np.float32),
+                    "emb": self.pool(table.lookup(ids), ids),
                 }
             )
             prob = np.asarray(trial["prob"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import glob
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,6 +185,8 @@ class CriteoReader:
             raise ValueError(f"shard {shard} must be (index, count) with 0 <= index < count")
         self.shard = shard if shard is not None and shard[1] > 1 else None
         self.stats = ReaderStats()
+        # (B, slots) ids -> (B, slots + crosses): data.schema's declared crosses, if any
+        self.add_slots: Callable[[np.ndarray], np.ndarray] | None = None
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         self.stats = ReaderStats()
@@ -193,6 +195,8 @@ class CriteoReader:
         for path in self.files:
             self.stats.files += 1
             for chunk in self._read_file(path):
+                if self.add_slots is not None:
+                    chunk["sparse"] = self.add_slots(chunk["sparse"])
                 pending.append(chunk)
                 held += len(chunk["label"])
                 if held >= self.batch_size:

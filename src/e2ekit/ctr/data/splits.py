@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from e2ekit.core.errors import DataError
 from e2ekit.ctr.config import CtrConfig
 from e2ekit.ctr.data.builtin import resolve_split
-from e2ekit.ctr.data.criteo import list_files
+from e2ekit.ctr.data.criteo import CriteoReader, list_files
 from e2ekit.ctr.data.formats import CriteoCSVReader, open_reader
 from e2ekit.ctr.data.loader import BatchStream
+from e2ekit.ctr.features import add_crosses, layout_of, schema_of
 
 
 def split_paths(cfg: CtrConfig, split: str) -> str | None:
@@ -18,6 +21,23 @@ def split_paths(cfg: CtrConfig, split: str) -> str | None:
     if not value:
         return None
     return resolve_split(value, cfg.data.builtin.model_dump())
+
+
+def open_schema_reader(cfg: CtrConfig, paths: str | list[str], **kw: Any) -> CriteoReader:
+    """The reader ``data.schema`` calls for (Criteo columns: the ``data.format`` reader),
+    with the schema's crosses appended to every chunk."""
+    schema, layout = schema_of(cfg), layout_of(cfg)
+    kw.setdefault("max_bad_rows", cfg.data.max_bad_rows)
+    reader: CriteoReader
+    if schema.custom:
+        from e2ekit.ctr.data.delimited import DelimitedReader
+
+        reader = DelimitedReader(paths, schema=schema, layout=layout, **kw)
+    else:
+        reader = open_reader(paths, format=cfg.data.format, hash_size=cfg.model.hash_size, **kw)
+    if schema.crosses:
+        reader.add_slots = partial(add_crosses, schema=schema, layout=layout)
+    return reader
 
 
 def make_stream(
@@ -34,12 +54,7 @@ def make_stream(
 
     ``drop_last``: DDP ranks exchange equal-sized gradients, so they drop a short last batch.
     """
-    reader = open_reader(
-        paths,
-        format=cfg.data.format,
-        hash_size=cfg.model.hash_size,
-        max_bad_rows=cfg.data.max_bad_rows,
-    )
+    reader = open_schema_reader(cfg, paths)
     batch_shard = shard
     if shard is not None and shard[1] > 1 and not isinstance(reader, CriteoCSVReader):
         # line readers split every file into byte ranges: each process parses only its part

@@ -24,6 +24,7 @@ from e2ekit.core.errors import ConfigError
 from e2ekit.core.progress import progress
 from e2ekit.ctr.config import CtrConfig
 from e2ekit.ctr.engine.row_optim import RowOptimizer
+from e2ekit.ctr.features import layout_of
 from e2ekit.ctr.metrics import CtrMetrics
 from e2ekit.ctr.models.zoo import CtrModel
 from e2ekit.ctr.registry import MODELS
@@ -34,7 +35,7 @@ def build_model(cfg: CtrConfig) -> CtrModel:
     import e2ekit.ctr.models  # noqa: F401  (registers the zoo)
 
     m = cfg.model
-    spec: dict[str, Any] = {"type": m.type, "hash_size": m.hash_size}
+    spec: dict[str, Any] = {"type": m.type, "hash_size": m.hash_size, "layout": layout_of(cfg)}
     for key in ("embed_dim", "mlp_dims", "num_layers"):
         if getattr(m, key) is not None:
             spec[key] = getattr(m, key)
@@ -42,7 +43,7 @@ def build_model(cfg: CtrConfig) -> CtrModel:
         spec["dropout"] = m.dropout
     try:
         model = MODELS.build(spec)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"model.{m.type}: {exc}") from None
     if not isinstance(model, CtrModel):
         raise ConfigError(f"model.type '{m.type}' is not a CTR model (a ctr zoo CtrModel)")
