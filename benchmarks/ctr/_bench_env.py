@@ -25,6 +25,22 @@ def load_now(when: str) -> float:
     return round(load, 2)
 
 
+MATH_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's flags that decide fp32 / bf16 / int8 speed (what bf16 results depend on)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "flags":
+                have = set(value.split())
+                return [f for f in MATH_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def cpu_model() -> str:
     """The CPU as lscpu names it ("Model name"); /proc/cpuinfo where lscpu is missing."""
     try:

@@ -22,6 +22,9 @@ Variants (``--variants``; every one trains a fresh model from the same seed, one
   (spawn, imports, worker set-up: reported as ``startup_s``) without training anything, so
   the timed second pass is the steady state (parsing included, each worker parsing its own
   byte range). ``cold_samples_s`` adds the start-up back in.
+- ``ours_sync_b4096_bf16`` / ``ours_async_2w_bf16``: the same with ``train.amp: bf16``
+  (the dense part under bfloat16 autocast; table rows and optimizer state stay fp32): fast
+  on CPUs with AMX / AVX-512 BF16, slow elsewhere (``env.cpu_flags`` says which this was).
 - ``deepctr_b1024``: DeepCTR-Torch 0.3.0 in its own venv (``_deepctr_env.py``) and process
   (``_deepctr_worker.py``): pandas + LabelEncoder preprocessing (untimed), timed
   ``model.fit(batch_size=1024, epochs=1)``.
@@ -75,7 +78,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _bench_env import emit, load_now, log  # noqa: E402
+from _bench_env import cpu_flags, cpu_model, emit, load_now, log  # noqa: E402
 from _deepctr_env import DEFAULT_VENV, PEER, ensure_venv  # noqa: E402
 
 from e2ekit.ctr.config import CtrConfig  # noqa: E402
@@ -94,6 +97,8 @@ VARIANTS = (
     "ours_sync_b1024_preparsed",
     "ours_async_1w",
     "ours_async_2w",
+    "ours_sync_b4096_bf16",
+    "ours_async_2w_bf16",
     "deepctr_b1024",
 )
 HASH_SIZE = 2**18
@@ -179,7 +184,15 @@ def deepctr_table_rows(paths: list[Path]) -> int:
 
 
 def make_config(
-    model: str, train: Path, val: Path, *, batch: int, mode: str, workers: int, threads: int
+    model: str,
+    train: Path,
+    val: Path,
+    *,
+    batch: int,
+    mode: str,
+    workers: int,
+    threads: int,
+    amp: str = "off",
 ) -> CtrConfig:
     spec: dict[str, Any] = {
         "type": model,
@@ -200,6 +213,7 @@ def make_config(
                 "workers": workers,
                 "threads": threads,
                 "batch_size": batch,
+                "amp": amp,
                 "epochs": 1,
                 "progress": False,
                 "tensorboard": False,
@@ -221,16 +235,20 @@ def run_ours(
 ) -> dict[str, Any]:
     """Train one epoch of ``variant`` from a fresh model; rates, val AUC and details."""
     batch = 1024 if "_b1024" in variant else 4096
-    workers = 2 if variant.endswith("_2w") else 1
+    workers = 2 if "_2w" in variant else 1
     mode = "async" if "_async_" in variant else "sync"
+    amp = "bf16" if variant.endswith("_bf16") else "off"
     if mode == "async":
         batch = 4096  # the async default: each worker steps its own batches
     threads = max(1, args.threads // workers)
-    cfg = make_config(model, train, val, batch=batch, mode=mode, workers=workers, threads=threads)
+    cfg = make_config(
+        model, train, val, batch=batch, mode=mode, workers=workers, threads=threads, amp=amp
+    )
     trainer = CtrTrainer(cfg, tmp / f"run_{model}_{variant}")  # the folder is never created
     out: dict[str, Any] = {
         "batch_size": batch,
         "mode": mode,
+        "amp": amp,
         "workers": workers,
         "threads_per_process": threads,
         "params": sum(p.numel() for p in trainer.model.parameters()),
@@ -408,6 +426,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     env: dict[str, Any] = {
         "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -504,6 +504,9 @@ CTR_STREAM = CoveredBy(f"{EFFECTS}::test_ctr_stream_keys")
 CTR_BUILTIN = CoveredBy(f"{EFFECTS}::test_ctr_builtin_data_keys")  # a generation takes seconds
 CTR_SERVING = "tests/ctr/test_serving.py"
 CTR_DEPLOY_TESTS = "tests/ctr/test_deploy.py"
+CTR_CUSTOM_SCHEMA = CoveredBy(
+    "tests/ctr/test_schema.py::test_a_custom_schema_trains_exports_predicts_and_serves"
+)
 CTR_DEPLOY = CoveredBy(f"{CTR_DEPLOY_TESTS}::test_deploy_keys_change_the_manifests")
 CTR_SERVING_STREAM = CoveredBy(
     f"{CTR_SERVING}::test_streaming_partitions_publish_versions_and_compact"
@@ -770,6 +773,16 @@ CTR: dict[str, Evidence] = {
     "data.val": Changes("builtin:train", ctr_streams),
     "data.test": Changes("builtin:test", ctr_streams),
     "data.format": Changes("slots", ctr_streams),
+    "data.schema.columns": CTR_CUSTOM_SCHEMA,
+    "data.schema.delimiter": CoveredBy(
+        "tests/ctr/test_delimited.py::test_tsv_without_header_and_byte_order_mark"
+    ),
+    "data.schema.header": CoveredBy(
+        "tests/ctr/test_delimited.py::test_tsv_without_header_and_byte_order_mark"
+    ),
+    "data.schema.crosses": CoveredBy(
+        "tests/ctr/test_schema.py::test_criteo_with_a_declared_cross_trains_and_serves"
+    ),
     "data.max_bad_rows": CoveredBy(
         "tests/ctr/test_kit.py::test_malformed_rows_counted_and_reported"
     ),
@@ -807,6 +820,29 @@ CTR: dict[str, Evidence] = {
     "train.mode": Changes("async", ctr_schedule, ASYNC_READY),
     "train.workers": Changes(5, ctr_schedule, (*ASYNC_READY, "train.mode=async")),
     "train.threads": Changes(1, threads),
+    "ps.servers": CoveredBy("tests/ctr/test_ps.py::test_checkpoint_resume_puts_the_shards_back"),
+    "ps.workers": CoveredBy(
+        "tests/ctr/test_ps.py::test_killed_worker_is_replaced_and_every_unit_runs_once"
+    ),
+    "ps.address": CoveredBy("tests/ctr/test_ps.py::test_address_joins_that_cluster"),
+    "ps.admit_after": CoveredBy(
+        "tests/ctr/test_ps.py::test_checkpoint_resume_puts_the_shards_back"
+    ),
+    "ps.evict_after_s": CoveredBy(
+        "tests/ctr/test_ps.py::test_eviction_changes_what_the_shards_hold"
+    ),
+    "ps.max_staleness": CoveredBy(
+        "tests/ctr/test_ps.py::test_worker_bounds_in_flight_pushes_and_pulls_dense_every_n_steps"
+    ),
+    "ps.dense_pull_every": CoveredBy(
+        "tests/ctr/test_ps.py::test_worker_bounds_in_flight_pushes_and_pulls_dense_every_n_steps"
+    ),
+    "ps.max_worker_restarts": CoveredBy(
+        "tests/ctr/test_ps.py::test_killed_worker_is_replaced_and_every_unit_runs_once"
+    ),
+    "ps.unit_mb": CoveredBy(
+        "tests/ctr/test_ps.py::test_killed_worker_is_replaced_and_every_unit_runs_once"
+    ),
     "optim.type": Changes("sgd", ctr_optimizer),
     "optim.lr": Changes(0.05, ctr_optimizer),
     "optim.weight_decay": Changes(0.05, ctr_optimizer),

@@ -18,7 +18,7 @@ from e2ekit.core.schema import (
 )
 from e2ekit.core.serve.settings import ServeSettings
 from e2ekit.ctr.features import CRITEO, FeatureSchema
-from e2ekit.ctr.ps.config import PsConfig
+from e2ekit.ctr.ps.config import PsConfig, ps_problems
 
 BUILTIN_PREFIX = "builtin:"
 QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
@@ -283,6 +283,9 @@ class CtrConfig(RunConfig):
 
     @model_validator(mode="after")
     def _checks(self) -> CtrConfig:
+        problems = ps_problems(self)
+        if problems:
+            raise ValueError(problems[0])
         schema = self.data.schema
         if schema is not None and schema.custom:
             if self.data.format != "auto":

@@ -1,4 +1,4 @@
-"""``e2ekit ctr train``: the CTR training loop (sync, Hogwild async, DDP) on the core run.
+"""``e2ekit ctr train``: the CTR training loop (sync, Hogwild async, DDP, Ray ps) on the core run.
 
 The run folder, logs, metrics, best/early-stop tracking and final metrics are the core's
 :class:`~e2ekit.core.engine.run.Run`, as for every kit; this loop only knows what is CTR:
@@ -56,6 +56,11 @@ class CtrTrainer(RunLoop):
                 "train.mode=async: Hogwild workers share the tables in CPU memory; on CUDA "
                 "use train.mode=sync (one GPU) or ddp (torchrun), or set device=cpu"
             )
+        if self.device.type == "cuda" and self.tc.mode == "ps":
+            raise ConfigError(
+                "train.mode=ps: the workers are CPU Ray actors; on CUDA use train.mode=sync "
+                "or ddp, or set device=cpu"
+            )
         self.distributed = self.tc.mode == "ddp" and dist.env_world_size() > 1
         if self.tc.mode == "ddp" and not self.distributed:
             log.warning("train.mode=ddp without torchrun: training in one process (sync)")
@@ -104,6 +109,7 @@ class CtrTrainer(RunLoop):
         self.last_metrics: dict[str, Any] = {}
         self.stream_state: dict[str, Any] = {"trained": []}
         self.pool: Any = None
+        self.ps_state: dict[str, Any] | None = None  # ps mode: what the servers hold
         self._eval_step = -1
         self.evals_kept = 0  # on resume: evaluations in metrics.jsonl up to this step stay
         self._window_loss = torch.zeros((), device=self.device)
@@ -156,6 +162,7 @@ class CtrTrainer(RunLoop):
             hook.load_state_dict(state)
         self.last_metrics = ckpt.get("metrics") or {}
         self.stream_state = ckpt.get("stream") or {"trained": []}
+        self.ps_state = ckpt.get("ps")
         # the last evaluation the checkpoint includes: it is not redone, and only evaluations
         # logged after it are (a save at an evaluation's step may precede that evaluation)
         eval_step = ckpt.get("eval_step")
@@ -195,6 +202,7 @@ class CtrTrainer(RunLoop):
             "hooks": [h.state_dict() for h in self.hooks],
             "rng": capture_rng(),
             "config": to_dict(self.cfg),
+            **({"ps": self.ps_state} if self.ps_state is not None else {}),
         }
 
     def save(self, *names: str) -> None:
@@ -245,7 +253,7 @@ class CtrTrainer(RunLoop):
         finished = False
         try:
             self._log_start(self.train_paths)
-            if self.tc.mode == "async":
+            if self.tc.mode in ("async", "ps"):
                 self.start_pool()  # spawn once, before any timing
             epochs = self.tc.epochs or 1
             while self.epoch < epochs and not self._steps_done() and not self.stop_reason:
@@ -270,7 +278,7 @@ class CtrTrainer(RunLoop):
             finished = True
             return result
         except KeyboardInterrupt:
-            if self.step and self.tc.mode != "async" and not self.distributed:
+            if self.step and self.tc.mode not in ("async", "ps") and not self.distributed:
                 self.save("last.pt")
                 log.info("interrupted at step %d: saved %s", self.step, self.out_dir / "last.pt")
             raise
@@ -291,7 +299,7 @@ class CtrTrainer(RunLoop):
             "(table %d rows x %d), batch %d, data %s, out %s%s",
             self.cfg.model.type,
             self.tc.mode,
-            self.tc.workers if self.tc.mode == "async" else self.world,
+            {"async": self.tc.workers, "ps": self.cfg.ps.workers}.get(self.tc.mode, self.world),
             torch.get_num_threads(),
             self.device,
             self.stepper.amp_dtype or "off",
@@ -308,7 +316,7 @@ class CtrTrainer(RunLoop):
         self, paths: str | list[str], *, epoch: int, skip: int = 0, desc: str = "train"
     ) -> dict[str, Any]:
         """One pass over ``paths`` (skipping ``skip`` batches already trained); returns stats."""
-        if self.tc.mode == "async":
+        if self.tc.mode in ("async", "ps"):
             return self._async_pass(paths, epoch=epoch, desc=desc)
         shard = (self.rank, self.world) if self.distributed else None
         stream = make_stream(
@@ -372,11 +380,22 @@ class CtrTrainer(RunLoop):
         }
 
     def start_pool(self) -> None:
-        """Spawn the Hogwild workers now (else the first async pass does it)."""
+        """Spawn the Hogwild workers or the ps actors now (else the first pass does it)."""
+        if self.pool is not None:
+            return
+        if self.tc.mode == "ps":
+            try:
+                from e2ekit.ctr.ps.pool import PsPool
+            except ImportError as exc:
+                raise ConfigError(
+                    f"train.mode=ps runs on Ray, which is not installed ({exc}); "
+                    "pip install 'e2ekit[ps]'"
+                ) from None
+            self.pool = PsPool(self)
+            return
         from e2ekit.ctr.engine.hogwild import HogwildPool
 
-        if self.pool is None:
-            self.pool = HogwildPool(self)
+        self.pool = HogwildPool(self)
 
     def _async_pass(self, paths: str | list[str], *, epoch: int, desc: str) -> dict[str, Any]:
         if self.pool is None:

@@ -1,0 +1,1 @@
+"""Asynchronous parameter-server training on Ray (``train.mode: ps``)."""
