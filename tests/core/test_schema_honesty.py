@@ -837,6 +837,9 @@ CTR: dict[str, Evidence] = {
     "ps.dense_pull_every": CoveredBy(
         "tests/ctr/test_ps.py::test_worker_bounds_in_flight_pushes_and_pulls_dense_every_n_steps"
     ),
+    "ps.max_workers": CoveredBy(
+        "tests/ctr/test_ps.py::test_a_worker_joins_when_the_cluster_has_a_free_cpu"
+    ),
     "ps.max_worker_restarts": CoveredBy(
         "tests/ctr/test_ps.py::test_killed_worker_is_replaced_and_every_unit_runs_once"
     ),

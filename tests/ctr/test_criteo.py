@@ -93,6 +93,18 @@ def test_hash_is_pinned() -> None:
     assert got == [_hash_ref(v, s, 2**20) for v, s in zip(values, slots.tolist(), strict=True)]
 
 
+def test_hash_groups_by_length_exactly_like_the_reference() -> None:
+    """Values of many lengths in one call (grouped by length inside), long ones past the
+    block path, a sliced array: every id equals the byte-by-byte reference."""
+    rng = np.random.default_rng(3)
+    lengths = [0, 1, 7, 8, 8, 8, 9, 63, 64, 65, 200]
+    values = ["".join(chr(c) for c in rng.integers(33, 0x24F, n)) for n in lengths * 20]
+    slots = rng.integers(0, 40, len(values))
+    array = pa.array(["pad", *values])[1:]  # an offset into the buffers
+    got = hash_strings(array, slots, 1009).tolist()
+    assert got == [_hash_ref(v, s, 1009) for v, s in zip(values, slots.tolist(), strict=True)]
+
+
 def test_stripped_trailing_fields_are_padded(tmp_path: Path) -> None:
     full = _row()
     path = tmp_path / "t.tsv"

@@ -216,6 +216,30 @@ def test_killed_worker_is_replaced_and_every_unit_runs_once(tmp_path: Path) -> N
         trainer.run.close()
 
 
+def test_a_worker_joins_when_the_cluster_has_a_free_cpu(tmp_path: Path) -> None:
+    """ps.max_workers: the local Ray has a spare core, as when an autoscaled node joins; a
+    second worker starts during the pass and takes units from the same queue."""
+    import ray
+
+    from e2ekit.ctr.ps.pool import PsPool
+
+    trainer = trainer_for(
+        tmp_path, "ps.servers=1", "ps.workers=1", "ps.max_workers=2", "ps.unit_mb=0.1"
+    )
+    pool = PsPool(trainer)
+    try:
+        assert len(pool.workers) == 1
+        assert ray.available_resources().get("CPU", 0) >= 1
+        stats = pool.train(trainer.train_paths, epoch=0)
+        assert stats["joined"] == 1 and stats["workers"] == 2
+        units = make_units(trainer.train_paths, 0.1)
+        assert len(stats["ledger"]) == len(units) and stats["rows"] == 3000
+        assert set(stats["ledger"].values()) == {"worker-0", "worker-1"}
+    finally:
+        pool.close()
+        trainer.run.close()
+
+
 def test_checkpoint_resume_puts_the_shards_back(cli, tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = ["ctr", "train", "-c", TINY, "--out", run]

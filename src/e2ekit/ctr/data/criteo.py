@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
+from numpy.lib.stride_tricks import as_strided
 
 from e2ekit.core.errors import DataError
 
@@ -96,34 +97,69 @@ def _mix64(h: np.ndarray) -> np.ndarray:
 def hash_strings(values: pa.Array, slots: np.ndarray, hash_size: int) -> np.ndarray:
     """Stable per-slot bucket in [1, hash_size) for each string; empty string -> bucket 0.
 
-    FNV-1a over the raw bytes (vectorised one byte position at a time, so any value works,
-    hex or not), mixed with the slot index: the same value in two slots gets unrelated ids.
+    FNV-1a over the raw bytes (any value works, hex or not), mixed with the slot index: the
+    same value in two slots gets unrelated ids.
     """
-    if hash_size < 2:
-        raise ValueError("hash_size must be >= 2 (bucket 0 is reserved for missing)")
     arr = values if values.offset == 0 else pa.concat_arrays([values])
     n = len(arr)
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=n + 1)
     data_buf = arr.buffers()[2]
-    data = (
-        np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(1, np.uint8)
-    )
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else _NO_BYTES
+    return hash_slices(data, offsets[:-1].astype(np.int64), np.diff(offsets), slots, hash_size)
+
+
+_NO_BYTES = np.zeros(1, np.uint8)
+_SLOT_MIX: dict[int, np.ndarray] = {}
+
+
+def _slot_mix(slots: np.ndarray) -> np.ndarray:
+    """``mix64(slot + 1)`` per value, from a small table (a few slots, millions of values)."""
+    top = int(slots.max()) + 1 if slots.size else 1
+    table = _SLOT_MIX.get(top)
+    if table is None:
+        table = _SLOT_MIX.setdefault(top, _mix64(np.arange(top, dtype=np.uint64) + _U64(1)))
+    return table[slots]
+
+
+def hash_slices(
+    data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, slots: np.ndarray, hash_size: int
+) -> np.ndarray:
+    """:func:`hash_strings` over byte ranges ``data[starts[i]:starts[i] + lengths[i]]``.
+
+    Readers call it on the pieces of a split line directly (no copy of the strings). The
+    FNV-1a loop runs one byte position at a time over all values of one length together
+    (a CTR column has a handful of lengths: Criteo's are 8 hex digits or empty), so each
+    position is two whole-array operations with no masking.
+    """
+    if hash_size < 2:
+        raise ValueError("hash_size must be >= 2 (bucket 0 is reserved for missing)")
     if data.size == 0:
-        data = np.zeros(1, np.uint8)
-    starts = offsets[:-1].astype(np.int64)
-    lengths = np.diff(offsets)
+        data = _NO_BYTES
+    n = len(starts)
     h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        idx = np.arange(n)
-        for j in range(int(lengths.max()) if n else 0):
-            if j >= 16:  # long values are rare: only touch those rows
-                idx = idx[lengths[idx] > j]
-                h[idx] = (h[idx] ^ data[starts[idx] + j]) * _FNV_PRIME
+        for length in np.flatnonzero(np.bincount(lengths)).tolist():
+            if length == 0:
                 continue
-            live = lengths > j
-            byte = data[np.minimum(starts + j, data.size - 1)].astype(np.uint64)
-            h = np.where(live, (h ^ byte) * _FNV_PRIME, h)
-        h = _mix64(h ^ _mix64(slots.astype(np.uint64) + _U64(1)))
+            every = bool(lengths[0] == length) and bool((lengths == length).all())
+            rows = slice(None) if every else np.flatnonzero(lengths == length)
+            at = starts[rows]
+            part = h if every else h[rows]
+            if length <= 64:
+                # every value's bytes as one row: a window view of the data, gathered by row
+                # (a short memcpy each), never a per-byte index array
+                windows = as_strided(data, (data.size - length + 1, length), (1, 1))
+                block = windows[at]
+                for j in range(length):
+                    part ^= block[:, j]
+                    part *= _FNV_PRIME
+            else:  # rare long values: a byte at a time, never a huge block
+                for j in range(length):
+                    part ^= data[at + j]
+                    part *= _FNV_PRIME
+            if not every:
+                h[rows] = part
+        h = _mix64(h ^ _slot_mix(np.asarray(slots, dtype=np.int64)))
     bucket = (h % _U64(hash_size - 1)).astype(np.int64) + 1
     return np.where(lengths == 0, 0, bucket)
 
@@ -318,10 +354,18 @@ class CriteoReader:
                 return None
         dense = np.log1p(np.maximum(raw[keep], 0.0)).astype(np.float32)
 
+        # hashed straight from the split pieces' buffers: no copy of 26 strings per row
         sparse_idx = (base[keep] + np.arange(1 + N_DENSE, N_FIELDS)).ravel()
-        sparse_s = pieces.take(pa.array(sparse_idx))
+        offsets = np.frombuffer(
+            pieces.buffers()[1], dtype=np.int32, count=pieces.offset + len(pieces) + 1
+        )[pieces.offset :]
+        starts = offsets[sparse_idx]
+        data_buf = pieces.buffers()[2]
+        data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else _NO_BYTES
         slots = np.tile(np.arange(N_SPARSE), keep.size)
-        sparse = hash_strings(sparse_s, slots, self.hash_size).reshape(keep.size, N_SPARSE)
+        sparse = hash_slices(
+            data, starts.astype(np.int64), offsets[sparse_idx + 1] - starts, slots, self.hash_size
+        ).reshape(keep.size, N_SPARSE)
 
         self.stats.rows += keep.size
         return {"label": is_one[keep].astype(np.int8), "dense": dense, "sparse": sparse}

@@ -63,24 +63,22 @@ class RowOptimizer:
     def step(self, ids: torch.Tensor, grad: torch.Tensor) -> None:
         """Apply one update for ``grad (N, width)`` of table rows ``ids (N,)`` (may repeat)."""
         self.state["step"].add_(1)
-        if self.kind == "sgd":
-            if self.weight_decay:
-                grad = grad + self.weight_decay * self.table.index_select(0, ids)
-            self.table.index_add_(0, ids, grad, alpha=-self.lr)
-            return
         rows, inverse = torch.unique(ids, return_inverse=True)
         g = grad.new_zeros(rows.numel(), grad.shape[1]).index_add_(0, inverse, grad)
+        current = self.table.index_select(0, rows)
         if self.weight_decay:
-            g.add_(self.table.index_select(0, rows), alpha=self.weight_decay)
-        if self.kind == "adagrad":
+            g.add_(current, alpha=self.weight_decay)
+        if self.kind == "sgd":
+            self._write(rows, current, g)
+        elif self.kind == "adagrad":
             acc = self.state["sum"].index_select(0, rows).addcmul_(g, g)
             self.state["sum"].index_copy_(0, rows, acc)
-            self.table.index_add_(0, rows, g.div_(acc.sqrt_().add_(self.eps)), alpha=-self.lr)
+            self._write(rows, current, g.div_(acc.sqrt_().add_(self.eps)))
         elif self.kind == "rowwise_adagrad":
             acc = self.state["sum"].index_select(0, rows).add_(g.pow(2).mean(dim=1))
             self.state["sum"].index_copy_(0, rows, acc)
             scale = acc.sqrt_().add_(self.eps).reciprocal_().unsqueeze(1)  # (R, 1)
-            self.table.index_add_(0, rows, g.mul_(scale), alpha=-self.lr)
+            self._write(rows, current, g.mul_(scale))
         else:  # adam
             b1, b2 = self.betas
             t = self.state["step"]
@@ -92,7 +90,16 @@ class RowOptimizer:
             bias1 = (1 - torch.pow(b1, t)).to(m.dtype)
             bias2 = (1 - torch.pow(b2, t)).to(v.dtype)
             denom = v.div_(bias2).sqrt_().add_(self.eps)
-            self.table.index_add_(0, rows, m.div_(denom).div_(bias1), alpha=-self.lr)
+            self._write(rows, current, m.div_(denom).div_(bias1))
+
+    def _write(self, rows: torch.Tensor, current: torch.Tensor, update: torch.Tensor) -> None:
+        """``table[rows] = current - lr * update`` for UNIQUE ``rows``.
+
+        A gather + scatter of the touched rows, never ``index_add_`` into the table: on CPU
+        that walks a path ~15x slower for a large table with narrow rows (29 ms vs 2 ms for
+        100k rows of a 6.8M x 9 table), most of a Criteo step's time.
+        """
+        self.table.index_copy_(0, rows, current.add_(update, alpha=-self.lr))
 
     @torch.no_grad()
     def reset_rows(self, rows: torch.Tensor, init_std: float = 1e-4) -> None:

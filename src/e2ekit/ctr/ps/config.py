@@ -41,6 +41,13 @@ class PsConfig(Strict):
         description="a worker pulls the dense weights every this many steps and trains on its "
         "copy in between (its own dense gradients reach it only through the server)",
     )
+    max_workers: int | None = Field(
+        None,
+        ge=1,
+        description="workers may join while a pass runs, up to this many, whenever the Ray "
+        "cluster has a free CPU (an autoscaled node came up); a joining worker takes units "
+        "from the same queue; null = ps.workers (no joining)",
+    )
     max_worker_restarts: int = Field(
         3,
         ge=0,
@@ -74,6 +81,11 @@ def ps_problems(cfg: Any) -> list[str]:
         found.append(
             "train.save_interval: a ps pass saves when it ends; use train.mode=sync or ddp "
             "for step-interval saves"
+        )
+    if cfg.ps.max_workers is not None and cfg.ps.max_workers < cfg.ps.workers:
+        found.append(
+            f"ps.max_workers ({cfg.ps.max_workers}) must be at least ps.workers "
+            f"({cfg.ps.workers}): it is the ceiling workers may grow to"
         )
     if cfg.stream.evict_after:
         found.append("stream.evict_after: ps shards evict by time; set ps.evict_after_s instead")

@@ -41,6 +41,7 @@ from e2ekit.ctr.ps.servers import DenseServer, RowShard, shard_of, tensor
 from e2ekit.ctr.ps.worker import PsWorker
 
 _POLL_S = 0.25
+_GROW_EVERY_S = 2.0  # how often a pass asks Ray for free CPUs (ps.max_workers)
 _COMPRESSED = (".gz", ".bz2", ".lz4", ".zst")
 LOCAL_OBJECT_STORE = 200 << 20  # rows travel per batch; a small store is plenty
 
@@ -128,6 +129,7 @@ class PsPool:
         self.idle: list[str] = []
         self.started = 0
         self.restarts = 0
+        self.joined = 0
         self._kill_after: int | None = None
         for _ in range(self.ps.workers):
             self._start_worker()
@@ -281,8 +283,12 @@ class PsPool:
             enabled=self.cfg.train.progress,
         )
         t0 = time.perf_counter()
+        grown_at = 0.0
         try:
             while queue or inflight:
+                if queue and time.perf_counter() - grown_at >= _GROW_EVERY_S:
+                    self._grow()
+                    grown_at = time.perf_counter()
                 while queue and self.idle:
                     name, unit = self.idle.pop(0), queue.popleft()
                     ref = self.workers[name].train_unit.remote(*unit, epoch)
@@ -330,6 +336,7 @@ class PsPool:
             "units": units,
             "ledger": ledger,
             "restarts": self.restarts,
+            "joined": self.joined,
             **synced,
         }
 
@@ -342,6 +349,17 @@ class PsPool:
             log.info("ps: killing %s (requested)", victims[0])
             ray.kill(self.workers[victims[0]], no_restart=True)
             self._kill_after = None
+
+    def _grow(self) -> None:
+        """Start a worker when the cluster has a free CPU, up to ``ps.max_workers``: nodes an
+        autoscaler adds (or a local Ray with spare cores) join the pass. One per call, and
+        only once Ray placed it: a worker waiting for a CPU must not be handed a unit."""
+        ceiling = self.ps.max_workers or self.ps.workers
+        if len(self.workers) < ceiling and ray.available_resources().get("CPU", 0) >= 1:
+            name = self._start_worker()
+            ray.get(self.workers[name].ready.remote())
+            self.joined += 1
+            log.info("ps: %s joined (%d workers)", name, len(self.workers))
 
     def _csv(self) -> bool:
         return self.cfg.data.format == "criteo_csv"
