@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from e2ekit.core.schema import Strict
+from e2ekit.ctr.data.criteo import mix64
 from e2ekit.ctr.models.layout import CRITEO_DENSE, CRITEO_SLOTS, FeatureLayout
 
 CRITEO = "criteo"
@@ -217,14 +218,6 @@ class FeatureSchema(Strict):
         return [[first_slot[name] for name in cross.columns] for cross in self.crosses]
 
 
-def _mix64(h: np.ndarray) -> np.ndarray:
-    h = h ^ (h >> _U64(30))
-    h = h * _U64(0xBF58476D1CE4E5B9)
-    h = h ^ (h >> _U64(27))
-    h = h * _U64(0x94D049BB133111EB)
-    return h ^ (h >> _U64(31))
-
-
 def add_crosses(sparse: np.ndarray, schema: FeatureSchema, layout: FeatureLayout) -> np.ndarray:
     """Append one hashed cross bucket per declared cross to ``sparse (B, base slots)``.
 
@@ -244,7 +237,7 @@ def add_crosses(sparse: np.ndarray, schema: FeatureSchema, layout: FeatureLayout
             for slot in sources:
                 ids = sparse[:, slot]
                 missing |= ids == 0
-                h = _mix64(h ^ ids.astype(np.uint64))
+                h = mix64(h ^ ids.astype(np.uint64))
             size = layout.slot_hash[base + k]
             bucket = (h % _U64(size - 1)).astype(np.int64) + 1
             out[:, base + k] = np.where(missing, 0, bucket)

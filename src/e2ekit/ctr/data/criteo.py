@@ -85,7 +85,7 @@ class ReaderStats:
         return text
 
 
-def _mix64(h: np.ndarray) -> np.ndarray:
+def mix64(h: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser: spreads FNV's weak low bits over all 64 bits."""
     h = h ^ (h >> _U64(30))
     h = h * _U64(0xBF58476D1CE4E5B9)
@@ -117,7 +117,7 @@ def _slot_mix(slots: np.ndarray) -> np.ndarray:
     top = int(slots.max()) + 1 if slots.size else 1
     table = _SLOT_MIX.get(top)
     if table is None:
-        table = _SLOT_MIX.setdefault(top, _mix64(np.arange(top, dtype=np.uint64) + _U64(1)))
+        table = _SLOT_MIX.setdefault(top, mix64(np.arange(top, dtype=np.uint64) + _U64(1)))
     return table[slots]
 
 
@@ -159,7 +159,7 @@ def hash_slices(
                     part *= _FNV_PRIME
             if not every:
                 h[rows] = part
-        h = _mix64(h ^ _slot_mix(np.asarray(slots, dtype=np.int64)))
+        h = mix64(h ^ _slot_mix(np.asarray(slots, dtype=np.int64)))
     bucket = (h % _U64(hash_size - 1)).astype(np.int64) + 1
     return np.where(lengths == 0, 0, bucket)
 
