@@ -754,6 +754,7 @@ TEXT: dict[str, Evidence] = {
     "train.channels_last": Refused(True),
     "export.calibration_samples": Refused(4),
     "serve.max_image_pixels": Refused(1000),
+    "serve.api_key": CoveredBy("tests/text/test_service.py::test_cli_serve_api_key"),
 }
 
 MAX20 = ("train.max_steps=20",)  # the ctr schedule spans max_steps (else the data's size)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from e2ekit.core.schema import ExportConfig, OptimConfig, RunConfig, Strict
+from e2ekit.core.serve.settings import ServeSettings
 
 BUILTIN_PREFIX = "builtin:"
 TASK_TYPES = ("cls", "pair", "ner", "mrc")
@@ -119,6 +120,15 @@ class TextExport(ExportConfig):
     sample_seq_len: int = Field(32, ge=4, description="example input length for the export")
 
 
+class TextServe(ServeSettings):
+    api_key: str | None = Field(
+        None,
+        description="when set, every request but GET /health needs the header "
+        "'Authorization: Bearer <key>' (else 401); unset: the E2EKIT_API_KEY environment "
+        "variable, if set, is the key",
+    )
+
+
 class TextConfig(RunConfig):
     unsupported = {
         "train.channels_last": "transformer encoders have no convolutions",
@@ -132,6 +142,7 @@ class TextConfig(RunConfig):
     data: TextData = TextData()  # type: ignore[assignment]
     optim: TextOptim = TextOptim()
     export: TextExport = TextExport()
+    serve: TextServe = TextServe()
 
     @model_validator(mode="after")
     def _mrc_lengths(self) -> TextConfig:

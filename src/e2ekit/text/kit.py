@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from e2ekit.core.errors import DataError
 from e2ekit.core.fileio import atomic_open
-from e2ekit.core.kit import Kit
+from e2ekit.core.kit import Kit, Verb
 from e2ekit.core.progress import progress
 from e2ekit.core.serve import BadRequest, Endpoint
 from e2ekit.text.config import TextConfig
@@ -64,6 +65,19 @@ class TextKit(Kit[TextConfig]):
 
     def make_task(self, cfg: TextConfig) -> TextTask:
         return TextTask(cfg)
+
+    def verbs(self) -> dict[str, Verb]:
+        """The shared verbs; ``serve`` also takes a pretrained encoder folder (or minilm)."""
+        from e2ekit.text.service import cmd_serve
+
+        verbs = super().verbs()
+        verbs["serve"] = replace(
+            verbs["serve"],
+            handler=cmd_serve,
+            help="serve over HTTP: an export (POST /predict) or a pretrained encoder folder / "
+            "minilm (POST /encode, POST /v1/embeddings); GET /health, GET /metrics",
+        )
+        return verbs
 
     def predict(
         self, predictor: Any, input_path: Path, out_dir: Path, options: Mapping[str, Any]
