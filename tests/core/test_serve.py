@@ -632,3 +632,20 @@ def test_kit_errors_map_to_clear_statuses(start_server) -> None:
     assert r.status_code == 500 and "building the response" in r.json()["detail"]
     r = post(run.url, {"rows": [[1.0, 0.5]]}, path="/strict")
     assert r.status_code == 200 and r.json() == {"sums": [1.5], "first": 1.5}
+
+
+def test_api_key_guards_every_route_but_health() -> None:
+    from fastapi.testclient import TestClient
+
+    app = create_app([sum_endpoint(SumModel())], ServeSettings(), api_key="s3cret")
+    with TestClient(app) as client:
+        body = {"rows": [[1.0, 2.0]]}
+        assert client.post("/predict", json=body).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert client.post("/predict", json=body, headers=wrong).status_code == 401
+        ok = client.post("/predict", json=body, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and ok.json()["sums"] == [3.0]
+        assert client.get("/health").status_code == 200
+        assert client.get("/metrics").status_code == 401
+        text = client.get("/metrics", headers={"Authorization": "Bearer s3cret"}).text
+        assert metric(text, "e2ekit_serve_errors_total", path="/predict", kind="unauthorized") == 2

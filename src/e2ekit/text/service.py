@@ -10,12 +10,11 @@ batcher; each request still gets its own truncation count and token usage.
 from __future__ import annotations
 
 import base64
-import hmac
 import logging
 import os
 import threading
 from argparse import Namespace
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +30,6 @@ log = logging.getLogger("e2ekit.serve")
 
 API_KEY_ENV = "E2EKIT_API_KEY"
 #: Routes answered without the API key: load balancers probe health without credentials.
-OPEN_PATHS = frozenset({"/health"})
 MAX_TEXT_CHARS = 20_000  # one text (or one pre-split word list, separators counted)
 MAX_REQUEST_CHARS = 400_000  # all texts of one request together
 
@@ -250,69 +248,6 @@ def resolve_api_key(settings: ServeSettings) -> str | None:
     return key or None
 
 
-class ApiKeyMiddleware:
-    """Answers 401 to HTTP requests without ``Authorization: Bearer <key>`` (``/health`` is
-    open), before the body is read, so an unauthorised client cannot make the server buffer
-    or parse anything."""
-
-    def __init__(
-        self,
-        app: Any,
-        key: str,
-        open_paths: frozenset[str] = OPEN_PATHS,
-        on_reject: Callable[[str], None] | None = None,
-    ) -> None:
-        self.app = app
-        self.key = key.encode()
-        self.open_paths = open_paths
-        self.on_reject = on_reject
-
-    def _allowed(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        for name, value in headers:
-            if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)
-        return False
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["path"] in self.open_paths
-            or self._allowed(scope["headers"])
-        ):
-            await self.app(scope, receive, send)
-            return
-        from fastapi.responses import JSONResponse
-
-        if self.on_reject is not None:
-            self.on_reject(scope["path"])
-        response = JSONResponse(
-            {"detail": "missing or wrong API key: send the header 'Authorization: Bearer <key>'"},
-            status_code=401,
-            # the unread body must not be parsed as the next request
-            headers={"WWW-Authenticate": "Bearer", "Connection": "close"},
-        )
-        await response(scope, receive, send)
-
-
-def require_api_key(app: Any, key: str) -> None:
-    """Put :class:`ApiKeyMiddleware` just inside the app's metrics middleware, so refused
-    requests are counted (``errors{kind="unauthorized"}``) yet never reach the body limit."""
-    from starlette.middleware import Middleware
-
-    from e2ekit.core.serve.metrics import UNMATCHED_PATH, MetricsMiddleware
-
-    metrics = app.state.serve.metrics
-    known = {route.path for route in app.router.routes if hasattr(route, "path")}
-
-    def on_reject(path: str) -> None:
-        metrics.error(path if path in known else UNMATCHED_PATH, "unauthorized")
-
-    stack = app.user_middleware
-    at = next((i + 1 for i, m in enumerate(stack) if m.cls is MetricsMiddleware), 0)
-    stack.insert(at, Middleware(ApiKeyMiddleware, key=key, on_reject=on_reject))
-
-
 def build_app(
     endpoints: Sequence[Endpoint],
     settings: ServeSettings,
@@ -323,10 +258,7 @@ def build_app(
     """The core app over ``endpoints``, behind ``api_key`` when one is given."""
     from e2ekit.core.serve import create_app
 
-    app = create_app(endpoints, settings, model_info=model_info)
-    if api_key:
-        require_api_key(app, api_key)
-    return app
+    return create_app(endpoints, settings, model_info=model_info, api_key=api_key)
 
 
 def encoder_app(

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from e2ekit.core.errors import ServiceUnavailable
+from e2ekit.core.serve.auth import ApiKeyMiddleware
 from e2ekit.core.serve.batcher import (
     BatcherClosedError,
     BatchFailedError,
@@ -311,10 +312,13 @@ def create_app(
     settings: ServeSettings | None = None,
     *,
     model_info: dict[str, Any] | None = None,
+    api_key: str | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``endpoints`` with batching, limits, health and metrics.
 
     ``model_info`` (JSON-able) is echoed by ``GET /health`` so clients can check what runs.
+    ``api_key``: every request but ``GET /health`` needs ``Authorization: Bearer <key>``
+    (401 before its body is read; counted in ``/metrics`` as ``unauthorized``).
     Batchers start in the app's lifespan: run it under uvicorn (:func:`run_server`) or
     ``with TestClient(app)``.
     """
@@ -423,6 +427,13 @@ def create_app(
         max_bytes=settings.max_request_bytes,
         on_reject=lambda p, kind: metrics.error(p if p in path_set else UNMATCHED_PATH, kind),
     )
+    if api_key:  # inside the metrics (refusals are counted), outside the body limit
+        known = {*paths, *RESERVED_PATHS}
+        app.add_middleware(
+            ApiKeyMiddleware,
+            key=api_key,
+            on_reject=lambda p: metrics.error(p if p in known else UNMATCHED_PATH, "unauthorized"),
+        )
     # Added last = outermost: it also counts responses the size limit sends.
     app.add_middleware(MetricsMiddleware, metrics=metrics, known_paths={*paths, *RESERVED_PATHS})
     return app
