@@ -755,6 +755,7 @@ TEXT: dict[str, Evidence] = {
     "export.calibration_samples": Refused(4),
     "serve.max_image_pixels": Refused(1000),
     "serve.api_key": CoveredBy("tests/text/test_service.py::test_cli_serve_api_key"),
+    "serve.workers": CoveredBy("tests/text/test_encoder_pool.py::test_serve_with_workers"),
 }
 
 MAX20 = ("train.max_steps=20",)  # the ctr schedule spans max_steps (else the data's size)

@@ -127,6 +127,13 @@ class TextServe(ServeSettings):
         "'Authorization: Bearer <key>' (else 401); unset: the E2EKIT_API_KEY environment "
         "variable, if set, is the key",
     )
+    workers: int = Field(
+        0,
+        ge=0,
+        description="encoder processes: 0 = one per CUDA device (when the encoder runs on "
+        "several), else one in-process encoder; N = N processes (on the CPU they split "
+        "infer.num_threads, default all cores, between them)",
+    )
 
 
 class TextConfig(RunConfig):

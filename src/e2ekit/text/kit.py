@@ -68,12 +68,11 @@ class TextKit(Kit[TextConfig]):
 
     def verbs(self) -> dict[str, Verb]:
         """The shared verbs; ``serve`` also takes a pretrained encoder folder (or minilm)."""
-        from e2ekit.text.service import cmd_serve
+        from e2ekit.text.service import add_serve_flags, cmd_serve
 
         verbs = super().verbs()
         verbs["serve"] = replace(
-            verbs["serve"],
-            handler=cmd_serve,
+            verbs["serve"].extend(handler=cmd_serve, add_arguments=add_serve_flags),
             help="serve over HTTP: an export (POST /predict) or a pretrained encoder folder / "
             "minilm (POST /encode, POST /v1/embeddings); GET /health, GET /metrics",
         )

@@ -1,10 +1,11 @@
 """Sentence vectors over HTTP: ``POST /encode`` (bert-as-service style) and ``POST
 /v1/embeddings`` (OpenAI-compatible) on the core server, plus an optional API key.
 
-A pretrained encoder folder (or ``minilm``) is served by an :class:`~e2ekit.text.Encoder`;
-a fine-tuned export keeps ``/predict`` and gains the vector routes only when an Encoder can
-load the folder. Requests from many clients are packed into one model call by the core
-batcher; each request still gets its own truncation count and token usage.
+A pretrained encoder folder (or ``minilm``) is served by an :class:`~e2ekit.text.Encoder`
+(or, with ``serve.workers``, an EncoderPool of encoder processes); a fine-tuned export keeps
+``/predict`` and gains the vector routes only when an Encoder can load the folder. Requests
+from many clients are packed into one model call by the core batcher; each request still
+gets its own truncation count and token usage.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import base64
 import logging
 import os
 import threading
-from argparse import Namespace
+from argparse import ArgumentParser, Namespace
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,27 +286,56 @@ def is_export(model: str | os.PathLike[str]) -> bool:
     return (Path(model) / DEPLOY_FILE).is_file()
 
 
-def load_encoder(model: str | os.PathLike[str], infer: Any) -> Any:
-    """An Encoder for ``model`` on the ``infer`` settings (--backend, --precision, ...)."""
+def load_encoder(model: str | os.PathLike[str], infer: Any, workers: int = 0) -> Any:
+    """An Encoder for ``model`` on the ``infer`` settings (--backend, --precision, ...).
+
+    ``workers`` (``serve.workers``): N > 0 is an :class:`EncoderPool` of N processes; 0 is a
+    pool with one process per CUDA device when the settings run on several, else the one
+    in-process Encoder (a single device gains nothing from a process hop)."""
     from e2ekit.text import Encoder
+    from e2ekit.text.encoding.pool import EncoderPool, cuda_device_count
 
-    return Encoder(
-        model,
-        backend=infer.backend,
-        precision=infer.precision,
-        threads=infer.num_threads,
-        device=infer.device,
-    )
+    options = {
+        "backend": infer.backend,
+        "precision": infer.precision,
+        "threads": infer.num_threads,
+        "device": infer.device,
+    }
+    if workers > 0:
+        return EncoderPool(model, workers=workers, **options)
+    if cuda_device_count(infer.backend, infer.precision, infer.device) > 1:
+        return EncoderPool(model, **options)
+    return Encoder(model, **options)
 
 
-def export_encoder(model: str | os.PathLike[str], infer: Any) -> Any | None:
+def export_encoder(model: str | os.PathLike[str], infer: Any, workers: int = 0) -> Any | None:
     """An Encoder for an export folder, or None when it cannot load one: a text export holds
     the ONNX graph and tokenizer but not the Hugging Face config and weights it needs."""
     try:
-        return load_encoder(model, infer)
+        return load_encoder(model, infer, workers)
     except ConfigError as exc:
         log.info("serve: no /encode or /v1/embeddings for this export: %s", exc)
         return None
+
+
+def add_serve_flags(p: ArgumentParser) -> None:
+    """The text serve verb's flags beyond the shared ones: ``--workers``."""
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="encoder processes (serve.workers): 0 = one per CUDA device when there are "
+        "several, else the in-process encoder; N = N processes sharing the CPU threads",
+    )
+
+
+def serve_workers(settings: ServeSettings, args: Namespace) -> int:
+    """``--workers`` when given, else ``serve.workers`` (0 where the section lacks it)."""
+    flag = getattr(args, "workers", None)
+    if flag is None:
+        return int(getattr(settings, "workers", 0))
+    if flag < 0:
+        raise ConfigError(f"--workers {flag}: must be 0 (automatic) or a number of processes")
+    return int(flag)
 
 
 def served_name(model: str) -> str:
@@ -327,6 +357,7 @@ def cmd_serve(kit: Any, args: Namespace) -> dict[str, Any]:
             "folder, or minilm"
         )
     config = load_export_config(kit, args, sections=("infer", "serve"))
+    workers = serve_workers(config.serve, args)
     name = served_name(args.model)
     endpoints: list[Endpoint] = []
     info: dict[str, Any] = {"kit": kit.name}
@@ -334,11 +365,11 @@ def cmd_serve(kit: Any, args: Namespace) -> dict[str, Any]:
         predictor = export_predictor(kit, args.model, config.infer, args, "serve", config)
         endpoints += kit.endpoints(predictor)
         info.update(model=str(Path(args.model).resolve()), **runtime_info(predictor))
-        encoder = export_encoder(args.model, config.infer)
+        encoder = export_encoder(args.model, config.infer, workers)
         if encoder is not None:
             info["encoder"] = encoder.runtime
     else:
-        encoder = load_encoder(args.model, config.infer)
+        encoder = load_encoder(args.model, config.infer, workers)
         info.update(model=str(encoder.model_dir), name=name, **encoder.runtime)
     if encoder is not None:
         endpoints += EncoderService(encoder, name).endpoints()
