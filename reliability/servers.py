@@ -1,6 +1,8 @@
 """Every kit's model server as a client sees it: fuzzed with schemathesis from its own OpenAPI
 schema, loaded by concurrent clients mixing valid, malformed and image-bomb requests, flooded
-past its queue (503 + Retry-After), starved of time (504) and stopped with SIGTERM (exit 0)."""
+past its queue (503 + Retry-After), starved of time (504) and stopped with SIGTERM (exit 0).
+The text vector service (``e2ekit text serve --model minilm``: ``/encode`` and
+``/v1/embeddings``) is one more target, ``text-encoder``, fuzzed and loaded the same way."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import base64
 import io
 import itertools
 import json
+import math
 import random
 import signal
 import socket
@@ -39,6 +42,10 @@ HANG_S = 10.0  # with a tiny serve.request_timeout_s, no answer within this is a
 BOMB_SIDE = 16000  # 256 MP declared by a PNG of a few tens of KB
 BOMB_MAX_MS = 2000.0  # a bomb is refused from its header: never as slow as decoding it
 RSS_GROWTH_MAX_MB = 300.0  # allocator caches grow a little under load; a leak grows steadily
+ENCODER = "text-encoder"  # the vector service's target name (served by the text kit)
+ENCODER_MODEL = "minilm"  # the pretrained encoder it serves: no build needed
+ENCODER_GROWTH = (0.25, 100.0)  # RSS may grow by this fraction of its start plus these MB
+TARGETS = (*KITS, ENCODER)
 
 
 # -- a server subprocess ------------------------------------------------------------------------
@@ -89,25 +96,28 @@ class Server:
 
 
 @contextmanager
-def serving(work: Path, kit: str, tag: str, overrides: Sequence[str] = ()) -> Iterator[Server]:
-    """Build ``kit``, start its server with ``-o serve.KEY=VALUE`` overrides, wait for
-    ``/health``; the server always ends (SIGTERM, else kill) when the block exits."""
-    built = build(work, kit)
+def serving(
+    work: Path, kit: str, tag: str, overrides: Sequence[str] = (), model: str | None = None
+) -> Iterator[Server]:
+    """Build ``kit`` (unless ``model`` names what to serve, e.g. ``minilm``), start its server
+    with ``-o serve.KEY=VALUE`` overrides, wait for ``/health``; the server always ends
+    (SIGTERM, else kill) when the block exits."""
+    model = model or str(build(work, kit).export)
     port = free_port()
     folder = work / "servers"
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / f"{kit}-{tag}.log"
-    args = [PYTHON, "-m", "e2ekit", kit, "serve", "--model", str(built.export)]
+    args = [PYTHON, "-m", "e2ekit", kit, "serve", "--model", model]
     for o in [f"serve.port={port}", *overrides]:
         args += ["-o", o]
     graceful = next(
         (float(o.split("=", 1)[1]) for o in overrides if o.startswith("serve.graceful_timeout_s=")),
         10.0,
     )
+    env = base_env(work)
+    env.pop("E2EKIT_API_KEY", None)  # a key in the caller's shell would turn every call to 401
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            args, cwd=work, env=base_env(work), stdout=fh, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.Popen(args, cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT)
     server = Server(kit, proc, f"http://127.0.0.1:{port}", log, graceful)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -374,6 +384,7 @@ class LoadResult:
     bombs: int = 0
     bomb_ms: list[float] = field(default_factory=list)
     malformed: int = 0
+    oversized: int = 0
     odd: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -383,6 +394,72 @@ class LoadResult:
                 bucket.append(text)
             else:
                 bucket.append("")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request of a load run. ``kind``: valid (200, and ``check`` finds nothing wrong
+    with its body), malformed (a 4xx), oversized (413), bomb (413, quickly) or odd (anything
+    but a 5xx)."""
+
+    kind: str
+    path: str
+    body: bytes
+    check: Callable[[httpx.Response], str | None] | None = None
+
+
+def drive(url: str, pick: Callable[[int], Call], clients: int, seconds: float) -> LoadResult:
+    """``clients`` threads posting ``pick(0)``, ``pick(1)``, ... for ``seconds``."""
+    counter = itertools.count()
+    result = LoadResult()
+    deadline = time.monotonic() + seconds
+    headers = {"content-type": "application/json"}
+
+    def client(tid: int) -> None:
+        with httpx.Client(base_url=url, timeout=CLIENT_TIMEOUT_S) as http:
+            while time.monotonic() < deadline:
+                call = pick(next(counter))
+                kind, body = call.kind, call.body
+                t0 = time.perf_counter()
+                try:
+                    r = http.post(call.path, content=body, headers=headers)
+                except httpx.HTTPError as exc:
+                    result.note(result.transport, f"{kind}: {type(exc).__name__}: {exc}")
+                    continue
+                ms = (time.perf_counter() - t0) * 1000
+                status = r.status_code
+                with result.lock:
+                    result.sent += 1
+                    result.statuses[str(status)] = result.statuses.get(str(status), 0) + 1
+                    if kind == "valid":
+                        result.valid_ms.append(ms)
+                    elif kind == "bomb":
+                        result.bombs += 1
+                        result.bomb_ms.append(ms)
+                    elif kind == "malformed":
+                        result.malformed += 1
+                    elif kind == "oversized":
+                        result.oversized += 1
+                    else:
+                        result.odd += 1
+                what = f"{kind} {call.path} {body[:80]!r} -> {status} {r.text[:200]!r}"
+                wrong = {
+                    "valid": status != 200,
+                    "malformed": not 400 <= status < 500,
+                    "oversized": status != 413,
+                    "bomb": status != 413 or ms > BOMB_MAX_MS,
+                    "odd": False,
+                }[kind]
+                if status >= 500:
+                    result.note(result.server_errors, what)
+                elif wrong:
+                    result.note(result.wrong, f"{what} in {ms:.0f} ms")
+                elif call.check is not None and (problem := call.check(r)):
+                    result.note(result.wrong, f"{what[:160]}: {problem}")
+
+    with ThreadPoolExecutor(clients) as ex:
+        list(ex.map(client, range(clients)))
+    return result
 
 
 def run_load(
@@ -399,58 +476,17 @@ def run_load(
         if kit in ("seg", "det")
         else None
     )
-    counter = itertools.count()
-    result = LoadResult()
-    deadline = time.monotonic() + seconds
-    headers = {"content-type": "application/json"}
 
-    def client(tid: int) -> None:
-        with httpx.Client(base_url=url, timeout=CLIENT_TIMEOUT_S) as http:
-            while time.monotonic() < deadline:
-                n = next(counter)
-                if n % 100 == 37:
-                    kind, body = "malformed", bad[(n // 100) % len(bad)]
-                elif bomb is not None and n % 150 == 11:
-                    kind, body = "bomb", bomb
-                elif n % 50 == 5:
-                    kind, body = "odd", odd[(n // 50) % len(odd)] if odd else pool[0]
-                else:
-                    kind, body = "valid", pool[n % len(pool)]
-                t0 = time.perf_counter()
-                try:
-                    r = http.post("/predict", content=body, headers=headers)
-                except httpx.HTTPError as exc:
-                    result.note(result.transport, f"{kind}: {type(exc).__name__}: {exc}")
-                    continue
-                ms = (time.perf_counter() - t0) * 1000
-                status = r.status_code
-                with result.lock:
-                    result.sent += 1
-                    result.statuses[str(status)] = result.statuses.get(str(status), 0) + 1
-                    if kind == "valid":
-                        result.valid_ms.append(ms)
-                    elif kind == "bomb":
-                        result.bombs += 1
-                        result.bomb_ms.append(ms)
-                    elif kind == "malformed":
-                        result.malformed += 1
-                    else:
-                        result.odd += 1
-                what = f"{kind} {body[:80]!r} -> {status} {r.text[:200]!r}"
-                wrong = {
-                    "valid": status != 200,
-                    "malformed": not 400 <= status < 500,
-                    "bomb": status != 413 or ms > BOMB_MAX_MS,
-                    "odd": False,
-                }[kind]
-                if status >= 500:
-                    result.note(result.server_errors, what)
-                elif wrong:
-                    result.note(result.wrong, f"{what} in {ms:.0f} ms")
+    def pick(n: int) -> Call:
+        if n % 100 == 37:
+            return Call("malformed", "/predict", bad[(n // 100) % len(bad)])
+        if bomb is not None and n % 150 == 11:
+            return Call("bomb", "/predict", bomb)
+        if n % 50 == 5:
+            return Call("odd", "/predict", odd[(n // 50) % len(odd)] if odd else pool[0])
+        return Call("valid", "/predict", pool[n % len(pool)])
 
-    with ThreadPoolExecutor(clients) as ex:
-        list(ex.map(client, range(clients)))
-    return result
+    return drive(url, pick, clients, seconds)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -505,6 +541,230 @@ def kit_rows(work: Path, kit: str, quick: bool) -> list[Row]:
         and health == 200
         and res.malformed > 0
         and (kit not in ("seg", "det") or res.bombs > 0)
+    )
+    return [fuzz, load]
+
+
+# -- the text vector service -------------------------------------------------------------------
+def sentence(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 12)))
+
+
+def vectors_check(n: int, d: int, route: str) -> Callable[[httpx.Response], str | None]:
+    """What is wrong with a 200 to a valid vector request of ``n`` inputs whose vectors
+    should have ``d`` components (None: nothing)."""
+
+    def check(r: httpx.Response) -> str | None:
+        try:
+            body = r.json()
+        except ValueError:
+            return "not JSON"
+        if route == "/encode":
+            vectors = body.get("vectors")
+            if not isinstance(vectors, list) or len(vectors) != n:
+                return f"{len(vectors) if isinstance(vectors, list) else vectors!r} vectors"
+            if body.get("dim") != d:
+                return f"dim {body.get('dim')!r}, expected {d}"
+        else:
+            data = body.get("data")
+            if not isinstance(data, list) or len(data) != n:
+                return f"{len(data) if isinstance(data, list) else data!r} embeddings"
+            if [e.get("index") for e in data] != list(range(n)):
+                return "indices out of order"
+            vectors = []
+            for e in data:
+                value = e.get("embedding")
+                if isinstance(value, str):
+                    raw = base64.b64decode(value)
+                    value = np.frombuffer(raw, "<f4").tolist() if len(raw) % 4 == 0 else raw
+                vectors.append(value)
+        for v in vectors:
+            if not isinstance(v, list) or len(v) != d:
+                return f"a vector of {len(v) if isinstance(v, list) else type(v).__name__}, not {d}"
+            if not all(math.isfinite(x) for x in v):
+                return "a non-finite component"
+        return None
+
+    return check
+
+
+def encoder_valid(rng: random.Random, dim: int) -> Call:
+    """One ordinary request to ``/encode`` or ``/v1/embeddings``: 1 to 8 short texts, now
+    and then pre-split words, tokens shown, base64 vectors or fewer dimensions."""
+    n = rng.randint(1, 8)
+    if rng.random() < 0.5:
+        body: dict[str, Any] = {"texts": [sentence(rng) for _ in range(n)]}
+        if rng.random() < 0.2:
+            body = {"texts": [t.split() for t in body["texts"]], "is_tokenized": True}
+        if rng.random() < 0.2:
+            body["show_tokens"] = True
+        return Call("valid", "/encode", json.dumps(body).encode(), vectors_check(n, dim, "/encode"))
+    texts = [sentence(rng) for _ in range(n)]
+    body = {"input": texts[0] if n == 1 and rng.random() < 0.5 else texts, "model": "minilm"}
+    if rng.random() < 0.3:
+        body["encoding_format"] = "base64"
+    d = dim
+    if rng.random() < 0.2:
+        d = body["dimensions"] = rng.choice([1, 64, 128, dim])
+    route = "/v1/embeddings"
+    return Call("valid", route, json.dumps(body).encode(), vectors_check(n, d, route))
+
+
+def encoder_odd(dim: int) -> list[Call]:
+    """Valid-by-schema inputs at the edges (blank, invisible, NUL, lone-surrogate, emoji,
+    over-long-for-the-model texts, a text of exactly the size limit, a full request): 200 or
+    4xx, never 5xx."""
+    texts = [
+        "",
+        " ",
+        "\u200b",
+        "\x00",
+        "\ud800",
+        "é" * 3000,
+        "😀" * 50,
+        "word " * 1000,
+        "a" * 20_000,
+        "\u202emixed RTL مرحبا\u202c",
+    ]
+    calls = [Call("odd", "/encode", json.dumps({"texts": [t]}).encode()) for t in texts]
+    calls += [Call("odd", "/v1/embeddings", json.dumps({"input": t}).encode()) for t in texts]
+    edges = [
+        ("/encode", {"texts": [["", "a"]], "is_tokenized": True}),
+        ("/encode", {"texts": [["x" * 19_000]], "is_tokenized": True}),
+        ("/encode", {"texts": ["a b"] * 256, "show_tokens": True}),  # serve.max_items_per_request
+        ("/v1/embeddings", {"input": ["a b"] * 256}),
+        ("/v1/embeddings", {"input": "x", "dimensions": dim, "encoding_format": "base64"}),
+        ("/v1/embeddings", {"input": ["x"], "user": "u" * 5000}),
+    ]
+    calls += [Call("odd", path, json.dumps(body).encode()) for path, body in edges]
+    return calls
+
+
+def encoder_bad(dim: int) -> list[Call]:
+    """Requests that must be refused: malformed ones with a 4xx, oversized ones with 413."""
+    good = json.dumps({"texts": ["a film", "not good at all"]})
+    generic = [
+        good[: len(good) // 2].encode(),
+        b"\xff\xfe not json",
+        b"",
+        b"null",
+        b"[]",
+        json.dumps({"nothing": True}).encode(),
+    ]
+    encode = [
+        *generic,
+        json.dumps({"texts": 12345}).encode(),
+        json.dumps({"texts": {"x": [1]}}).encode(),
+        json.dumps({"texts": []}).encode(),
+        json.dumps({"texts": ["a", 1]}).encode(),
+        json.dumps({"texts": ["a"], "unknown_field": 1}).encode(),
+        json.dumps({"texts": ["a b"], "is_tokenized": True}).encode(),  # strings, not word lists
+        json.dumps({"texts": [["a", "b"]]}).encode(),  # word lists without is_tokenized
+        json.dumps({"texts": [[]], "is_tokenized": True}).encode(),
+        json.dumps({"texts": ["a"], "show_tokens": 5}).encode(),
+        b'{"texts": [NaN]}',
+    ]
+    embeddings = [
+        *generic,
+        json.dumps({"input": []}).encode(),
+        json.dumps({"input": 123}).encode(),
+        json.dumps({"input": ["a", None]}).encode(),
+        json.dumps({"input": [[101, 102]]}).encode(),  # token ids: not served
+        json.dumps({"input": "a", "encoding_format": "hex"}).encode(),
+        json.dumps({"input": "a", "dimensions": 0}).encode(),
+        json.dumps({"input": "a", "dimensions": -1}).encode(),
+        json.dumps({"input": "a", "dimensions": dim + 1}).encode(),
+        json.dumps({"input": "a", "dimensions": 10**30}).encode(),
+        json.dumps({"input": "a", "dimensions": 1.5}).encode(),
+        json.dumps({"input": "a", "extra": True}).encode(),
+        b'{"input": "a", "dimensions": NaN}',
+    ]
+    oversized = [
+        ("/encode", {"texts": ["a" * 20_001]}),  # one text over the limit
+        ("/encode", {"texts": [["ab"] * 7_000], "is_tokenized": True}),  # 20999 with spaces
+        ("/encode", {"texts": ["word " * 3_800] * 22}),  # 418000 characters in all
+        ("/encode", {"texts": ["a"] * 257}),  # more inputs than serve.max_items_per_request
+        ("/v1/embeddings", {"input": "é" * 20_001}),
+        ("/v1/embeddings", {"input": ["x" * 19_000] * 110}),  # > 2 MB body
+    ]
+    groups = [
+        [Call("malformed", "/encode", b) for b in encode],
+        [Call("malformed", "/v1/embeddings", b) for b in embeddings],
+        [Call("oversized", p, json.dumps(b).encode()) for p, b in oversized],
+    ]  # interleaved: even a short run sends some of each
+    return [c for row in itertools.zip_longest(*groups) for c in row if c is not None]
+
+
+def run_encoder_load(url: str, dim: int, clients: int, seconds: float, seed: int = 0) -> LoadResult:
+    """``clients`` threads on both vector routes for ``seconds``: about 1% malformed or
+    oversized requests, 2% edge cases, the rest ordinary ones whose vectors are counted."""
+    rng = random.Random(seed)
+    pool = [encoder_valid(rng, dim) for _ in range(128)]
+    odd = encoder_odd(dim)
+    bad = encoder_bad(dim)
+
+    def pick(n: int) -> Call:
+        if n % 100 == 7:  # early: a short (--quick) run sends some too
+            return bad[(n // 100) % len(bad)]
+        if n % 50 == 5:
+            return odd[(n // 50) % len(odd)]
+        return pool[n % len(pool)]
+
+    return drive(url, pick, clients, seconds)
+
+
+def encoder_rows(work: Path, quick: bool) -> list[Row]:
+    """``e2ekit text serve --model minilm``: schemathesis on both vector routes, then the
+    load; RSS growth within ENCODER_GROWTH; then SIGTERM."""
+    fuzz = Row("schemathesis", ENCODER, {})
+    load = Row("load", ENCODER, {})
+    with serving(work, "text", "encoder", model=ENCODER_MODEL) as server:
+        probe = httpx.post(f"{server.url}/encode", json={"texts": ["probe"]}, timeout=60)
+        probe.raise_for_status()
+        dim = int(probe.json()["dim"])
+        with Timer() as t:
+            cases, failures = fuzz_schema(server.url, 10 if quick else 60)
+        fuzz.figures = {"cases": cases, "failures": len(failures), "s": t.seconds}
+        fuzz.ok = not failures and cases > 0
+        fuzz.notes += [f for f in failures if f][:5]
+
+        rss0 = server.rss_mb()
+        clients, seconds = (8, 4.0) if quick else (32, 60.0)
+        res = run_encoder_load(server.url, dim, clients, seconds)
+        rss1 = server.rss_mb()
+        health = httpx.get(f"{server.url}/health", timeout=10).status_code
+    share, extra = ENCODER_GROWTH
+    limit = share * rss0 + extra
+    load.figures = {
+        "req": res.sent,
+        "5xx": len(res.server_errors),
+        "wrong": len(res.wrong),
+        "p50ms": percentile(res.valid_ms, 50),
+        "p99ms": percentile(res.valid_ms, 99),
+        "rss0MB": rss0,
+        "rss1MB": rss1,
+        "growMB": round(rss1 - rss0, 1),
+        "bad": res.malformed,
+        "big": res.oversized,
+        "odd": res.odd,
+        "lost": len(res.transport),
+        "stop_s": server.stop_s,
+    }
+    load.notes += [n for n in res.server_errors + res.wrong + res.transport if n][:8]
+    load.notes += stop_problems(server)
+    if health != 200:
+        load.notes.append(f"/health after the load: {health}")
+    if rss1 - rss0 > limit:
+        load.notes.append(f"RSS grew {rss1 - rss0:.0f} MB under the load (allowed {limit:.0f})")
+    load.ok = (
+        rss1 - rss0 <= limit
+        and not res.server_errors
+        and not res.wrong
+        and not res.transport
+        and not stop_problems(server)
+        and health == 200
+        and res.malformed > 0
+        and len(res.valid_ms) > 0
     )
     return [fuzz, load]
 
@@ -641,12 +901,19 @@ def guarded(part: str, target: str, fn: Callable[[], list[Row]]) -> list[Row]:
         return [Row(part, target, {}, ok=False, notes=[f"{type(exc).__name__}: {exc}"[:2000]])]
 
 
-def run(work: Path, quick: bool = False, kits: Sequence[str] = KITS) -> list[Row]:
+def run(work: Path, quick: bool = False, kits: Sequence[str] = TARGETS) -> list[Row]:
+    """Each target's server; backpressure (on toy) and timeouts (on seg) when those kits are
+    among ``kits``."""
     rows: list[Row] = []
     for kit in kits:
-        rows += guarded("servers", kit, lambda kit=kit: kit_rows(work, kit, quick))
-    rows += guarded("backpressure", "toy", lambda: [backpressure_row(work, quick)])
-    rows += guarded("timeout", "seg", lambda: [timeout_row(work, quick)])
+        if kit == ENCODER:
+            rows += guarded("servers", kit, lambda: encoder_rows(work, quick))
+        else:
+            rows += guarded("servers", kit, lambda kit=kit: kit_rows(work, kit, quick))
+    if "toy" in kits:
+        rows += guarded("backpressure", "toy", lambda: [backpressure_row(work, quick)])
+    if "seg" in kits:
+        rows += guarded("timeout", "seg", lambda: [timeout_row(work, quick)])
     return rows
 
 
@@ -654,12 +921,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: a new one)")
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--kits", default=",".join(KITS), help="comma-separated kits")
+    parser.add_argument(
+        "--kits", default=",".join(TARGETS), help=f"comma-separated, of {', '.join(TARGETS)}"
+    )
     args = parser.parse_args()
+    kits = [k for k in args.kits.split(",") if k]
+    unknown = sorted(set(kits) - set(TARGETS))
+    if unknown:
+        parser.error(f"--kits: unknown {', '.join(unknown)} (choose from {', '.join(TARGETS)})")
     work = args.work or Path(tempfile.mkdtemp(prefix="e2ekit-servers-"))
     work.mkdir(parents=True, exist_ok=True)
     with Timer() as t:
-        rows = run(work, args.quick, [k for k in args.kits.split(",") if k])
+        rows = run(work, args.quick, kits)
     print_rows(rows)
     print(f"servers: {t.seconds}s in {work}")
 

@@ -245,6 +245,25 @@ def test_oversized_and_malformed_requests_get_4xx(url) -> None:
     assert post(url, "/encode", {"texts": ["still fine"]}).status_code == 200
 
 
+def test_a_lone_surrogate_is_a_422_not_a_failed_shared_batch(url) -> None:
+    """JSON may carry "\\ud800"; the tokenizer refuses it, which failed the whole model batch
+    (500 for every request packed with it). Now the request alone gets 422, before any batch."""
+    cases = [
+        ("/encode", {"texts": ["fine", "bad \ud800 text"]}, "texts[1]"),
+        ("/encode", {"texts": [["ok", "\udfff"]], "is_tokenized": True}, "texts[0]"),
+        ("/v1/embeddings", {"input": "\ud83d alone"}, "input[0]"),
+    ]
+    for path, payload, where in cases:
+        raw = json.dumps(payload).encode()  # ASCII escapes: httpx's json= cannot encode these
+        headers = {**AUTH, "content-type": "application/json"}
+        r = httpx.post(f"{url}{path}", content=raw, headers=headers, timeout=WAIT_S)
+        assert r.status_code == 422, r.text
+        assert where in r.json()["detail"] and "surrogate" in r.json()["detail"], r.text
+    assert post(url, "/encode", {"texts": ["a pair \U0001f600 is fine"]}).status_code == 200
+    metrics = httpx.get(f"{url}/metrics", headers=AUTH).text
+    assert 'e2ekit_serve_errors_total{kind="batch_failed"' not in metrics
+
+
 # -- clients ---------------------------------------------------------------------------------------
 def test_client_and_async_client(encoder, url) -> None:
     texts = [*TEXTS, LONG, *TEXTS]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
 import threading
 from argparse import ArgumentParser, Namespace
 from collections.abc import Sequence
@@ -33,6 +34,8 @@ API_KEY_ENV = "E2EKIT_API_KEY"
 #: Routes answered without the API key: load balancers probe health without credentials.
 MAX_TEXT_CHARS = 20_000  # one text (or one pre-split word list, separators counted)
 MAX_REQUEST_CHARS = 400_000  # all texts of one request together
+#: A lone UTF-16 surrogate (JSON allows the escape "\ud800"): no tokenizer takes it.
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # -- request schemas ----------------------------------------------------------------------------
@@ -94,6 +97,8 @@ def check_items(texts: Sequence[Any], is_tokenized: bool, field: str) -> list[It
                 )
             if not text or not any(w.strip() for w in text):
                 raise BadRequest(f"{field}[{i}] has no words", 422)
+            if any(SURROGATE.search(w) for w in text):
+                raise BadRequest(f"{field}[{i}] holds a lone surrogate: not valid Unicode", 422)
             size = sum(map(len, text)) + len(text) - 1
         else:
             if not isinstance(text, str):
@@ -103,6 +108,8 @@ def check_items(texts: Sequence[Any], is_tokenized: bool, field: str) -> list[It
                 )
             if not text.strip():
                 raise BadRequest(f"{field}[{i}] is empty", 422)
+            if SURROGATE.search(text):
+                raise BadRequest(f"{field}[{i}] holds a lone surrogate: not valid Unicode", 422)
             size = len(text)
         if size > MAX_TEXT_CHARS:
             raise BadRequest(
