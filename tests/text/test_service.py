@@ -360,3 +360,13 @@ def test_concurrent_clients_get_their_own_vectors(encoder, url) -> None:
     assert all(n > 0 for n in counts), counts
     metrics = httpx.get(f"{url}/metrics", headers=AUTH).text
     assert 'e2ekit_serve_errors_total{kind="batch_failed"' not in metrics
+
+
+def test_the_client_refuses_text_it_cannot_send_naming_the_index() -> None:
+    from e2ekit.text.client import checked_texts
+
+    assert checked_texts(["ok", ["a", "b"]]) == ["ok", ["a", "b"]]
+    with pytest.raises(ValueError, match=r"texts\[1\] holds a lone surrogate"):
+        checked_texts(["fine", "bad \ud800"])
+    with pytest.raises(TypeError, match=r"texts\[0\] is int"):
+        checked_texts([3])

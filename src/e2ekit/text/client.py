@@ -43,6 +43,20 @@ PARALLEL_REQUESTS = 4  # AsyncClient.encode: parts in flight at once, so a long 
 # floods the server's queue (it would answer 503 to everyone)
 
 
+def checked_texts(texts: list[Any]) -> list[Any]:
+    """``texts`` (strings, or word lists) as sent, refused here when one could not be: not a
+    string, or not encodable as UTF-8 (a lone surrogate), naming its index."""
+    for i, text in enumerate(texts):
+        for word in text if isinstance(text, list) else [text]:
+            if not isinstance(word, str):
+                raise TypeError(f"texts[{i}] is {type(word).__name__}, not a string")
+            try:
+                word.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"texts[{i}] holds a lone surrogate: not valid Unicode") from None
+    return texts
+
+
 def chunks(texts: Sequence[Any], max_texts: int, max_chars: int) -> Iterator[list[Any]]:
     """Consecutive slices of at most ``max_texts`` texts and about ``max_chars`` characters."""
     part: list[Any] = []
@@ -116,8 +130,8 @@ class _Base:
         if isinstance(texts, str):
             if is_tokenized:
                 raise TypeError("with is_tokenized, pass a list of word lists")
-            return [texts]
-        return [list(t) if is_tokenized else t for t in texts]
+            return checked_texts([texts])
+        return checked_texts([list(t) if is_tokenized else t for t in texts])
 
     def _encode_payloads(self, texts: list[Any], is_tokenized: bool) -> Iterator[dict[str, Any]]:
         for part in chunks(texts, self.batch_size, BATCH_CHARS):
@@ -136,7 +150,7 @@ class _Base:
         encoding_format: str,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "input": texts if isinstance(texts, str) else list(texts),
+            "input": texts if isinstance(texts, str) else checked_texts(list(texts)),
             "encoding_format": encoding_format,
         }
         if model is not None:
