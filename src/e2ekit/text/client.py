@@ -95,14 +95,14 @@ class _Base:
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str = "http://127.0.0.1:8000",
         *,
-        api_key: str | None,
-        timeout: float,
-        retries: int,
-        backoff_s: float,
-        max_wait_s: float,
-        batch_size: int,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        max_wait_s: float = 30.0,
+        batch_size: int = BATCH_TEXTS,
     ) -> None:
         if retries < 0 or backoff_s < 0 or max_wait_s < 0 or batch_size < 1:
             raise ValueError("need retries >= 0, backoff_s >= 0, max_wait_s >= 0, batch_size >= 1")
@@ -116,6 +116,11 @@ class _Base:
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         #: Inputs the server cut at the model's length limit in the last :meth:`encode`.
         self.last_truncated = 0
+        self._http = self._open()
+
+    def _open(self) -> Any:
+        """The HTTP connection pool (sync or async: each client's own)."""
+        raise NotImplementedError
 
     def _wait(self, attempt: int, response: httpx.Response | None) -> float | None:
         """Seconds before try ``attempt + 1``, or None when it should not be retried."""
@@ -169,27 +174,8 @@ class Client(_Base):
     most texts per request when :meth:`encode` splits a long list.
     """
 
-    def __init__(
-        self,
-        base_url: str = "http://127.0.0.1:8000",
-        *,
-        api_key: str | None = None,
-        timeout: float = 60.0,
-        retries: int = 3,
-        backoff_s: float = 0.5,
-        max_wait_s: float = 30.0,
-        batch_size: int = BATCH_TEXTS,
-    ) -> None:
-        super().__init__(
-            base_url,
-            api_key=api_key,
-            timeout=timeout,
-            retries=retries,
-            backoff_s=backoff_s,
-            max_wait_s=max_wait_s,
-            batch_size=batch_size,
-        )
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=self.headers)
+    def _open(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=self.timeout, headers=self.headers)
 
     def _send(self, method: str, path: str, payload: Any = None) -> httpx.Response:
         attempt = 0
@@ -252,29 +238,8 @@ class AsyncClient(_Base):
     """The same calls as :class:`Client`, awaited, over one ``httpx.AsyncClient``; use
     ``async with`` or :meth:`aclose`. Concurrent calls share the connection pool."""
 
-    def __init__(
-        self,
-        base_url: str = "http://127.0.0.1:8000",
-        *,
-        api_key: str | None = None,
-        timeout: float = 60.0,
-        retries: int = 3,
-        backoff_s: float = 0.5,
-        max_wait_s: float = 30.0,
-        batch_size: int = BATCH_TEXTS,
-    ) -> None:
-        super().__init__(
-            base_url,
-            api_key=api_key,
-            timeout=timeout,
-            retries=retries,
-            backoff_s=backoff_s,
-            max_wait_s=max_wait_s,
-            batch_size=batch_size,
-        )
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url, timeout=timeout, headers=self.headers
-        )
+    def _open(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout, headers=self.headers)
 
     async def _send(self, method: str, path: str, payload: Any = None) -> httpx.Response:
         attempt = 0
