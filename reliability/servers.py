@@ -137,6 +137,29 @@ def serving(
         server.stop()
 
 
+def judge_load(
+    load: Row, res: Any, server: Server, health: int, grew_mb: float, limit_mb: float
+) -> None:
+    """A load run's notes and verdict: no 5xx, wrong answer or lost request, malformed
+    requests were sent, a clean stop, /health after it and RSS growth within ``limit_mb``."""
+    problems = stop_problems(server)
+    load.notes += [n for n in res.server_errors + res.wrong + res.transport if n][:8]
+    load.notes += problems
+    if health != 200:
+        load.notes.append(f"/health after the load: {health}")
+    if grew_mb > limit_mb:
+        load.notes.append(f"RSS grew {grew_mb:.0f} MB under the load (allowed {limit_mb:.0f})")
+    load.ok = (
+        grew_mb <= limit_mb
+        and not res.server_errors
+        and not res.wrong
+        and not res.transport
+        and not problems
+        and health == 200
+        and res.malformed > 0
+    )
+
+
 def stop_problems(server: Server) -> list[str]:
     """What went wrong when the server was stopped, if anything."""
     if server.exit_code is None:
@@ -526,22 +549,8 @@ def kit_rows(work: Path, kit: str, quick: bool) -> list[Row]:
         "lost": len(res.transport),
         "stop_s": server.stop_s,
     }
-    load.notes += [n for n in res.server_errors + res.wrong + res.transport if n][:8]
-    load.notes += stop_problems(server)
-    if health != 200:
-        load.notes.append(f"/health after the load: {health}")
-    if rss1 - rss0 > RSS_GROWTH_MAX_MB:
-        load.notes.append(f"RSS grew {rss1 - rss0:.0f} MB under the load")
-    load.ok = (
-        rss1 - rss0 <= RSS_GROWTH_MAX_MB
-        and not res.server_errors
-        and not res.wrong
-        and not res.transport
-        and not stop_problems(server)
-        and health == 200
-        and res.malformed > 0
-        and (kit not in ("seg", "det") or res.bombs > 0)
-    )
+    judge_load(load, res, server, health, rss1 - rss0, RSS_GROWTH_MAX_MB)
+    load.ok = load.ok and (kit not in ("seg", "det") or res.bombs > 0)
     return [fuzz, load]
 
 
@@ -750,22 +759,8 @@ def encoder_rows(work: Path, quick: bool) -> list[Row]:
         "lost": len(res.transport),
         "stop_s": server.stop_s,
     }
-    load.notes += [n for n in res.server_errors + res.wrong + res.transport if n][:8]
-    load.notes += stop_problems(server)
-    if health != 200:
-        load.notes.append(f"/health after the load: {health}")
-    if rss1 - rss0 > limit:
-        load.notes.append(f"RSS grew {rss1 - rss0:.0f} MB under the load (allowed {limit:.0f})")
-    load.ok = (
-        rss1 - rss0 <= limit
-        and not res.server_errors
-        and not res.wrong
-        and not res.transport
-        and not stop_problems(server)
-        and health == 200
-        and res.malformed > 0
-        and len(res.valid_ms) > 0
-    )
+    judge_load(load, res, server, health, rss1 - rss0, limit)
+    load.ok = load.ok and len(res.valid_ms) > 0
     return [fuzz, load]
 
 
