@@ -212,6 +212,8 @@ def test_kit_help_lists_exactly_its_verbs(cli) -> None:
     code, out, _ = cli("det", "-h")
     assert code == 0
     assert _verbs_listed(out) == [*SHARED, "preview", "convert", "anchors"]
+    code, out, _ = cli("text", "-h")
+    assert code == 0 and _verbs_listed(out) == [*SHARED, "distill"]
     code, out, _ = cli("toy", "--help")
     assert code == 0 and _verbs_listed(out) == SHARED
     code, out, _ = cli("det", "anchors", "-h")
@@ -222,7 +224,7 @@ def test_kit_help_lists_exactly_its_verbs(cli) -> None:
     ("args", "needle"),
     [
         (["seg", "anchors"], "e2ekit seg has no verb 'anchors'"),
-        (["text", "distill"], "e2ekit text has no verb 'distill'"),
+        (["seg", "distill"], "e2ekit seg has no verb 'distill'"),
         (["toy"], "missing verb: e2ekit toy <verb>"),
     ],
 )

@@ -713,6 +713,7 @@ DET: dict[str, Evidence] = {
 }
 
 MRC = ("task.type=mrc", "data.max_query_length=16", "data.doc_stride=16")
+DISTILL = "tests/text/test_distill.py::"
 ZH = ("data.train=${text_zh}", "data.dev=${text_zh}")
 TEXT: dict[str, Evidence] = {
     **CORE,
@@ -756,6 +757,42 @@ TEXT: dict[str, Evidence] = {
     "serve.max_image_pixels": Refused(1000),
     "serve.api_key": CoveredBy("tests/text/test_service.py::test_cli_serve_api_key"),
     "serve.workers": CoveredBy("tests/text/test_encoder_pool.py::test_serve_with_workers"),
+    "distill.teacher": CoveredBy(DISTILL + "test_bench_samples_and_unlabeled_keys"),
+    "distill.students": CoveredBy(
+        DISTILL + "test_every_student_is_trained_twice_exported_and_measured"
+    ),
+    "distill.baseline": CoveredBy(
+        DISTILL + "test_pair_teacher_distils_with_segment_aware_students"
+    ),
+    "distill.temperature": CoveredBy(DISTILL + "test_fit_keys_reach_the_loop"),
+    "distill.soft_weight": CoveredBy(DISTILL + "test_fit_keys_reach_the_loop"),
+    "distill.soft_loss": CoveredBy(DISTILL + "test_fit_keys_reach_the_loop"),
+    "distill.teacher_batch_size": CoveredBy(
+        DISTILL + "test_teacher_batch_size_sets_the_labelling_batch"
+    ),
+    "distill.bench_samples": CoveredBy(DISTILL + "test_bench_samples_and_unlabeled_keys"),
+    "distill.augment.factor": CoveredBy(DISTILL + "test_augment_keys_shape_the_transfer_set"),
+    "distill.augment.mask_prob": CoveredBy(DISTILL + "test_augment_keys_shape_the_transfer_set"),
+    "distill.augment.replace_prob": CoveredBy(DISTILL + "test_augment_keys_shape_the_transfer_set"),
+    "distill.augment.ngram_prob": CoveredBy(DISTILL + "test_augment_keys_shape_the_transfer_set"),
+    "distill.augment.ngram_max": CoveredBy(DISTILL + "test_augment_keys_shape_the_transfer_set"),
+    "distill.augment.neighbours": CoveredBy(DISTILL + "test_neighbours_and_word_vectors_keys"),
+    "distill.augment.word_vectors": CoveredBy(DISTILL + "test_neighbours_and_word_vectors_keys"),
+    "distill.augment.unlabeled": CoveredBy(DISTILL + "test_bench_samples_and_unlabeled_keys"),
+    "distill.student.embed_dim": CoveredBy(DISTILL + "test_student_keys_build_the_student"),
+    "distill.student.hidden": CoveredBy(DISTILL + "test_student_keys_build_the_student"),
+    "distill.student.kernel_sizes": CoveredBy(DISTILL + "test_student_keys_build_the_student"),
+    "distill.student.dropout": CoveredBy(DISTILL + "test_student_keys_build_the_student"),
+    "distill.student.vocab_size": CoveredBy(DISTILL + "test_student_keys_build_the_student"),
+    "distill.student.min_freq": CoveredBy(DISTILL + "test_student_keys_build_the_student"),
+    "distill.student.max_seq_len": CoveredBy(DISTILL + "test_student_keys_build_the_student"),
+    "distill.student.epochs": CoveredBy(DISTILL + "test_fit_keys_reach_the_loop"),
+    "distill.student.batch_size": CoveredBy(DISTILL + "test_fit_keys_reach_the_loop"),
+    "distill.student.lr": CoveredBy(DISTILL + "test_fit_keys_reach_the_loop"),
+    "distill.student.tiny_layers": CoveredBy(
+        DISTILL + "test_tiny_layers_key_sets_the_student_depth"
+    ),
+    "distill.student.tiny_lr": CoveredBy(DISTILL + "test_fit_keys_reach_the_loop"),
 }
 
 MAX20 = ("train.max_steps=20",)  # the ctr schedule spans max_steps (else the data's size)

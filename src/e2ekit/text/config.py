@@ -136,6 +136,88 @@ class TextServe(ServeSettings):
     )
 
 
+STUDENTS = ("bow", "cnn", "bilstm", "tiny")
+
+
+class DistillAugment(Strict):
+    factor: int = Field(
+        10, ge=0, description="augmented variants tried per training row; 0 = no augmentation"
+    )
+    mask_prob: float = Field(0.1, ge=0, le=1, description="per word: replaced by [UNK]")
+    replace_prob: float = Field(
+        0.1, ge=0, le=1, description="per word: replaced by a nearest neighbour word"
+    )
+    ngram_prob: float = Field(
+        0.25, ge=0, le=1, description="per variant: only a random n-gram of it is kept"
+    )
+    ngram_max: int = Field(5, ge=1, description="longest n-gram kept by n-gram sampling")
+    neighbours: int = Field(10, ge=1, description="nearest neighbours a word is replaced from")
+    word_vectors: str | None = Field(
+        None,
+        description="word2vec/GloVe text file: neighbours for replacement and the initial "
+        "student word embeddings (embed_dim must match); default: neighbours from the "
+        "teacher's token embeddings, students start random",
+    )
+    unlabeled: str | None = Field(
+        None,
+        description="in-domain text without labels (lines, or TSV with text_a[/text_b]): "
+        "labelled by the teacher and added to the transfer set",
+    )
+
+
+class DistillStudent(Strict):
+    embed_dim: int = Field(128, ge=4, description="word embedding width (bow, cnn, bilstm)")
+    hidden: int = Field(
+        256, ge=4, description="bow MLP width; cnn channels per kernel; bilstm units per direction"
+    )
+    kernel_sizes: list[int] = Field([2, 3, 4], min_length=1, description="cnn kernel widths")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    vocab_size: int = Field(30000, ge=16, description="word vocabulary (specials included)")
+    min_freq: int = Field(1, ge=1, description="words seen fewer times map to [UNK]")
+    max_seq_len: int = Field(64, ge=4, le=4096, description="words per input (with [CLS]/[SEP])")
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0, description="Adam learning rate of bow, cnn and bilstm")
+    tiny_layers: int = Field(
+        2, ge=1, description="tiny: encoder layers kept from the teacher (evenly spaced)"
+    )
+    tiny_lr: float = Field(1e-4, gt=0, description="tiny: AdamW learning rate")
+
+
+class DistillConfig(Strict):
+    teacher: str | None = Field(
+        None,
+        description="the fine-tuned teacher: a run folder, a checkpoint in one, or an export "
+        "folder (tiny needs the run folder or checkpoint); also --teacher",
+    )
+    students: list[Literal["bow", "cnn", "bilstm", "tiny"]] = Field(
+        ["bow", "cnn"], min_length=1, description=f"students to train: {', '.join(STUDENTS)}"
+    )
+    baseline: bool = Field(
+        True, description="also train each student on the labels alone, for the table"
+    )
+    temperature: float = Field(2.0, gt=0, description="softmax temperature of the soft labels")
+    soft_weight: float = Field(
+        1.0, ge=0, le=1, description="loss = w * soft-label loss + (1 - w) * label loss"
+    )
+    soft_loss: Literal["kl", "mse"] = Field(
+        "kl", description="kl: T^2 KL to the teacher's softmax; mse: squared logit distance"
+    )
+    teacher_batch_size: int = Field(64, ge=1, description="batch of the teacher's labelling")
+    bench_samples: int = Field(
+        200, ge=1, description="dev rows timed one at a time for the batch-1 latency"
+    )
+    augment: DistillAugment = DistillAugment()
+    student: DistillStudent = DistillStudent()
+
+    @field_validator("students")
+    @classmethod
+    def _unique_students(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a student twice")
+        return value
+
+
 class TextConfig(RunConfig):
     unsupported = {
         "train.channels_last": "transformer encoders have no convolutions",
@@ -150,6 +232,7 @@ class TextConfig(RunConfig):
     optim: TextOptim = TextOptim()
     export: TextExport = TextExport()
     serve: TextServe = TextServe()
+    distill: DistillConfig = DistillConfig()
 
     @model_validator(mode="after")
     def _mrc_lengths(self) -> TextConfig:

@@ -67,10 +67,18 @@ class TextKit(Kit[TextConfig]):
         return TextTask(cfg)
 
     def verbs(self) -> dict[str, Verb]:
-        """The shared verbs; ``serve`` also takes a pretrained encoder folder (or minilm)."""
+        """The shared verbs and ``distill``; ``serve`` also takes a pretrained encoder folder
+        (or minilm)."""
+        from e2ekit.text.distill.pipeline import add_distill_flags, cmd_distill
         from e2ekit.text.service import add_serve_flags, cmd_serve
 
         verbs = super().verbs()
+        verbs["distill"] = Verb(
+            cmd_distill,
+            "distil a fine-tuned cls/pair teacher into tiny, fast students (bow, cnn, bilstm, "
+            "tiny) through augmented data; writes their exports and a teacher/student table",
+            add_distill_flags,
+        )
         verbs["serve"] = replace(
             verbs["serve"].extend(handler=cmd_serve, add_arguments=add_serve_flags),
             help="serve over HTTP: an export (POST /predict) or a pretrained encoder folder / "

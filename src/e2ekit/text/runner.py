@@ -185,15 +185,20 @@ class TextRunner:
         return results
 
     # -- tasks ------------------------------------------------------------------------------
-    def classify(self, items: Sequence[str | tuple[str, str]]) -> list[dict[str, Any]]:
-        from e2ekit.text.data import TextExample, encode_text
+    def class_logits(self, items: Sequence[str | tuple[str, str]]) -> np.ndarray:
+        """cls/pair logits, (len(items), labels) float32: what a distillation teacher gives."""
+        from e2ekit.text.data import encode_text
 
-        examples = [
-            TextExample(it[0], it[1], None, n)
-            if isinstance(it, tuple)
-            else TextExample(it, None, None, n)
-            for n, it in enumerate(items, 1)
-        ]
+        feats, _ = encode_text(
+            text_examples(items), self.tokenizer, None, int(self.deploy["max_seq_len"])
+        )
+        rows = [r["logits"] for r in self._run(feats)]
+        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, len(self.labels)))
+
+    def classify(self, items: Sequence[str | tuple[str, str]]) -> list[dict[str, Any]]:
+        from e2ekit.text.data import encode_text
+
+        examples = text_examples(items)
         feats, _ = encode_text(examples, self.tokenizer, None, int(self.deploy["max_seq_len"]))
         out = []
         for ex, res in zip(examples, self._run(feats), strict=True):
@@ -291,6 +296,18 @@ class TextRunner:
         if self.task == "ner":
             return self.tag(items)
         return self.answer(items)
+
+
+def text_examples(items: Sequence[str | tuple[str, str]]) -> list[Any]:
+    """Raw cls texts or (text_a, text_b) pairs as numbered, unlabelled ``TextExample`` rows."""
+    from e2ekit.text.data import TextExample
+
+    return [
+        TextExample(it[0], it[1], None, n)
+        if isinstance(it, tuple)
+        else TextExample(it, None, None, n)
+        for n, it in enumerate(items, 1)
+    ]
 
 
 def chunked(xs: Iterable[Any], n: int) -> Iterable[list[Any]]:

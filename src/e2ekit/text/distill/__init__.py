@@ -1,0 +1,1 @@
+"""Distillation: a fine-tuned teacher taught to tiny, fast students."""
