@@ -331,11 +331,14 @@ def test_teacher_batch_size_sets_the_labelling_batch() -> None:
 
         def class_logits(self, items: list) -> np.ndarray:
             self.calls.append(self.batch_size)
-            return np.zeros((len(items), 2), np.float32)
+            return np.array([[len(t), 0.0] for t in items], np.float32)
 
     runner = Recorder()
-    out = _teacher_logits(runner, list(range(50)), 3)  # teacher_batch_size: 3
+    texts = ["x" * ((i * 7) % 13 + 1) for i in range(50)]
+    out = _teacher_logits(runner, texts, 3)  # teacher_batch_size: 3
     assert runner.calls and set(runner.calls) == {3} and out.shape == (50, 2)
+    # rows go to the teacher shortest first; the logits come back in the rows' own order
+    assert out[:, 0].tolist() == [len(t) for t in texts]
 
 
 def test_bench_samples_and_unlabeled_keys(distilled, teacher: Path, tmp_path: Path) -> None:

@@ -297,20 +297,29 @@ def _runner(export_dir: Path, cfg: TextConfig) -> Any:
 
 
 def _teacher_logits(runner: Any, items: list[Any], batch: int) -> np.ndarray:
-    """The teacher's logits of every transfer row, ``batch`` rows per model call."""
+    """The teacher's logits of every transfer row, ``batch`` rows per model call.
+
+    Rows go to the teacher shortest first (n-gram variants are short), so a batch pads to
+    a length close to its own rows' and not to the longest row of a mixed chunk."""
     from e2ekit.core.progress import progress
 
     runner.batch_size = batch
+    size = [len(it[0]) + len(it[1]) if isinstance(it, tuple) else len(it) for it in items]
+    order = np.argsort(np.asarray(size, dtype=np.int64), kind="stable")
     chunk = batch * 16
     parts = []
     bar = progress(total=len(items), desc="teacher labels", unit="row")
     try:
         for s in range(0, len(items), chunk):
-            parts.append(runner.class_logits(items[s : s + chunk]))
-            bar.update(len(items[s : s + chunk]))
+            rows = order[s : s + chunk]
+            parts.append(runner.class_logits([items[i] for i in rows]))
+            bar.update(len(rows))
     finally:
         bar.close()
-    return np.concatenate(parts).astype(np.float32)
+    logits = np.concatenate(parts).astype(np.float32)
+    out = np.empty_like(logits)
+    out[order] = logits  # back to the transfer set's order
+    return out
 
 
 def _measure(
