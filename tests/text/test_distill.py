@@ -140,47 +140,23 @@ def test_pair_teacher_distils_with_segment_aware_students(cli, tmp_path) -> None
 
 
 def test_refusals_name_the_fix(cli, teacher: Path, tmp_path) -> None:
-    code, _, err = cli("text", "distill", "-c", DISTILL, "--out", tmp_path / "a")
-    assert code != 0 and "--teacher" in err
-    code, _, err = cli("text", "distill", "-c", DISTILL, "--teacher", tmp_path / "nope")
-    assert code != 0 and "does not exist" in err
-    code, _, err = cli(
-        "text",
-        "distill",
-        "-c",
-        DISTILL,
-        "-o",
-        "task.type=pair",
-        "--teacher",
-        teacher,
-        "--out",
-        tmp_path / "b",
-    )
-    assert code != 0 and "task.type=cls" in err
+    def distill(*args: object) -> str:
+        code, _, err = cli("text", "distill", "-c", DISTILL, *args)
+        assert code != 0
+        return err
+
+    assert "--teacher" in distill("--out", tmp_path / "a")
+    assert "does not exist" in distill("--teacher", tmp_path / "nope")
+    err = distill("-o", "task.type=pair", "--teacher", teacher, "--out", tmp_path / "b")
+    assert "task.type=cls" in err
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("x")
-    code, _, err = cli("text", "distill", "-c", DISTILL, "--teacher", teacher, "--out", busy)
-    assert code != 0 and "--overwrite" in err and (busy / "keep.txt").is_file()
-    code, _, err = cli(
-        "text", "distill", "-c", DISTILL, "-o", "distill.students=[bow,bow]", "--teacher", teacher
-    )
-    assert code != 0 and "twice" in err
-    code, _, err = cli(
-        "text",
-        "distill",
-        "-c",
-        DISTILL,
-        "-o",
-        "distill.student.tiny_layers=9",
-        "-o",
-        "distill.students=[tiny]",
-        "--teacher",
-        teacher,
-        "--out",
-        tmp_path / "c",
-    )
-    assert code != 0 and "tiny_layers=9" in err
+    assert "--overwrite" in distill("--teacher", teacher, "--out", busy)
+    assert (busy / "keep.txt").is_file()
+    assert "twice" in distill("-o", "distill.students=[bow,bow]", "--teacher", teacher)
+    tiny = ("-o", "distill.student.tiny_layers=9", "-o", "distill.students=[tiny]")
+    assert "tiny_layers=9" in distill(*tiny, "--teacher", teacher, "--out", tmp_path / "c")
 
 
 def test_tiny_student_keeps_evenly_spaced_teacher_layers() -> None:
