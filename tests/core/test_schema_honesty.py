@@ -678,6 +678,7 @@ DET_VOC = (
 )
 DET_COCO_TRAIN = ("data.train_ann=${det_coco}/train.json", "data.train_images=${det_coco}/images")
 DET_COCO_VAL = ("data.val_ann=${det_coco}/train.json", "data.val_images=${det_coco}/images")
+DET_VOC_SETTINGS = CoveredBy("tests/det/test_voc_metric.py::test_voc_settings_match_voc_evaluate")
 DET: dict[str, Evidence] = {
     **CORE,
     "model": Changes({"type": "yolov3_tiny", "neck_channels": [16, 32, 64]}, network),
@@ -710,6 +711,9 @@ DET: dict[str, Evidence] = {
     "export.calibration_samples": Changes(3, calibration),
     "predict.draw_threshold": Changes(0.3, export_spec),
     "predict.max_image_pixels": Changes(1000, export_spec),
+    "eval.metric": Changes("voc", best_metric),
+    "eval.voc_metric": DET_VOC_SETTINGS,
+    "eval.voc_iou": DET_VOC_SETTINGS,
 }
 
 MRC = ("task.type=mrc", "data.max_query_length=16", "data.doc_stride=16")

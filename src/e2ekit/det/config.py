@@ -60,6 +60,24 @@ class DetData(Strict):
         return self
 
 
+class DetEval(Strict):
+    """How the val set is scored, in training (``best.pt``) and by ``det eval``.
+
+    COCO AP is always reported; VOC mAP is added when it is the metric, because VOC data is
+    compared against PaddleDetection's VOC numbers, not COCO's.
+    """
+
+    metric: Literal["auto", "coco", "voc"] = Field(
+        "auto",
+        description="auto: voc when data.format is voc, else coco; voc adds voc_mAP and "
+        "voc_per_class_ap and makes voc_mAP the default train.metric",
+    )
+    voc_metric: Literal["11point", "area"] = Field(
+        "11point", description="VOC AP: 11point (VOC2007, PaddleDetection's default) or area"
+    )
+    voc_iou: float = Field(0.5, gt=0, lt=1, description="VOC: IoU above which a box is a hit")
+
+
 class DetExport(ExportConfig):
     atol: float = Field(1e-3, gt=0, description="max abs diff allowed vs PyTorch (boxes, scores)")
     input_size: int = Field(160, ge=32, description="export/example input (square, pixels)")
@@ -88,3 +106,11 @@ class DetConfig(RunConfig):
     data: DetData = DetData()  # type: ignore[assignment]
     export: DetExport = DetExport()  # type: ignore[assignment]
     predict: PredictConfig = PredictConfig()
+    eval: DetEval = DetEval()
+
+    @property
+    def eval_metric(self) -> Literal["coco", "voc"]:
+        """``eval.metric`` with ``auto`` resolved from ``data.format``."""
+        if self.eval.metric == "auto":
+            return "voc" if self.data.format == "voc" else "coco"
+        return self.eval.metric

@@ -1,9 +1,12 @@
-"""Det task: COCO/VOC data validated before training, detectors from the registry, COCO mAP.
+"""Det task: COCO/VOC data validated before training, detectors from the registry, COCO and
+VOC mAP.
 
 The model the engine trains wraps a detector (``e2ekit.det.models.base.Detector``): in
 training it returns the detector's loss dict, in eval the per-image detections. Evaluation
 maps boxes back to original image pixels (the val transforms only resize) and scores them
-with pycocotools against the validated ground truth.
+with pycocotools against the validated ground truth; when ``eval.metric`` resolves to voc
+(the default for VOC data) it also reports Pascal VOC mAP (``voc_mAP``), which then selects
+``best.pt`` unless ``train.metric`` says otherwise.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from e2ekit.det.data import (
     validate,
 )
 from e2ekit.det.data.transforms import DetCollate, TransformDataset, build_transforms
-from e2ekit.det.metrics import coco_evaluate, to_coco_detections
+from e2ekit.det.metrics import coco_evaluate, to_coco_detections, voc_evaluate
 from e2ekit.det.registry import MODELS
 
 __all__ = ["DetTask", "DetTrainModel", "RecordsDataset"]
@@ -63,6 +66,33 @@ class RecordsDataset(Dataset):
         }
 
 
+def _detections_in_pixels(
+    det: Callable[[torch.Tensor], Any], loader: Iterable[Any], device: torch.device
+) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """image id -> (boxes xyxy, scores, labels) in the image's original pixels.
+
+    The val transforms only resize, so dividing by the recorded ``scale_factor`` and
+    clipping to the original size undoes them: metrics compare against the annotations as
+    written, not against the resized input.
+    """
+    found: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for images, targets in loader:
+        outputs = det(images.to(device))
+        for out, t in zip(outputs, targets, strict=True):
+            boxes = out["boxes"].detach().float().cpu()
+            sy, sx = t.get("scale_factor", (1.0, 1.0))
+            boxes = boxes / torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
+            h, w = t["orig_size"]
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+            found[int(t["image_id"])] = (
+                boxes.numpy().reshape(-1, 4),
+                out["scores"].detach().float().cpu().numpy().reshape(-1),
+                out["labels"].detach().cpu().numpy().astype(np.int64).reshape(-1),
+            )
+    return found
+
+
 class DetTrainModel(nn.Module):
     """Engine-facing wrapper: ``forward((images, targets))`` -> losses (train) or detections."""
 
@@ -87,6 +117,8 @@ class DetTask(Task):
     def __init__(self, cfg: DetConfig) -> None:
         super().__init__(cfg)
         self._datasets: dict[str, DetDataset | None] = {}
+        if cfg.eval_metric == "voc":  # an explicit train.metric still wins (the trainer's rule)
+            self.default_metric = "voc_mAP"  # type: ignore[misc]
 
     # -- data ---------------------------------------------------------------------------
     def _builtin_params(self) -> dict[str, Any]:
@@ -184,27 +216,38 @@ class DetTask(Task):
         ds = self.det_dataset("val")
         assert ds is not None
         det = model.det if hasattr(model, "det") else model
+        found = _detections_in_pixels(det, loader, device)
         category_ids = list(ds.category_ids) or list(range(1, len(ds.class_names) + 1))
         detections: list[dict[str, Any]] = []
-        for images, targets in loader:
-            outputs = det(images.to(device))
-            for out, t in zip(outputs, targets, strict=True):
-                boxes = out["boxes"].detach().float().cpu()
-                sy, sx = t.get("scale_factor", (1.0, 1.0))
-                boxes = boxes / torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
-                h, w = t["orig_size"]
-                boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-                boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-                detections += to_coco_detections(
-                    int(t["image_id"]),
-                    boxes,
-                    out["scores"].cpu(),
-                    out["labels"].cpu(),
-                    category_ids,
-                )
+        for image_id, (boxes, scores, labels) in found.items():
+            detections += to_coco_detections(image_id, boxes, scores, labels, category_ids)
         result = coco_evaluate(ds.to_coco(), detections, classwise=True, class_names=ds.class_names)
         result["detections"] = len(detections)
+        if self.cfg.eval_metric == "voc":
+            result.update(self._voc_metrics(ds, found))
         return result
+
+    def _voc_metrics(
+        self, ds: DetDataset, found: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    ) -> dict[str, Any]:
+        """VOC mAP of the val records; crowd regions count as difficult (neither a hit nor a
+        miss), as COCO ignores detections on them."""
+        e = self.cfg.eval
+        empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+        dets = [found.get(r.image_id, empty) for r in ds.records]
+        voc = voc_evaluate(
+            gt_boxes=[r.boxes for r in ds.records],
+            gt_labels=[r.labels for r in ds.records],
+            gt_difficult=[np.asarray(r.difficult, bool) | r.iscrowd for r in ds.records],
+            det_boxes=[d[0] for d in dets],
+            det_scores=[d[1] for d in dets],
+            det_labels=[d[2] for d in dets],
+            num_classes=len(ds.class_names),
+            iou_thresh=e.voc_iou,
+            metric=e.voc_metric,
+        )
+        per_class = dict(zip(ds.class_names, voc["per_class_ap"], strict=True))
+        return {"voc_mAP": voc["mAP"], "voc_per_class_ap": per_class}
 
     # -- deployment -----------------------------------------------------------------------
     def export_spec(self, model: nn.Module) -> ExportSpec:
