@@ -23,6 +23,9 @@ from e2ekit.det.config import DetConfig
 from e2ekit.det.runner import MAX_IMAGE_KEY, DetRunner, draw, save_image
 from e2ekit.det.task import DetTask
 
+# det predict's images per model call: enough to amortise a call, small in memory
+PREDICT_BATCH_SIZE = 8
+
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
@@ -164,6 +167,37 @@ def _predict_flags(p: ArgumentParser) -> None:
     p.add_argument(
         "--draw-threshold", type=float, help="min score drawn (0..1; default: the export's)"
     )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=PREDICT_BATCH_SIZE,
+        help=f"images per model call (default {PREDICT_BATCH_SIZE}; exports with a one-image "
+        "NMS graph run one at a time)",
+    )
+
+
+def predict_batch_size(options: Mapping[str, Any]) -> int:
+    """``--batch-size``, checked: a bad value fails naming the flag, not in the model."""
+    size = options.get("batch_size")
+    if size is None:
+        return PREDICT_BATCH_SIZE
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise E2EError(f"--batch-size {size}: must be an integer >= 1 (images per model call)")
+    return size
+
+
+def _save_drawn(
+    runner: DetRunner, image: Any, det: dict[str, np.ndarray], threshold: float, png: Path
+) -> int:
+    """Draw ``det``'s boxes scoring at least ``threshold`` on ``image`` into ``png``;
+    returns how many were drawn."""
+    keep = det["scores"] >= threshold
+    caps = [
+        f"{runner.names[int(k)]} {s:.2f}"
+        for k, s in zip(det["labels"][keep], det["scores"][keep], strict=True)
+    ]
+    save_image(draw(image, det["boxes"][keep], caps), png)
+    return int(keep.sum())
 
 
 def _preview_flags(p: ArgumentParser) -> None:
@@ -225,20 +259,23 @@ class DetKit(Kit[DetConfig]):
         threshold = options.get("draw_threshold")
         if threshold is None:
             threshold = float(runner.deploy.get("draw_threshold", 0.5))
+        batch_size = predict_batch_size(options)
         boxes_total = 0
-        with atomic_open(out_dir / "predictions.jsonl") as fh:
-            for path in progress(files, desc="predict", unit="img"):
-                image = runner.read(path)
-                det = runner.detect(image)
-                items = runner.as_json(det)
-                fh.write(json.dumps({"image": str(path), "detections": items}) + "\n")
-                keep = det["scores"] >= threshold
-                caps = [
-                    f"{runner.names[int(k)]} {s:.2f}"
-                    for k, s in zip(det["labels"][keep], det["scores"][keep], strict=True)
-                ]
-                save_image(draw(image, det["boxes"][keep], caps), out_dir / f"{path.stem}.png")
-                boxes_total += int(keep.sum())
+        with (
+            atomic_open(out_dir / "predictions.jsonl") as fh,
+            progress(total=len(files), desc="predict", unit="img") as bar,
+        ):
+            for start in range(0, len(files), batch_size):
+                chunk = files[start : start + batch_size]
+                images = [runner.read(path) for path in chunk]
+                for path, image, det in zip(
+                    chunk, images, runner.detect_batch(images), strict=True
+                ):
+                    items = runner.as_json(det)
+                    fh.write(json.dumps({"image": str(path), "detections": items}) + "\n")
+                    png = out_dir / f"{path.stem}.png"
+                    boxes_total += _save_drawn(runner, image, det, threshold, png)
+                bar.update(len(chunk))
         return {"images": len(files), "boxes_drawn": boxes_total, "output": str(out_dir)}
 
     def endpoints(self, predictor: Any) -> list[Endpoint]:
@@ -248,7 +285,8 @@ class DetKit(Kit[DetConfig]):
             return [{"image": decode_image_field(req.image)}]
 
         def run_batch(items: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
-            return [runner.detect(item["image"]) for item in items]  # NMS graphs: one image
+            # one model call for the batch (an image per call for one-image NMS exports)
+            return runner.detect_batch([item["image"] for item in items])
 
         def to_response(req: PredictRequest, results: list[dict[str, np.ndarray]]) -> Any:
             threshold = req.score_threshold if req.score_threshold is not None else 0.0

@@ -6,7 +6,7 @@ int8 calibration inputs, so every path resizes and normalises the same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,30 @@ from e2ekit.core.fileio import atomic_write
 from e2ekit.core.imageio import encode_png, read_image
 from e2ekit.det.config import MAX_PREDICT_PIXELS
 
-__all__ = ["MAX_IMAGE_KEY", "DetRunner", "Preprocess", "draw", "preprocess", "save_image"]
+__all__ = [
+    "MAX_IMAGE_KEY",
+    "NMS_OUTPUTS",
+    "PADDED",
+    "PADDING_LABEL",
+    "DetRunner",
+    "Preprocess",
+    "draw",
+    "output_layout",
+    "preprocess",
+    "save_image",
+    "unpad",
+]
 
 # The config key of predict's decode limit (PredictConfig.max_image_pixels).
 MAX_IMAGE_KEY = "predict.max_image_pixels"
+
+# Model layouts (deploy.nms_layout names the padded one) and the NMS graph's outputs.
+PADDED, SINGLE, RAW = "padded", "single", "raw"
+NMS_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
+PADDING_LABEL = -1  # the label of a padding row
+
+# One image's boxes (M, 4), scores (M,) and labels (M,) in input pixels.
+Raw = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 class Preprocess:
@@ -42,13 +62,43 @@ class Preprocess:
         return resized.float() * self.scale + self.shift  # (3, S, S)
 
 
+def output_layout(predictor: Any) -> str:
+    """``padded`` (NMS graph over a batch), ``single`` (NMS graph of one image, exports
+    written before the padded layout) or ``raw`` (no NMS in the graph).
+
+    Told by the graph's outputs (``num_detections`` exists only in the padded layout), else
+    by ``deploy.nms_layout`` (a checkpoint's module has no ONNX outputs to read).
+    """
+    deploy = predictor.deploy
+    if not deploy["nms"]:
+        return RAW
+    names = [o.get("name") for o in deploy.get("outputs") or []]
+    names = names or list(getattr(predictor, "output_names", None) or [])
+    if "num_detections" in names or deploy.get("nms_layout") == PADDED:
+        return PADDED
+    return SINGLE
+
+
+def unpad(out: Mapping[str, np.ndarray]) -> list[Raw]:
+    """The padded outputs as each image's detections: its first ``num_detections`` rows."""
+    counts = np.asarray(out["num_detections"]).astype(np.int64).reshape(-1)
+    return [
+        (out["boxes"][b, :n], out["scores"][b, :n], out["labels"][b, :n])
+        for b, n in enumerate(counts.tolist())
+    ]
+
+
 def preprocess(image: torch.Tensor, info: Mapping[str, Any]) -> torch.Tensor:
     """uint8 (3, H, W) -> the exported graph's input (1, 3, S, S), as ``deploy.preprocess``."""
     return Preprocess(info)(image)[None]
 
 
 class DetRunner:
-    """uint8 image -> detections in original pixels, from an export or a checkpoint."""
+    """uint8 images -> detections in their original pixels, from an export or a checkpoint.
+
+    Three model layouts (:func:`output_layout`): the padded NMS graph and the raw one take a
+    batch per call; the one-image NMS graph of older exports takes an image per call.
+    """
 
     def __init__(self, predictor: Any) -> None:
         self.predictor = predictor
@@ -59,9 +109,18 @@ class DetRunner:
         self.size = self.preprocess.size
         self.names = list(deploy["class_names"])
         self.nms = bool(deploy["nms"])
+        self.layout = output_layout(predictor)
         self.deploy = deploy
         # exports from before the limit existed get the default
         self.max_image_pixels = int(deploy.get("max_image_pixels", MAX_PREDICT_PIXELS))
+
+    @property
+    def batched(self) -> bool:
+        """Whether one model call takes several images: not for a one-image NMS graph, nor
+        for a graph whose input batch axis is fixed at 1."""
+        inputs = self.deploy.get("inputs") or [{}]
+        fixed = (inputs[0].get("shape") or [None])[0]
+        return self.layout != SINGLE and fixed != 1
 
     def read(self, path: Path) -> torch.Tensor:
         """An input image as uint8 (3, H, W), refused from its header when it is over the
@@ -69,23 +128,48 @@ class DetRunner:
         return read_image(path, self.max_image_pixels, MAX_IMAGE_KEY)
 
     def detect(self, image: torch.Tensor) -> dict[str, np.ndarray]:
-        h, w = image.shape[-2:]
-        x = self.preprocess(image)[None].numpy()
-        out = self.predictor.run({"image": x})
-        if self.nms:
-            boxes, scores, labels = out["boxes"], out["scores"], out["labels"]
-        else:
-            from e2ekit.det.models.base import multiclass_nms
+        return self.detect_batch([image])[0]
 
-            d = self.deploy
+    def detect_batch(self, images: Sequence[torch.Tensor]) -> list[dict[str, np.ndarray]]:
+        """Detections of each uint8 (3, H, W) image: one model call for all of them, or one
+        per image for a one-image NMS graph."""
+        if not images:
+            return []
+        if not self.batched:
+            return [self._finish(self._run([im])[0], im) for im in images]  # one per call
+        return [self._finish(d, im) for d, im in zip(self._run(images), images, strict=True)]
+
+    def _run(self, images: Sequence[torch.Tensor]) -> list[Raw]:
+        """One model call; each image's boxes, scores and labels in input pixels."""
+        x = np.stack([self.preprocess(im).numpy() for im in images])  # (B, 3, S, S)
+        out = self.predictor.run({"image": x})
+        if self.layout == PADDED:
+            return unpad(out)
+        if self.layout == SINGLE:
+            return [(out["boxes"], out["scores"], out["labels"])]
+        return self._nms(out)
+
+    def _nms(self, out: Mapping[str, np.ndarray]) -> list[Raw]:
+        """Raw graph: the runtime has no NMS, so it runs here, per image."""
+        from e2ekit.det.models.base import multiclass_nms
+
+        d = self.deploy
+        result = []
+        for boxes, scores in zip(out["boxes"], out["scores"], strict=True):
             det = multiclass_nms(
-                torch.as_tensor(out["boxes"][0]),
-                torch.as_tensor(out["scores"][0]),
+                torch.as_tensor(boxes),
+                torch.as_tensor(scores),
                 d["score_thresh"],
                 d["nms_thresh"],
                 d["max_detections"],
             )
-            boxes, scores, labels = (det[k].numpy() for k in ("boxes", "scores", "labels"))
+            result.append(tuple(det[k].numpy() for k in ("boxes", "scores", "labels")))
+        return result
+
+    def _finish(self, raw: Raw, image: torch.Tensor) -> dict[str, np.ndarray]:
+        """Input-pixel detections scaled back to ``image``'s pixels and clipped to it."""
+        boxes, scores, labels = raw
+        h, w = image.shape[-2:]
         sy, sx = h / self.size[0], w / self.size[1]
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * [sx, sy, sx, sy]
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
