@@ -182,6 +182,11 @@ def test_voc_run_selects_best_by_voc_map(cli, trained: Path) -> None:
     result = last_json(out)
     assert result["voc_mAP"] == pytest.approx(metrics["voc_mAP"], abs=1e-9)
     assert result["mAP"] == pytest.approx(metrics["mAP"], abs=1e-9)
+    assert "voc_per_class_ap" not in result  # per-class numbers only with --classwise
+    code, out, err = cli("det", "eval", "--weights", trained / "best.pt", "--classwise")
+    assert code == 0, err
+    assert set(last_json(out)["voc_per_class_ap"]) == set(CLASSES)
+    assert "per-class VOC AP" in err
     code, out, err = cli("det", "eval", "--weights", trained / "best.pt", "-o", "eval.metric=coco")
     assert code == 0, err
     result = last_json(out)

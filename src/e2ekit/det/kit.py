@@ -149,13 +149,18 @@ def cmd_eval(kit: Kit[DetConfig], args: Namespace) -> dict[str, Any]:
     from e2ekit.core.logs import log
 
     metrics = verbs.cmd_eval(kit, args)
-    per_class = metrics.get("per_class_ap") or {}
-    if getattr(args, "classwise", False) and per_class:
-        width = max(len(n) for n in per_class)
-        rows = [f"{n:<{width}}  {'-' if v is None else f'{v:.4f}'}" for n, v in per_class.items()]
-        log.info("per-class AP@[.5:.95]:\n%s", "\n".join(rows))
-    if not getattr(args, "classwise", False):
-        metrics = {k: v for k, v in metrics.items() if k != "per_class_ap"}
+    classwise = bool(getattr(args, "classwise", False))
+    tables = (("per_class_ap", "AP@[.5:.95]"), ("voc_per_class_ap", "VOC AP"))
+    for key, title in tables:
+        per_class = metrics.get(key) or {}
+        if classwise and per_class:
+            width = max(len(n) for n in per_class)
+            rows = [
+                f"{n:<{width}}  {'-' if v is None else f'{v:.4f}'}" for n, v in per_class.items()
+            ]
+            log.info("per-class %s:\n%s", title, "\n".join(rows))
+    if not classwise:
+        metrics = {k: v for k, v in metrics.items() if k not in dict(tables)}
     return metrics
 
 
