@@ -168,3 +168,22 @@ def test_static_keep_final_float(tmp_path: Path) -> None:
     assert _float_weight_convs(out / "model.int8.onnx") == section["float_nodes"]
     convs = [n for n in onnx.load(str(out / "model.int8.onnx")).graph.node if n.op_type == "Conv"]
     assert len(convs) == 3  # two int8 body convs + the float head
+
+
+def test_padded_outputs_are_compared_by_their_counts() -> None:
+    """NMS padded to a fixed size: int8 keeping another number of boxes for an image is a
+    changed count for that image, and the padded rows are not diffed element by element."""
+    from e2ekit.core.export.quantize_check import Int8Diff, _accumulate_counts, padded_outputs
+
+    deploy = {
+        "outputs": [{"name": "boxes"}, {"name": "scores"}, {"name": "num_detections"}],
+        "count_output": "num_detections",
+    }
+    count, padded = padded_outputs(deploy)
+    assert count == "num_detections" and padded == {"boxes", "scores"}
+    assert padded_outputs({"outputs": [{"name": "boxes"}]}) == (None, set())
+    diff = Int8Diff(per_output={"boxes": {}}, variable=padded)
+    _accumulate_counts(diff, "boxes", np.array([3, 0, 5]), np.array([3, 1, 4]))
+    _accumulate_counts(diff, "boxes", np.array([2]), np.array([2]))
+    entry = diff.per_output["boxes"]
+    assert (entry["cases"], entry["length_changed"], entry["length_diff_sum"]) == (4, 2, 2)

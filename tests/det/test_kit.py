@@ -126,21 +126,24 @@ def test_predict_draws_above_the_threshold_option(
 
 
 def test_export_static_int8_with_nms(cli, trained: Path, tmp_path: Path) -> None:
-    """Static int8 (the det default mode) calibrates on real train images; the NMS outputs
-    are padded to a fixed size per image, so int8 may keep other boxes than fp32 in the same
-    shapes: the share of differing counts and labels is reported, not an error; predict
-    runs on it, a batch per call."""
+    """Static int8 (the det default mode) calibrates on real train images; int8 may keep
+    other boxes than fp32, so the padded NMS outputs are compared by their count per image
+    (the share of images whose count changed is reported, not an error); predict runs on it,
+    a batch per call."""
     export = tmp_path / "export"
     code, out, err = cli(
         "det", "export", "--weights", trained, "--quantize", "--out", export,
     )  # fmt: skip
     assert code == 0, err
     summary = last_json(out)
-    assert summary["int8_mode"] == "static" and summary["int8_max_abs_diff"] >= 0
+    # padded rows are a set of detections: compared by their count per image, not row by row
+    assert summary["int8_mode"] == "static" and summary["int8_max_abs_diff"] is None
     assert 0 <= summary["int8_mismatch_fraction"] <= 1
-    assert "int8_cases_length_changed" not in summary  # no output changes length any more
+    changed, cases = summary["int8_cases_length_changed"].split("/")
+    assert 0 <= int(changed) <= int(cases) == 16
     report = json.loads((export / "export_report.json").read_text())["int8"]
     assert 0 <= report["per_output"]["num_detections"]["mismatch_fraction"] <= 1
+    assert report["per_output"]["boxes"]["variable_length"] is True
     assert report["calibration"]["source"] == "calibration_inputs"
     assert report["cases"] == 16  # tiny.yaml's train split: 16 images (calibration_samples 32)
     assert len(report["float_nodes"]) == 3  # YOLOv3 keeps its three output convs float

@@ -243,6 +243,7 @@ def det_export_spec(
     }
     if nms:
         deploy["nms_layout"] = PADDED
+        deploy["count_output"] = "num_detections"  # int8 checks compare counts, not rows
         deploy["padding"] = (
             f"per image, rows past num_detections are zeros with label {PADDING_LABEL}; "
             "K = max_detections rows"

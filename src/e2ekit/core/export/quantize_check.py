@@ -65,6 +65,17 @@ def variable_length_outputs(deploy: dict[str, Any]) -> set[str]:
     }
 
 
+def padded_outputs(deploy: dict[str, Any]) -> tuple[str | None, set[str]]:
+    """``deploy["count_output"]`` names an output holding each batch row's number of valid
+    rows in the other outputs (NMS padded to a fixed size, like ``num_detections``): those
+    outputs are a set of results per row, which int8 may change in count and order."""
+    count = deploy.get("count_output")
+    names = {o["name"] for o in deploy["outputs"]}
+    if not count or count not in names:
+        return None, set()
+    return count, names - {count}
+
+
 def compare_int8(
     fp32_path: Path,
     q_path: Path,
@@ -74,18 +85,31 @@ def compare_int8(
     """Run both models on every case and accumulate per-output differences."""
     out_names = [o["name"] for o in deploy["outputs"]]
     fp32_sess, int8_sess = make_session(fp32_path), make_session(q_path)
+    count, padded = padded_outputs(deploy)
     diff = Int8Diff(
         per_output={
             n: {"max_abs_diff": 0.0, "sum_abs": 0.0, "count": 0, "mismatches": 0} for n in out_names
         },
-        variable=variable_length_outputs(deploy),
+        variable=variable_length_outputs(deploy) | padded,
     )
     for feeds in feeds_list:
-        ref = fp32_sess.run(out_names, feeds)
-        got = int8_sess.run(out_names, feeds)
-        for n, r, g in zip(out_names, ref, got, strict=True):
-            _accumulate(diff, n, r, g)
+        ref = dict(zip(out_names, fp32_sess.run(out_names, feeds), strict=True))
+        got = dict(zip(out_names, int8_sess.run(out_names, feeds), strict=True))
+        for n in out_names:
+            if n in padded and count is not None:
+                _accumulate_counts(diff, n, ref[count], got[count])
+            else:
+                _accumulate(diff, n, ref[n], got[n])
     return diff
+
+
+def _accumulate_counts(diff: Int8Diff, name: str, r: np.ndarray, g: np.ndarray) -> None:
+    """A padded output: per batch row, whether int8 kept another number of results."""
+    e = diff.per_output[name]
+    r, g = np.asarray(r).reshape(-1), np.asarray(g).reshape(-1)
+    e["cases"] = e.get("cases", 0) + len(r)
+    e["length_changed"] = e.get("length_changed", 0) + int(np.count_nonzero(r != g))
+    e["length_diff_sum"] = e.get("length_diff_sum", 0) + int(np.abs(r - g).sum())
 
 
 def _accumulate(diff: Int8Diff, name: str, r: np.ndarray, g: np.ndarray) -> None:
