@@ -24,6 +24,7 @@ from torch import nn
 from torchvision.ops import nms
 
 from e2ekit.core.engine.task import ExportSpec
+from e2ekit.core.errors import ConfigError
 from e2ekit.det.config import DetConfig
 from e2ekit.det.runner import NMS_OUTPUTS, PADDED, PADDING_LABEL, preprocess
 
@@ -198,6 +199,12 @@ def det_export_spec(
     """``images``: a few real uint8 images for the parity check (random inputs can give no
     detections at all, which would make an NMS graph's parity trivially 0)."""
     nms = cfg.export.nms
+    refused = getattr(det, "raw_export_refused", None)
+    if not nms and refused:
+        raise ConfigError(
+            f"export.nms: false is not available for model.type "
+            f"{cfg.model.get('type')}: {refused}; export with export.nms: true"
+        )
     module = DetExportModule(det, nms).eval()
     size = cfg.export.input_size
     g = torch.Generator().manual_seed(0)

@@ -35,27 +35,30 @@ darknet53}``); its own weights then go in that spec's ``pretrained``.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torchvision.models as tvm
 from torch import Tensor, nn
-from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNetHead
-from torchvision.models.resnet import BasicBlock
 from torchvision.ops import boxes as box_ops
-from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from e2ekit.core.errors import ConfigError
-from e2ekit.core.weights import load_pretrained, read_state_dict
 from e2ekit.det.models.base import Detector, Target, build_backbone, clip_boxes
+from e2ekit.det.models.resnet_fpn import (
+    FPNBackbone,
+    NarrowResNet,
+    freeze_resnet_layers,
+    is_detector_checkpoint,
+    load_weights,
+    resnet_c3_c5,
+    stage_channels,
+)
 from e2ekit.det.registry import MODELS
 
 __all__ = [
@@ -113,106 +116,6 @@ def match_anchors(matcher: Any, targets: Sequence[Target], anchors: Tensor) -> l
         else:
             matched.append(matcher(box_ops.box_iou(t["boxes"], anchors)))
     return matched
-
-
-def is_detector_checkpoint(path: str | Path) -> bool:
-    """True when ``path`` holds a whole detector (``head.*`` keys), not a bare backbone."""
-    keys = read_state_dict(path, strip_prefixes=False)
-    return any(k.startswith(("head.", "module.head.", "_orig_mod.head.")) for k in keys)
-
-
-def load_weights(module: nn.Module, path: str | Path) -> None:
-    """Non-strict local load (shape-mismatched tensors skipped, counts logged); raises when
-    not a single tensor matches (a checkpoint for something else entirely).
-    """
-    missing, _ = load_pretrained(module, path)
-    if missing and len(missing) == len(module.state_dict()):
-        raise ConfigError(f"pretrained '{path}': no tensor matches {type(module).__name__}")
-
-
-def freeze_resnet_layers(net: nn.Module, trainable_layers: int) -> None:
-    """torchvision's rule: only the last ``trainable_layers`` of layer4..layer1, conv1 train."""
-    if not 0 <= trainable_layers <= 5:
-        raise ConfigError(f"trainable_layers must be in 0..5, got {trainable_layers}")
-    train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
-    if trainable_layers == 5:
-        train.append("bn1")
-    for name, param in net.named_parameters():
-        if not any(name.startswith(layer) for layer in train):
-            param.requires_grad_(False)
-
-
-class NarrowResNet(nn.Module):
-    """A thin BasicBlock ResNet with torchvision's module names, for tiny models.
-
-    Children are registered in execution order (``conv1, bn1, relu, maxpool, layer1..4``)
-    so ``IntermediateLayerGetter`` can slice it, exactly like a torchvision ResNet.
-    """
-
-    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), blocks: int = 1) -> None:
-        super().__init__()
-        if len(widths) != 4 or min(widths) < 1 or blocks < 1:
-            raise ConfigError(
-                f"NarrowResNet needs 4 positive widths and blocks >= 1, got {widths}, {blocks}"
-            )
-        self.widths = [int(w) for w in widths]
-        self.conv1 = nn.Conv2d(3, self.widths[0], 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(self.widths[0])
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        inplanes = self.widths[0]
-        for i, width in enumerate(self.widths):
-            stride = 1 if i == 0 else 2
-            downsample = None
-            if stride != 1 or inplanes != width:
-                downsample = nn.Sequential(
-                    nn.Conv2d(inplanes, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width)
-                )
-            layers = [BasicBlock(inplanes, width, stride, downsample)]
-            layers += [BasicBlock(width, width) for _ in range(1, blocks)]
-            setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
-            inplanes = width
-        for m in self.modules():  # torchvision's ResNet init
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-
-def resnet_c3_c5(net: nn.Module) -> IntermediateLayerGetter:
-    """A torchvision-named ResNet returning layer2..layer4 (C3-C5, strides 8/16/32)."""
-    return IntermediateLayerGetter(net, return_layers={"layer2": "0", "layer3": "1", "layer4": "2"})
-
-
-class FPNBackbone(nn.Module):
-    """``body`` maps (picked by ``indices``) -> torchvision ``FeaturePyramidNetwork``.
-
-    With a torchvision ResNet body this is ``BackboneWithFPN`` with the same module names
-    (``body.*``, ``fpn.*``); any backbone returning a list or dict of maps works too.
-    ``extra_levels`` adds P6/P7 from P5 (``LastLevelP6P7``, torchvision's RetinaNet v1).
-    """
-
-    def __init__(
-        self,
-        body: nn.Module,
-        indices: Sequence[int],
-        in_channels: Sequence[int],
-        out_channels: int,
-        extra_levels: bool,
-    ) -> None:
-        super().__init__()
-        self.body = body
-        self.indices = [int(i) for i in indices]
-        extra = LastLevelP6P7(out_channels, out_channels) if extra_levels else None
-        self.fpn = FeaturePyramidNetwork(list(in_channels), out_channels, extra_blocks=extra)
-        self.out_channels = int(out_channels)
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        feats = self.body(x)
-        feats = list(feats.values()) if isinstance(feats, Mapping) else list(feats)
-        return self.fpn(OrderedDict((str(k), feats[i]) for k, i in enumerate(self.indices)))
 
 
 def octave_anchor_sizes(
@@ -378,18 +281,13 @@ def _retinanet(
             trainable_layers = 3 if pretrained else 5
         freeze_resnet_layers(net, trainable_layers)
         body, indices = resnet_c3_c5(net), [0, 1, 2]
-        in_channels = [_out_channels(getattr(net, f"layer{i}")) for i in (2, 3, 4)]
+        in_channels = [stage_channels(getattr(net, f"layer{i}")) for i in (2, 3, 4)]
     strides = FPN_STRIDES + ((64, 128) if extra_levels else ())
     fpn = FPNBackbone(body, indices, in_channels, fpn_channels, extra_levels)
     model = RetinaNet(num_classes, fpn, strides, **kwargs)
     if pretrained and detector_ckpt:
         load_weights(model, pretrained)
     return model
-
-
-def _out_channels(layer: nn.Module) -> int:
-    """Output width of a ResNet stage (its last conv: conv2 / conv3 or the downsample)."""
-    return [m for m in layer.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
 
 
 @MODELS.register("retinanet_r50_fpn")
