@@ -711,6 +711,9 @@ DET: dict[str, Evidence] = {
     "export.calibration_samples": Changes(3, calibration),
     "predict.draw_threshold": Changes(0.3, export_spec),
     "predict.max_image_pixels": Changes(1000, export_spec),
+    "data.aspect_ratio_grouping": CoveredBy(
+        "tests/det/test_aspect_grouping.py::test_grouped_batches_hold_one_aspect_ratio"
+    ),
     "eval.metric": Changes("voc", best_metric),
     "eval.voc_metric": DET_VOC_SETTINGS,
     "eval.voc_iou": DET_VOC_SETTINGS,

@@ -52,6 +52,12 @@ class DetData(Strict):
         "[128, 160, 192]}] for YOLOv3 multi-scale training (train split only)",
     )
     pad_stride: int = Field(32, ge=1, description="batches are padded to a multiple of this")
+    aspect_ratio_grouping: bool = Field(
+        False,
+        description="batch train images of similar aspect ratio (8 bins of width/height, "
+        "from 1:2 to 2:1, torchvision's grouping): with ratio-keeping resizes a batch pads "
+        "less; the epoch order stays random and resumable",
+    )
 
     @model_validator(mode="after")
     def _voc_keys(self) -> DetData:

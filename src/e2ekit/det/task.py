@@ -11,7 +11,7 @@ with pycocotools against the validated ground truth; when ``eval.metric`` resolv
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,15 @@ class DetTrainModel(nn.Module):
         return self.det(images)
 
 
+GROUP_WINDOW = 20
+RATIO_BINS = 2.0 ** np.linspace(-1, 1, 7)  # 8 groups of width / height, below 1:2 to above 2:1
+
+
+def aspect_ratio_groups(ratios: Sequence[float]) -> list[int]:
+    """Bin index of each width/height ratio: torchvision's aspect-ratio grouping, k=3."""
+    return np.digitize(np.asarray(ratios, dtype=np.float64), RATIO_BINS).astype(int).tolist()
+
+
 class DetTask(Task):
     kit = "det"
     schema = DetConfig
@@ -116,6 +125,8 @@ class DetTask(Task):
 
     def __init__(self, cfg: DetConfig) -> None:
         super().__init__(cfg)
+        # windows of GROUP_WINDOW global batches are sorted by aspect-ratio bin
+        self.bucket = GROUP_WINDOW if cfg.data.aspect_ratio_grouping else 0
         self._datasets: dict[str, DetDataset | None] = {}
         if cfg.eval_metric == "voc":  # an explicit train.metric still wins (the trainer's rule)
             self.default_metric = "voc_mAP"  # type: ignore[misc]
@@ -190,7 +201,17 @@ class DetTask(Task):
             return None
         d = self.cfg.data
         transforms = build_transforms(d.train_transforms if split == "train" else d.val_transforms)
-        return TransformDataset(RecordsDataset(ds), transforms)
+        built = TransformDataset(RecordsDataset(ds), transforms)
+        built.det_ratios = [r.width / max(r.height, 1) for r in ds.records]  # type: ignore[attr-defined]
+        return built
+
+    def sample_lengths(self, dataset: Dataset) -> Sequence[int] | None:
+        """With ``data.aspect_ratio_grouping``: each image's aspect-ratio bin, which the
+        engine's sampler sorts windows of ``bucket`` batches by (batches of one bin)."""
+        ratios = getattr(dataset, "det_ratios", None)
+        if not self.bucket or ratios is None:
+            return None
+        return aspect_ratio_groups(ratios)
 
     def collate_fn(self, split: str) -> Callable[[list[Any]], Any]:
         d = self.cfg.data
