@@ -57,21 +57,23 @@ def cmd_preview(kit: Kit[DetConfig], args: Namespace) -> dict[str, Any]:
 
 
 def cmd_convert(kit: Kit[DetConfig], args: Namespace) -> dict[str, Any]:
-    """``det convert --from labelme|voc --input ... --out train.json``."""
-    from e2ekit.det.data import labelme_to_coco, voc_to_coco
+    """``det convert --from labelme|via|voc --input ... --out train.json``."""
+    from e2ekit.det.data import labelme_to_coco, via_to_coco, voc_to_coco
 
     if not args.input or not args.out:
         raise E2EError("convert needs --input and --out (the COCO json to write)")
     source = args.source
     if source == "labelme":
         path = labelme_to_coco(args.input, args.out)
+    elif source == "via":  # images next to the VIA json
+        path = via_to_coco(args.input, args.out)
     elif source == "voc":
         if not args.label_list:
             raise E2EError("--from voc needs --label-list and --input ROOT/LIST_FILE")
         list_file = Path(args.input)
         path = voc_to_coco(list_file.parent, list_file.name, args.label_list, args.out)
     else:
-        raise E2EError(f"--from {source}: use labelme or voc")
+        raise E2EError(f"--from {source}: use labelme, via or voc")
     coco = json.loads(Path(path).read_text())
     return {
         "output": str(path),
@@ -211,8 +213,10 @@ def _preview_flags(p: ArgumentParser) -> None:
 
 
 def _convert_flags(p: ArgumentParser) -> None:
-    p.add_argument("--from", dest="source", required=True, help="labelme or voc")
-    p.add_argument("--input", help="labelme folder/files, or ROOT/LIST_FILE (voc)")
+    p.add_argument("--from", dest="source", required=True, help="labelme, via or voc")
+    p.add_argument(
+        "--input", help="labelme folder/files, VIA json (images beside it), or ROOT/LIST_FILE (voc)"
+    )
     p.add_argument("--label-list", help="voc: label list file")
 
 
@@ -243,7 +247,7 @@ class DetKit(Kit[DetConfig]):
             ),
             "convert": Verb(
                 cmd_convert,
-                "labelme or VOC annotations -> one COCO json",
+                "labelme, VIA or VOC annotations -> one COCO json",
                 _convert_flags,
                 out_help="the COCO json to write",
             ),

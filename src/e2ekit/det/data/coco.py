@@ -26,6 +26,7 @@ import numpy as np
 from e2ekit.core.errors import DataError
 from e2ekit.core.textio import loads_json, read_utf8
 from e2ekit.det.data._io import image_size
+from e2ekit.det.data.masks import compact_segmentation, has_segmentation
 from e2ekit.det.data.records import DetDataset, DetRecord
 
 __all__ = ["load_json", "read_coco"]
@@ -107,6 +108,7 @@ class _Annotations:
     bboxes: np.ndarray  # float64 (N, 4) xywh
     iscrowd: np.ndarray  # bool (N,)
     difficult: np.ndarray  # bool (N,)
+    segmentations: list[Any] | None  # raw, one per annotation; None when none has one
 
 
 def _int_column(values: list[Any], key: str, src: str) -> np.ndarray:
@@ -123,7 +125,7 @@ def _int_column(values: list[Any], key: str, src: str) -> np.ndarray:
     )
 
 
-def _annotations(annotations: list[Any], src: str) -> _Annotations:
+def _annotations(annotations: list[Any], src: str, masks: bool) -> _Annotations:
     """All annotations as columns.
 
     The common case (a well-formed file) costs a few list appends per annotation
@@ -131,7 +133,7 @@ def _annotations(annotations: list[Any], src: str) -> _Annotations:
     parses in seconds; only when a column fails to convert does the per-entry
     check run, to name the first offending ``annotations[i]``.
     """
-    iids, cids, boxes, crowd, diff = [], [], [], [], []
+    iids, cids, boxes, crowd, diff, segs = [], [], [], [], [], []
     try:
         for item in annotations:
             iids.append(item["image_id"])
@@ -139,6 +141,7 @@ def _annotations(annotations: list[Any], src: str) -> _Annotations:
             boxes.append(item["bbox"])
             crowd.append(item.get("iscrowd", 0))
             diff.append(item.get("difficult", 0))
+            segs.append(item.get("segmentation"))
     except (KeyError, TypeError, AttributeError):
         i = len(boxes)  # 'bbox' is appended last of the required keys: the failing entry
         _entry(annotations[i], f"{src} annotations[{i}]", ("image_id", "category_id", "bbox"))
@@ -160,10 +163,15 @@ def _annotations(annotations: list[Any], src: str) -> _Annotations:
         bboxes=bb,
         iscrowd=np.array([bool(v) for v in crowd], bool),
         difficult=np.array([bool(v) for v in diff], bool),
+        segmentations=(
+            [compact_segmentation(v) if has_segmentation(v) else None for v in segs]
+            if masks and any(has_segmentation(v) for v in segs)
+            else None
+        ),
     )
 
 
-def parse_coco(data: Any, path: Path, image_dir: Path) -> DetDataset:
+def parse_coco(data: Any, path: Path, image_dir: Path, masks: bool = False) -> DetDataset:
     """A parsed COCO dict -> DetDataset (``path`` only names the file in messages)."""
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object with 'images', 'annotations', "
@@ -192,7 +200,7 @@ def parse_coco(data: Any, path: Path, image_dir: Path) -> DetDataset:
             raise DataError(f"{where}: duplicate image id {iid} (also images[{image_ids[iid]}])")
         image_ids[iid] = i
 
-    ann = _annotations(annotations, src)
+    ann = _annotations(annotations, src, masks)
     sorted_iids = np.array(sorted(image_ids), np.int64)
     pos = np.searchsorted(sorted_iids, ann.image_ids).clip(0, max(0, len(sorted_iids) - 1))
     missing = np.flatnonzero(
@@ -218,6 +226,7 @@ def parse_coco(data: Any, path: Path, image_dir: Path) -> DetDataset:
     image_pos = np.array([image_ids[int(i)] for i in sorted_iids], np.int64)[pos]
     order = np.argsort(image_pos, kind="stable")
     bounds = np.searchsorted(image_pos[order], np.arange(len(images) + 1))
+    segs = ann.segmentations
     records: list[DetRecord] = []
     for i, img in enumerate(images):
         where = f"{src} images[{i}]"
@@ -241,6 +250,7 @@ def parse_coco(data: Any, path: Path, image_dir: Path) -> DetDataset:
                 ref_ids=idx,
                 ref_kind="annotations",
                 source=src,
+                segmentations=None if segs is None else [segs[j] for j in idx],
             )
         )
     return DetDataset(
@@ -252,15 +262,19 @@ def parse_coco(data: Any, path: Path, image_dir: Path) -> DetDataset:
     )
 
 
-def read_coco(ann_file: str | Path, image_dir: str | Path) -> DetDataset:
+def read_coco(ann_file: str | Path, image_dir: str | Path, masks: bool = False) -> DetDataset:
     """Read a COCO instances file; image paths are ``image_dir / file_name``.
 
     Raises DataError for unreadable JSON, a missing list or key, a non-numeric
     bbox or an annotation of an unknown image. Boxes are converted from
     ``[x, y, w, h]`` to ``xyxy``; ``iscrowd`` is kept (crowd boxes are regions the
-    evaluator ignores and training usually skips). Annotations of a category id
-    the ``categories`` list lacks get label -1 and are counted in
+    evaluator ignores and training usually skips). With ``masks``, each annotation's
+    ``segmentation`` (polygons or RLE) is kept as written in ``DetRecord.segmentations``
+    when any annotation has one; it is checked by ``validate`` and decoded only when a
+    sample asks for masks (:func:`e2ekit.det.data.samples.load_sample`). Without, a
+    box-only run neither keeps nor checks them, as before masks existed. Annotations of a
+    category id the ``categories`` list lacks get label -1 and are counted in
     ``unknown_categories`` for ``validate`` to report.
     """
     path = Path(ann_file).expanduser()
-    return parse_coco(load_json(path), path, Path(image_dir).expanduser())
+    return parse_coco(load_json(path), path, Path(image_dir).expanduser(), masks)

@@ -1,4 +1,4 @@
-"""Convert labelme and VOC annotations to one COCO file.
+"""Convert labelme, VIA (VGG Image Annotator) and VOC annotations to one COCO file.
 
 COCO is the one format training and evaluation need to be fast and exact on
 (pycocotools reads it), so other formats are converted once rather than
@@ -24,7 +24,7 @@ from e2ekit.det.data.coco import load_json
 from e2ekit.det.data.records import DetDataset, DetRecord
 from e2ekit.det.data.voc import read_voc
 
-__all__ = ["labelme_to_coco", "voc_to_coco"]
+__all__ = ["labelme_to_coco", "via_to_coco", "voc_to_coco"]
 
 log = logging.getLogger("e2ekit")
 
@@ -56,8 +56,14 @@ def _labelme_files(
     return files, common
 
 
-def _shape_box(shape: dict[str, Any], where: str) -> list[float] | None:
-    """The bounding box of a labelme shape, or None for a shape without area."""
+#: (box xyxy, label, index of the shape in its file, flat polygon or None)
+_Shape = tuple[list[float], str, int, list[float] | None]
+
+
+def _shape_geometry(
+    shape: dict[str, Any], where: str
+) -> tuple[list[float], list[float] | None] | None:
+    """(bounding box, flat polygon for a polygon shape) of a labelme shape; None without area."""
     kind = shape.get("shape_type") or "polygon"  # labelme omits it for polygons in old files
     if kind not in _AREA_SHAPES:
         return None
@@ -74,9 +80,64 @@ def _shape_box(shape: dict[str, Any], where: str) -> list[float] | None:
     if kind == "circle":  # labelme: centre, then a point on the circle
         (cx, cy), (px, py) = arr[0], arr[1]
         r = float(np.hypot(px - cx, py - cy))
-        return [cx - r, cy - r, cx + r, cy + r]
+        return [cx - r, cy - r, cx + r, cy + r], None
+    polygon = [float(v) for v in arr.reshape(-1)] if kind == "polygon" else None
+    return _polygon_box(arr), polygon
+
+
+def _polygon_box(arr: np.ndarray) -> list[float]:
     lo, hi = arr.min(axis=0), arr.max(axis=0)
     return [float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])]
+
+
+def _dataset(
+    entries: list[tuple[Path, int, int, list[_Shape]]],
+    sources: list[str],
+    class_names: Sequence[str] | None,
+    ref_kind: str,
+) -> DetDataset:
+    """Converted images -> a DetDataset; polygons become segmentations (box-only input keeps
+    none, so its COCO file is what it always was). A label outside ``class_names`` fails
+    naming the file and shape."""
+    found = sorted({label for *_, shapes in entries for _, label, _, _ in shapes})
+    names = list(class_names) if class_names is not None else found
+    index = {n: k for k, n in enumerate(names)}
+    any_polygon = any(poly is not None for *_, shapes in entries for *_, poly in shapes)
+    records = []
+    for image_id, ((image, w, h, shapes), src) in enumerate(zip(entries, sources, strict=True), 1):
+        for _, label, j, _ in shapes:
+            if label not in index:
+                raise DataError(
+                    f"{src} {ref_kind}[{j}]: label '{label}' is not in class_names "
+                    f"({', '.join(names)}){did_you_mean(label, names)}"
+                )
+        records.append(
+            DetRecord(
+                image_id=image_id,
+                file=image,
+                width=w,
+                height=h,
+                boxes=np.array([b for b, *_ in shapes], np.float32).reshape(-1, 4),
+                labels=np.array([index[lb] for _, lb, _, _ in shapes], np.int64),
+                iscrowd=np.zeros(len(shapes), bool),
+                ref_ids=np.array([j for _, _, j, _ in shapes], np.int64),
+                ref_kind=ref_kind,
+                source=src,
+                segmentations=(
+                    [None if p is None else [p] for *_, p in shapes] if any_polygon else None
+                ),
+            )
+        )
+    return DetDataset(records=records, class_names=names)
+
+
+def _warn_skipped(who: str, skipped: dict[str, int]) -> None:
+    if skipped:
+        log.warning(
+            "%s: skipped shapes without area: %s",
+            who,
+            ", ".join(f"{n} {k}" for k, n in sorted(skipped.items())),
+        )
 
 
 def labelme_to_coco(
@@ -87,19 +148,20 @@ def labelme_to_coco(
 ) -> Path:
     """labelme json files (a folder, searched recursively, or a list) -> one COCO file.
 
-    Rectangles and polygons (and circles) become their bounding boxes; points and
-    lines have no area and are skipped with a warning. The image size comes from
-    ``imageWidth``/``imageHeight`` (else the image header). ``class_names`` fixes the
-    classes and their order (category ids 1..K); without it the classes are the
-    sorted set of labels found. ``file_name`` is the image path relative to
-    ``image_root`` (default: the folder given, or the common folder of the files),
-    which is then the ``image_dir`` to read the COCO file with. Returns the path
-    written.
+    Rectangles and polygons (and circles) become their bounding boxes; a polygon also
+    becomes the annotation's ``segmentation`` (``[[x1, y1, x2, y2, ...]]``) with ``area`` the
+    pixel area of its mask, as in COCO (rectangles and circles stay box-only, ``area``
+    ``w * h``); points and lines have no area and are skipped with a warning. The image
+    size comes from ``imageWidth``/``imageHeight`` (else the image header). ``class_names``
+    fixes the classes and their order (category ids 1..K); without it the classes are the
+    sorted set of labels found. ``file_name`` is the image path relative to ``image_root``
+    (default: the folder given, or the common folder of the files), which is then the
+    ``image_dir`` to read the COCO file with. Returns the path written.
     """
     out = Path(out_file).expanduser()
     files, default_root = _labelme_files(sources, out)
     root = Path(image_root).expanduser() if image_root is not None else default_root
-    entries: list[tuple[Path, int, int, list[tuple[list[float], str, int]]]] = []
+    entries: list[tuple[Path, int, int, list[_Shape]]] = []
     skipped: dict[str, int] = {}
     for f in files:
         data = load_json(f)
@@ -115,50 +177,162 @@ def labelme_to_coco(
         w, h = data.get("imageWidth"), data.get("imageHeight")
         if not all(type(v) is int and 0 < v < 2**31 for v in (w, h)):  # else: the header
             w, h = image_size(image, f"{f} imageWidth/imageHeight")
-        boxes: list[tuple[list[float], str, int]] = []
+        found: list[_Shape] = []
         for j, shape in enumerate(shapes):
             where = f"{f} shapes[{j}]"
             if not isinstance(shape, dict) or "label" not in shape or "points" not in shape:
                 raise DataError(f"{where}: a shape needs 'label' and 'points'")
-            box = _shape_box(shape, where)
-            if box is None:
+            geometry = _shape_geometry(shape, where)
+            if geometry is None:
                 kind = str(shape.get("shape_type"))
                 skipped[kind] = skipped.get(kind, 0) + 1
                 continue
-            boxes.append((box, str(shape["label"]), j))
-        entries.append((image, int(w), int(h), boxes))
-    found = sorted({label for *_, boxes in entries for _, label, _ in boxes})
-    names = list(class_names) if class_names is not None else found
-    index = {n: k for k, n in enumerate(names)}
-    records = []
-    for image_id, ((image, w, h, boxes), f) in enumerate(zip(entries, files, strict=True), 1):
-        for _, label, j in boxes:
-            if label not in index:
-                raise DataError(
-                    f"{f} shapes[{j}]: label '{label}' is not in class_names "
-                    f"({', '.join(names)}){did_you_mean(label, names)}"
-                )
-        records.append(
-            DetRecord(
-                image_id=image_id,
-                file=image,
-                width=w,
-                height=h,
-                boxes=np.array([b for b, _, _ in boxes], np.float32).reshape(-1, 4),
-                labels=np.array([index[lb] for _, lb, _ in boxes], np.int64),
-                iscrowd=np.zeros(len(boxes), bool),
-                ref_ids=np.array([j for *_, j in boxes], np.int64),
-                ref_kind="shapes",
-                source=str(f),
+            found.append((geometry[0], str(shape["label"]), j, geometry[1]))
+        entries.append((image, int(w), int(h), found))
+    _warn_skipped("labelme_to_coco", skipped)
+    ds = _dataset(entries, [str(f) for f in files], class_names, "shapes")
+    return atomic_write_json(ds.to_coco(image_root=root.absolute(), mask_area=True), out)
+
+
+# ----------------------------------------------------------------------------- VIA
+
+#: region attribute names tried, in order, when a region has several attributes
+_VIA_LABEL_KEYS = ("label", "class", "category", "name", "type")
+
+
+def _via_images(data: Any, path: Path) -> list[dict[str, Any]]:
+    """The per-image entries of a VIA 2 project (``_via_img_metadata``) or annotation export
+    (``{key: {filename, regions}}``), sorted by file name for deterministic ids."""
+    if isinstance(data, dict) and isinstance(data.get("_via_img_metadata"), dict):
+        data = data["_via_img_metadata"]
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a VIA JSON object, got {type(data).__name__}")
+    items = []
+    for key, item in data.items():
+        if not isinstance(item, dict) or "filename" not in item or "regions" not in item:
+            raise DataError(
+                f"{path} [{key!r}]: a VIA image entry needs 'filename' and 'regions'; export "
+                "the project from VIA with Annotation > Export Annotations (as json)"
             )
+        items.append(item)
+    return sorted(items, key=lambda it: str(it["filename"]))
+
+
+def _via_label(attrs: Any, where: str, attribute: str | None) -> str:
+    """A region's class: ``attribute`` of its region_attributes, or its only attribute (or
+    one of ``label``/``class``/... ); a checkbox attribute must have one box ticked."""
+    if not isinstance(attrs, dict) or not attrs:
+        raise DataError(f"{where}: no region_attributes; give each region a class attribute")
+    key = attribute
+    if key is None:
+        key = next((k for k in _VIA_LABEL_KEYS if k in attrs), None) if len(attrs) > 1 else None
+        key = key if key is not None else (next(iter(attrs)) if len(attrs) == 1 else None)
+    if key is None or key not in attrs:
+        raise DataError(
+            f"{where}: cannot tell the class attribute among {sorted(attrs)}; name it "
+            f"(via_to_coco(attribute=...)) or call it one of {', '.join(_VIA_LABEL_KEYS)}"
         )
-    if skipped:
-        log.warning(
-            "labelme_to_coco: skipped shapes without area: %s",
-            ", ".join(f"{n} {k}" for k, n in sorted(skipped.items())),
+    value = attrs[key]
+    if isinstance(value, dict):  # checkbox / multi-select: {"cat": true, "dog": false}
+        ticked = [str(k) for k, v in value.items() if v]
+        if len(ticked) != 1:
+            raise DataError(f"{where}: attribute '{key}' must select one class, got {ticked}")
+        value = ticked[0]
+    label = str(value).strip()
+    if not label:
+        raise DataError(f"{where}: attribute '{key}' is empty; give the region a class")
+    return label
+
+
+def _via_numbers(shape: dict[str, Any], keys: tuple[str, ...], where: str) -> list[float]:
+    values = [shape.get(k) for k in keys]
+    if not all(
+        not isinstance(v, bool) and isinstance(v, (int, float)) and np.isfinite(v) for v in values
+    ):
+        raise DataError(f"{where}: a {shape.get('name')} needs numbers {', '.join(keys)}")
+    return [float(v) for v in values]  # type: ignore[arg-type]
+
+
+def _via_geometry(shape: Any, where: str) -> tuple[list[float], list[float] | None] | None:
+    """(box, flat polygon) of a VIA shape_attributes; None for a shape without area."""
+    if not isinstance(shape, dict):
+        raise DataError(f"{where}: 'shape_attributes' must be an object")
+    name = shape.get("name")
+    if name == "rect":
+        x, y, w, h = _via_numbers(shape, ("x", "y", "width", "height"), where)
+        return [x, y, x + w, y + h], None
+    if name == "circle":
+        cx, cy, r = _via_numbers(shape, ("cx", "cy", "r"), where)
+        return [cx - r, cy - r, cx + r, cy + r], None
+    if name == "ellipse":
+        cx, cy, rx, ry = _via_numbers(shape, ("cx", "cy", "rx", "ry"), where)
+        return [cx - rx, cy - ry, cx + rx, cy + ry], None
+    if name != "polygon":
+        return None
+    xs, ys = shape.get("all_points_x"), shape.get("all_points_y")
+    try:
+        arr = np.stack([np.asarray(xs, np.float64), np.asarray(ys, np.float64)], axis=1)
+    except (TypeError, ValueError):
+        arr = np.zeros((0, 2))
+    if arr.ndim != 2 or len(arr) < 3 or not np.isfinite(arr).all():
+        raise DataError(
+            f"{where}: a polygon needs all_points_x and all_points_y of the same length, "
+            f">= 3 points each, got {xs!r} and {ys!r}"
         )
-    ds = DetDataset(records=records, class_names=names)
-    return atomic_write_json(ds.to_coco(image_root=root.absolute()), out)
+    return _polygon_box(arr), [float(v) for v in arr.reshape(-1)]
+
+
+def via_to_coco(
+    via_file: str | Path,
+    out_file: str | Path,
+    image_dir: str | Path | None = None,
+    class_names: Sequence[str] | None = None,
+    attribute: str | None = None,
+) -> Path:
+    """A VGG Image Annotator (VIA 2) json -> one COCO file; read it back with ``image_dir``.
+
+    Polygons become boxes plus ``segmentation`` polygons (``area`` the mask's pixel area);
+    rectangles, circles and ellipses become boxes; points and polylines have no area and
+    are skipped with a warning. The class is the region attribute ``attribute`` (default:
+    the region's only attribute, else one named label/class/category/name/type). Images
+    (their sizes come from the headers, VIA stores none) are ``image_dir / filename``,
+    ``image_dir`` defaulting to the json's folder. Ids are 1, 2, ... in file-name order.
+    Returns the path written.
+    """
+    path = Path(via_file).expanduser()
+    root = Path(image_dir).expanduser() if image_dir is not None else path.parent
+    entries: list[tuple[Path, int, int, list[_Shape]]] = []
+    sources: list[str] = []
+    skipped: dict[str, int] = {}
+    for item in _via_images(load_json(path), path):
+        name = str(item["filename"])
+        src = f"{path} {name}"
+        regions = item["regions"]
+        if isinstance(regions, dict):  # VIA 1: {"0": region, "1": region}
+            regions = [regions[k] for k in sorted(regions, key=lambda k: int(k))]
+        if not isinstance(regions, list):
+            raise DataError(f"{src}: 'regions' must be a list, got {type(regions).__name__}")
+        image = Path(os.path.normpath(root.absolute() / name))
+        w, h = image_size(image, src)
+        found: list[_Shape] = []
+        for j, region in enumerate(regions):
+            where = f"{src} regions[{j}]"
+            if not isinstance(region, dict):
+                raise DataError(f"{where}: a region must be an object")
+            geometry = _via_geometry(region.get("shape_attributes"), where)
+            if geometry is None:
+                kind = str((region.get("shape_attributes") or {}).get("name"))
+                skipped[kind] = skipped.get(kind, 0) + 1
+                continue
+            label = _via_label(region.get("region_attributes"), where, attribute)
+            found.append((geometry[0], label, j, geometry[1]))
+        entries.append((image, w, h, found))
+        sources.append(src)
+    if not entries:
+        raise DataError(f"{path}: no images in this VIA file")
+    _warn_skipped("via_to_coco", skipped)
+    ds = _dataset(entries, sources, class_names, "regions")
+    return atomic_write_json(ds.to_coco(image_root=root.absolute(), mask_area=True), out_file)
 
 
 def voc_to_coco(

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from e2ekit.core.errors import DataError
+from e2ekit.det.data.masks import decode_masks, has_segmentation, segmentation_area, to_json
 
 __all__ = ["DetDataset", "DetRecord"]
 
@@ -44,7 +45,9 @@ class DetRecord:
     it instead of the reader failing on the first one); ``iscrowd`` bool (N,);
     ``difficult`` bool (N,) (VOC's flag, all False elsewhere); ``ref_ids`` int64
     (N,) each box's index in the source (``{ref_kind}[{ref_id}]`` in messages);
-    ``source`` the file the record came from.
+    ``source`` the file the record came from. ``segmentations`` (optional, one per box)
+    holds each instance's COCO segmentation as read (polygons or RLE; None or ``[]`` for a
+    box without one); None for box-only data. It is decoded only by :meth:`decode_masks`.
     """
 
     image_id: int
@@ -58,6 +61,7 @@ class DetRecord:
     ref_ids: np.ndarray | None = None
     ref_kind: str = "box"
     source: str = ""
+    segmentations: list[Any] | None = None
 
     def __post_init__(self) -> None:
         # normalise dtypes/shapes once here so no consumer has to
@@ -80,16 +84,34 @@ class DetRecord:
             else _as_array(self.ref_ids, np.int64, ())
         )
         lengths = {len(self.labels), len(self.iscrowd), len(self.difficult), len(self.ref_ids)}
+        if self.segmentations is not None:
+            self.segmentations = list(self.segmentations)
+            lengths.add(len(self.segmentations))
         if lengths != {n}:
             raise ValueError(
                 f"DetRecord {self.file}: {n} boxes but labels/iscrowd/difficult/ref_ids have "
                 f"lengths {len(self.labels)}/{len(self.iscrowd)}/{len(self.difficult)}/"
                 f"{len(self.ref_ids)}"
+                + (f" segmentations {len(self.segmentations)}" if self.segmentations else "")
             )
 
     @property
     def num_boxes(self) -> int:
         return len(self.boxes)
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether the record carries segmentations (box-only records do not)."""
+        return self.segmentations is not None
+
+    def decode_masks(self, keep: np.ndarray | None = None) -> np.ndarray:
+        """uint8 (N, height, width) instance masks of the boxes ``keep`` selects (all by
+        default); a box without a segmentation gets its rectangle filled."""
+        idx = np.arange(self.num_boxes) if keep is None else np.asarray(keep)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        segs = self.segmentations or [None] * self.num_boxes
+        return decode_masks([segs[i] for i in idx], self.height, self.width, self.boxes[idx])
 
     def where(self, i: int) -> str:
         """``source kind[index]`` of box ``i``: the place a user opens to fix it."""
@@ -110,6 +132,9 @@ class DetRecord:
             iscrowd=self.iscrowd[idx],
             difficult=self.difficult[idx],
             ref_ids=self.ref_ids[idx],
+            segmentations=(
+                None if self.segmentations is None else [self.segmentations[i] for i in idx]
+            ),
         )
 
 
@@ -158,7 +183,9 @@ class DetDataset:
             counts += np.bincount(lab, minlength=k)
         return counts.tolist()
 
-    def to_coco(self, image_root: str | Path | None = None) -> dict[str, Any]:
+    def to_coco(
+        self, image_root: str | Path | None = None, mask_area: bool = False
+    ) -> dict[str, Any]:
         """A COCO ground-truth dict (images, annotations, categories).
 
         Boxes become ``[x, y, w, h]`` with ``area = w * h``. ``file_name`` is the
@@ -168,6 +195,9 @@ class DetDataset:
         unmatched. VOC's difficult flag is kept as an extra ``difficult: 1`` key.
         A label outside the class list or a non-finite coordinate cannot be written, so
         it is a DataError naming the box (run ``validate`` first to drop such boxes).
+        A box's segmentation is written as read; with ``mask_area`` its ``area`` is the mask's
+        pixel area (COCO's definition, what converters write) instead of ``w * h`` (kept
+        by default so box evaluation buckets objects by size exactly as before).
         """
         root = Path(image_root) if image_root is not None else None
         images: list[dict[str, Any]] = []
@@ -208,6 +238,11 @@ class DetDataset:
                     "area": w * h,
                     "iscrowd": int(rec.iscrowd[i]),
                 }
+                seg = rec.segmentations[i] if rec.segmentations is not None else None
+                if has_segmentation(seg):
+                    ann["segmentation"] = to_json(seg)
+                    if mask_area:
+                        ann["area"] = segmentation_area(seg, rec.height, rec.width)
                 if rec.difficult is not None and rec.difficult[i]:
                     ann["difficult"] = 1  # VOC's flag survives a round trip; COCO tools ignore it
                 annotations.append(ann)

@@ -18,6 +18,7 @@ the image is invalid.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from e2ekit.core.errors import DataError
 from e2ekit.det.data._io import is_file
+from e2ekit.det.data.masks import segmentation_problem
 from e2ekit.det.data.records import DetDataset, DetRecord
 
 __all__ = ["INVALID", "ValidationReport", "validate"]
@@ -39,6 +41,7 @@ INVALID: dict[str, str] = {
     "non_finite": "box(es) with a NaN or infinite coordinate",
     "empty_box": "zero/negative-size box(es)",
     "outside": "box(es) entirely outside their image",
+    "bad_segmentation": "annotation(s) with a malformed segmentation",
 }
 WARN: dict[str, str] = {"clipped": "box(es) partly outside their image (clipped)"}
 DROP_HINT = "set data.drop_invalid: true to drop them"
@@ -132,6 +135,28 @@ def _concat(arrays: list[np.ndarray], tail: tuple[int, ...], dtype: Any) -> np.n
     return np.concatenate(arrays) if arrays else np.zeros((0, *tail), dtype)
 
 
+def mark_segmentations(
+    recs: list[DetRecord], offsets: np.ndarray, mark: Callable[..., None]
+) -> None:
+    """Mark boxes whose segmentation cannot be decoded (odd coordinate count, fewer than 3
+    points, an RLE of another size); a Python pass, so only over records that have masks."""
+    if not any(r.segmentations is not None for r in recs):
+        return
+    bad = np.zeros(int(offsets[-1]), bool)
+    details: dict[int, str] = {}
+    for i, rec in enumerate(recs):
+        if rec.segmentations is None:
+            continue
+        for j, seg in enumerate(rec.segmentations):
+            problem = segmentation_problem(seg, rec.height, rec.width)
+            if problem is not None:
+                k = int(offsets[i]) + j
+                bad[k] = True
+                details[k] = problem
+    if bad.any():
+        mark("bad_segmentation", bad, details)
+
+
 def validate(
     ds: DetDataset,
     *,
@@ -143,7 +168,8 @@ def validate(
 
     Checks: image file exists (``check_files``), image size positive, label in
     ``0..K-1`` (a COCO category id absent from ``categories`` arrives as -1), finite
-    coordinates, positive width and height, some area inside the image. Boxes
+    coordinates, positive width and height, some area inside the image, a segmentation
+    (where the data has them) that can be decoded at the image's size. Boxes
     partly outside are clipped to the image (counted when beyond ``tolerance``
     pixels). Without ``drop_invalid`` any invalid image or box raises one
     DataError with the report and the hint to drop them; with it, invalid boxes
@@ -188,11 +214,17 @@ def validate(
         extra = f" in a {rec.width}x{rec.height} image" if detail else ""
         return _describe(ds, rec, j - int(offsets[owner[j]]), extra)
 
-    def mark(problem: str, mask: np.ndarray, detail: bool = False) -> None:
+    def mark(problem: str, mask: np.ndarray, detail: bool | dict[int, str] = False) -> None:
         nonlocal bad
         mask = mask & ~bad  # each box counted once, under its first problem
         if mask.any():
-            report._add(problem, int(mask.sum()), first(mask, detail))
+            if isinstance(detail, dict):  # per-box explanations (segmentations)
+                j = int(np.flatnonzero(mask)[0])
+                rec = recs[int(owner[j])]
+                text = _describe(ds, rec, j - int(offsets[owner[j]]), f": {detail[j]}")
+            else:
+                text = first(mask, detail)
+            report._add(problem, int(mask.sum()), text)
             bad = bad | mask
 
     k = ds.num_classes
@@ -204,6 +236,7 @@ def validate(
         mark("empty_box", (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
         clipped = np.minimum(np.maximum(boxes, 0), hi)
         mark("outside", (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]), True)
+        mark_segmentations(recs, offsets, mark)
         moved = (np.abs(clipped - boxes) > tolerance).any(axis=1) & ~bad
         changed = ((clipped != boxes).any(axis=1) & ~bad) | bad
     if moved.any():

@@ -26,6 +26,10 @@ Sample = dict[str, Any]
 #: Keys holding one value per box; indexed together with ``boxes``.
 PER_BOX_KEYS = ("labels", "scores", "iscrowd", "difficult")
 
+#: Instance masks, uint8 (N,H,W) ``tv_tensors.Mask`` on the image's canvas: one per box,
+#: indexed with ``boxes`` and moved by every geometric transform (nearest, never blended).
+MASKS = "masks"
+
 XYXY = tv_tensors.BoundingBoxFormat.XYXY
 
 #: Sizes are written [height, width], as in PaddleDetection.
@@ -111,7 +115,24 @@ def prepare(sample: Any, who: str) -> Sample:
             out[key] = value
     if out["labels"].dtype != torch.int64:
         out["labels"] = out["labels"].to(torch.int64)
+    if sample.get(MASKS) is not None:
+        out[MASKS] = prepare_masks(sample[MASKS], canvas, n, who)
     return out
+
+
+def prepare_masks(masks: Any, canvas: tuple[int, int], n: int, who: str) -> tv_tensors.Mask:
+    """``masks`` as a uint8 (n, H, W) Mask on ``canvas``; raises DataError naming ``who``."""
+    if isinstance(masks, tv_tensors.Mask) and masks.dtype == torch.uint8:
+        t = masks
+    else:
+        arr = masks if isinstance(masks, torch.Tensor) else torch.as_tensor(np.asarray(masks))
+        t = tv_tensors.Mask(arr.as_subclass(torch.Tensor).to(torch.uint8))
+    if t.ndim != 3 or t.shape[0] != n or tuple(t.shape[-2:]) != canvas:
+        raise DataError(
+            f"{who}: 'masks' must be (N, H, W) = ({n}, {canvas[0]}, {canvas[1]}), one per box "
+            f"on the image's canvas, got {tuple(t.shape)}"
+        )
+    return t
 
 
 def keep_boxes(sample: Sample, mask: torch.Tensor) -> Sample:
@@ -121,6 +142,9 @@ def keep_boxes(sample: Sample, mask: torch.Tensor) -> Sample:
     for key in PER_BOX_KEYS:
         if key in sample and sample[key] is not None:
             sample[key] = sample[key][mask]
+    if sample.get(MASKS) is not None:
+        masks = sample[MASKS]
+        sample[MASKS] = tv_tensors.wrap(masks.as_subclass(torch.Tensor)[mask], like=masks)
     return sample
 
 

@@ -12,7 +12,15 @@ import torch
 
 from e2ekit.core.errors import DataError
 from e2ekit.core.transform_args import fill_arg, interp_arg, number_arg, sizes_arg
-from e2ekit.det.data.transforms._base import HW, INTERP, Sample, plain, prepare, randint
+from e2ekit.det.data.transforms._base import (
+    HW,
+    INTERP,
+    MASKS,
+    Sample,
+    plain,
+    prepare,
+    randint,
+)
 from e2ekit.det.data.transforms._container import build_list
 from e2ekit.det.data.transforms._geometry import keep_ratio_size, pad_to, resize_sample
 from e2ekit.det.registry import BATCH_TRANSFORMS
@@ -139,7 +147,8 @@ def pad_collate(
     Returns ``images`` float32 (B,3,H,W) (uint8 images are converted, not rescaled) and one
     target dict per sample: ``boxes`` float32 (N,4) plain tensor, ``labels`` int64 (N,),
     the other per-box keys (``scores`` filled with 1 where a sample lacks it while others
-    have it), ``image_size`` int64 [h, w] before padding, and the sample's other keys.
+    have it), ``masks`` uint8 (N,H,W) on the padded canvas when the sample has masks,
+    ``image_size`` int64 [h, w] before padding, and the sample's other keys.
     """
     if len(samples) == 0:
         raise DataError("pad_collate: empty batch")
@@ -162,6 +171,10 @@ def pad_collate(
         else:
             target["boxes"] = plain(s["boxes"]).to(torch.float32)
         n = len(target["boxes"])
+        if s.get(MASKS) is not None:  # on the padded canvas, so masks[i] overlays images[b]
+            masks = torch.zeros((n, height, width), dtype=torch.uint8)
+            masks[:, :h, :w] = plain(s[MASKS]).to(torch.uint8)
+            target[MASKS] = masks
         if any_scores and target.get("scores") is None:
             target["scores"] = torch.ones(n, dtype=torch.float32)
         target["image_size"] = torch.tensor([h, w], dtype=torch.int64)

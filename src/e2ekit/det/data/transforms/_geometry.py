@@ -1,8 +1,9 @@
 """Geometric det transforms: flips, resizes, crops, zoom-out, padding and box clean-up.
 
 Each moves the image and its boxes through the same torchvision v2 functional op (tv_tensors
-pick the kernel), so boxes stay on their objects; boxes that leave the image are dropped with
-their per-box values.
+pick the kernel), so boxes stay on their objects; instance masks (``tv_tensors.Mask``) go
+through the same op (nearest, zero fill); boxes that leave the image are dropped with their
+per-box values and masks.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from e2ekit.core.transform_args import (
 from e2ekit.det.data.transforms._base import (
     HW,
     INTERP,
+    MASKS,
     DetTransform,
     Sample,
     keep_boxes,
@@ -64,6 +66,8 @@ def resize_sample(
         sample["image"] = F.resize(image, [height, width], interpolation=mode, antialias=antialias)
         if sample.get("boxes") is not None:
             sample["boxes"] = F.resize(sample["boxes"], [height, width])
+        if sample.get(MASKS) is not None:  # a Mask resizes with nearest: stays 0/1
+            sample[MASKS] = F.resize(sample[MASKS], [height, width])
     if record:
         factor = torch.tensor([height / h, width / w], dtype=torch.float32)
         if sample.get("scale_factor") is not None:
@@ -90,6 +94,8 @@ def pad_to(sample: Sample, th: int, tw: int, fill: Sequence[float], what: str) -
     sample["image"] = F.pad(image, padding, fill=pixel_fill(fill, image, what))
     if sample.get("boxes") is not None:
         sample["boxes"] = F.pad(sample["boxes"], padding)  # no shift: only the canvas grows
+    if sample.get(MASKS) is not None:
+        sample[MASKS] = F.pad(sample[MASKS], padding, fill=0)
     return sample
 
 
@@ -105,6 +111,8 @@ class RandomFlip(DetTransform):
             sample["image"] = F.horizontal_flip(sample["image"])
             if sample.get("boxes") is not None:
                 sample["boxes"] = F.horizontal_flip(sample["boxes"])
+            if sample.get(MASKS) is not None:
+                sample[MASKS] = F.horizontal_flip(sample[MASKS])
         return sample
 
 
@@ -267,6 +275,8 @@ class RandomCrop(DetTransform):
                     continue
                 sample["image"] = F.crop(sample["image"], top, left, ch, cw)
                 sample["boxes"] = F.crop(boxes, top, left, ch, cw)  # shifted and clipped
+                if sample.get(MASKS) is not None:
+                    sample[MASKS] = F.crop(sample[MASKS], top, left, ch, cw)
                 cropped = plain(sample["boxes"])
                 inside &= (cropped[:, 2:] > cropped[:, :2]).all(dim=1)
                 return keep_boxes(sample, inside)
@@ -308,6 +318,10 @@ class RandomExpand(DetTransform):
             )
         if sample.get("boxes") is None:
             sample["image"] = self._op(image)
+        elif sample.get(MASKS) is not None:  # one call: the same canvas and offset for all
+            sample["image"], sample["boxes"], sample[MASKS] = self._op(
+                image, sample["boxes"], sample[MASKS]
+            )
         else:
             sample["image"], sample["boxes"] = self._op(image, sample["boxes"])
         return sample

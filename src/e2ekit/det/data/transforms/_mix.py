@@ -28,6 +28,7 @@ from e2ekit.core.transform_args import (
 from e2ekit.det.data.transforms._base import (
     HW,
     INTERP,
+    MASKS,
     PER_BOX_KEYS,
     XYXY,
     DetTransform,
@@ -41,10 +42,30 @@ from e2ekit.det.data.transforms._base import (
 from e2ekit.det.data.transforms._geometry import resize_sample
 from e2ekit.det.registry import TRANSFORMS
 
+#: Keys a mix transform rebuilds from its parts rather than copying from the first sample.
+MIXED_KEYS = ("boxes", *PER_BOX_KEYS, MASKS)
+
+
+def place_masks(
+    masks: torch.Tensor,
+    canvas: tuple[int, int],
+    dst: tuple[int, int, int, int],
+    src: tuple[int, int],
+) -> torch.Tensor:
+    """(N, H', W') masks pasted on a zero ``canvas``: the region ``dst`` (x1, y1, x2, y2)
+    receives the masks' pixels from ``src`` (sx, sy) on, as the image tile is pasted."""
+    x1, y1, x2, y2 = dst
+    sx, sy = src
+    out = torch.zeros((masks.shape[0], *canvas), dtype=torch.uint8)
+    if x2 > x1 and y2 > y1:
+        out[:, y1:y2, x1:x2] = plain(masks)[:, sy : sy + y2 - y1, sx : sx + x2 - x1]
+    return out
+
 
 def concat_boxes(parts: list[Sample], canvas: tuple[int, int]) -> dict[str, Any]:
     """Concatenate boxes and per-box keys of several samples (boxes already in the output's
-    coordinates); a key missing from some parts is filled (scores 1, others 0)."""
+    coordinates); a key missing from some parts is filled (scores 1, others 0). Masks (already
+    on ``canvas``) are concatenated when any part has them; a part without gets zeros."""
     boxes = [plain(p["boxes"]) if p.get("boxes") is not None else torch.zeros(0, 4) for p in parts]
     out: dict[str, Any] = {
         "boxes": tv_tensors.BoundingBoxes(torch.cat(boxes), format=XYXY, canvas_size=canvas)
@@ -63,6 +84,12 @@ def concat_boxes(parts: list[Sample], canvas: tuple[int, int]) -> dict[str, Any]
             else:
                 values.append(torch.zeros(len(b), dtype=dtype))
         out[key] = torch.cat(values)
+    if any(p.get(MASKS) is not None for p in parts):
+        masks = [
+            plain(p[MASKS]) if p.get(MASKS) is not None else torch.zeros((len(b), *canvas))
+            for p, b in zip(parts, boxes, strict=True)
+        ]
+        out[MASKS] = tv_tensors.Mask(torch.cat([m.to(torch.uint8) for m in masks]))
     return out
 
 
@@ -110,7 +137,7 @@ class Mixup(MixTransform):
     """Blend two images with ``f ~ Beta(alpha, beta)``: ``f * a + (1 - f) * b`` on a canvas
     of the larger height and width (top-left aligned, zeros elsewhere, as PaddleDetection).
 
-    Boxes and labels are concatenated (a's first); ``scores`` (1 where absent) become
+    Boxes, labels and masks are concatenated (a's first); ``scores`` (1 where absent) become
     ``f * scores_a`` and ``(1 - f) * scores_b`` so a loss can weight the boxes.
     """
 
@@ -138,11 +165,14 @@ class Mixup(MixTransform):
         canvas = torch.zeros((ia.shape[0], height, width), dtype=torch.float32)
         canvas[:, : ia.shape[1], : ia.shape[2]] += ia.to(torch.float32) * factor
         canvas[:, : ib.shape[1], : ib.shape[2]] += ib.to(torch.float32) * (1.0 - factor)
-        out = {k: v for k, v in a.items() if k not in ("boxes", *PER_BOX_KEYS)}
+        out = {k: v for k, v in a.items() if k not in MIXED_KEYS}
         out["image"] = tv_tensors.Image(canvas.round_().clamp_(0, 255).to(torch.uint8))
         parts = []
         for s, weight in ((a, factor), (b, 1.0 - factor)):
-            part = {k: s.get(k) for k in ("boxes", *PER_BOX_KEYS)}
+            part = {k: s.get(k) for k in MIXED_KEYS}
+            if s.get(MASKS) is not None:  # top-left aligned on the larger canvas
+                ih, iw = s[MASKS].shape[-2:]
+                part[MASKS] = place_masks(s[MASKS], (height, width), (0, 0, iw, ih), (0, 0))
             n = 0 if s.get("boxes") is None else len(s["boxes"])
             scores = s.get("scores")
             scores = torch.ones(n) if scores is None else scores.to(torch.float32)
@@ -160,7 +190,7 @@ class Mosaic(MixTransform):
     centre is drawn at ``center_ratio`` x (h/2, w/2) (a 2x2 grid at 1.0), and image k fills
     the top-left, top-right, bottom-left, bottom-right quadrant around it, cut at the canvas
     edge; the rest is ``fill_value``. Boxes are moved with their image, clipped to the part
-    of it that is visible, and dropped (with their labels) when narrower or shorter than
+    of it that is visible, and dropped (with their labels and masks) when narrower or shorter than
     ``min_box_size`` pixels. Objects come out at about half size: the small-object scale
     augmentation mosaic is used for; resize afterwards as usual.
     """
@@ -218,14 +248,16 @@ class Mosaic(MixTransform):
             if x2 > x1 and y2 > y1:
                 tile = plain(s["image"])[:, sy : sy + y2 - y1, sx : sx + x2 - x1]
                 canvas[:, y1:y2, x1:x2] = tile
-            part = {key: s.get(key) for key in ("boxes", *PER_BOX_KEYS)}
+            part = {key: s.get(key) for key in MIXED_KEYS}
+            if s.get(MASKS) is not None:  # cut and pasted exactly as the image tile
+                part[MASKS] = place_masks(s[MASKS], (height, width), (x1, y1, x2, y2), (sx, sy))
             if s.get("boxes") is not None:
                 b = plain(s["boxes"]) + torch.tensor([x1 - sx, y1 - sy] * 2, dtype=torch.float32)
                 b[:, 0::2] = b[:, 0::2].clamp(x1, x2)
                 b[:, 1::2] = b[:, 1::2].clamp(y1, y2)
                 part["boxes"] = b
             parts.append(part)
-        out = {k: v for k, v in samples[0].items() if k not in ("boxes", *PER_BOX_KEYS)}
+        out = {k: v for k, v in samples[0].items() if k not in MIXED_KEYS}
         out["image"] = tv_tensors.Image(canvas)
         out.update(concat_boxes(parts, (height, width)))
         b = plain(out["boxes"])
