@@ -164,6 +164,7 @@ class FasterRCNN(Detector):
                 f"{len(anchor_sizes)} anchor_sizes"
             )
         self.strides = tuple(int(s) for s in strides)
+        self.representation_size = int(representation_size)
         self.backbone = backbone
         sizes = octave_anchor_sizes(anchor_sizes, scales_per_octave=1)
         ratios = (tuple(float(r) for r in aspect_ratios),) * len(sizes)
@@ -188,18 +189,34 @@ class FasterRCNN(Detector):
             score_thresh=rpn_score_thresh,
         )
         pooler = MultiScaleRoIAlign(list(roi_levels), roi_output_size, roi_sampling_ratio)
-        self.roi_heads = RoIHeads(
+        self.roi_heads = self._make_roi_heads(
             pooler,
-            TwoMLPHead(channels * roi_output_size**2, representation_size),
-            FastRCNNPredictor(representation_size, num_classes + 1),  # + background
+            channels * roi_output_size**2,
+            {
+                "batch_size_per_image": roi_batch_size_per_image,
+                "positive_fraction": roi_positive_fraction,
+                "score_thresh": score_thresh,
+                "nms_thresh": nms_thresh,
+                "detections_per_img": max_detections,
+            },
+        )
+
+    def _make_roi_heads(
+        self, pooler: MultiScaleRoIAlign, in_features: int, settings: dict[str, Any]
+    ) -> nn.Module:
+        """The second stage on the pooled RoIs (``in_features`` each); ``settings`` are
+        :class:`RoIHeads`' sampling and post-processing arguments. Subclasses with other
+        second stages (Cascade R-CNN) override this.
+        """
+        size = self.representation_size
+        return RoIHeads(
+            pooler,
+            TwoMLPHead(in_features, size),
+            FastRCNNPredictor(size, self.num_classes + 1),  # + background
             fg_iou_thresh=0.5,
             bg_iou_thresh=0.5,
-            batch_size_per_image=roi_batch_size_per_image,
-            positive_fraction=roi_positive_fraction,
             bbox_reg_weights=None,  # torchvision's (10, 10, 5, 5)
-            score_thresh=score_thresh,
-            nms_thresh=nms_thresh,
-            detections_per_img=max_detections,
+            **settings,
         )
 
     def _image_list(self, images: Tensor) -> ImageList:
@@ -303,16 +320,17 @@ def _check_ranges(args: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- weights
 
 
-def load_detector_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a whole-detector checkpoint; only the class-dependent predictor may be missing
-    or differ in shape (another class count). Anything else missing means the file was saved
-    from another architecture or other settings, which would silently train from scratch.
+def load_detector_weights(
+    model: nn.Module, path: str | Path, may_differ: tuple[str, ...] = (CLASS_DEPENDENT,)
+) -> None:
+    """Load a whole-detector checkpoint; only the tensors under ``may_differ`` (the
+    class-dependent predictor) may be missing or differ in shape (another class count).
+    Anything else missing means the file was saved from another architecture or other
+    settings, which would silently train from scratch.
     """
     missing = load_weights(model, path)
     bad = [
-        k
-        for k in missing
-        if not k.startswith(CLASS_DEPENDENT) and not k.endswith("num_batches_tracked")
+        k for k in missing if not k.startswith(may_differ) and not k.endswith("num_batches_tracked")
     ]
     if bad:
         raise ConfigError(
@@ -355,27 +373,33 @@ def _resnet_fpn(
     return fpn, RESNET_STRIDES, RESNET_ROI_LEVELS
 
 
+BackboneMaker = Callable[[type[nn.Module], int | None, str | None], Any]
+
+
 def _build(
     num_classes: int,
-    make_backbone: Callable[[type[nn.Module], int | None, str | None], Any],
+    make_backbone: BackboneMaker,
     pretrained: str | None,
     trainable_layers: int | None,
     frozen_bn: bool | None,
     kwargs: dict[str, Any],
+    make_model: Callable[..., FasterRCNN] = FasterRCNN,
+    load: Callable[[nn.Module, str], None] = load_detector_weights,
 ) -> FasterRCNN:
     """Backbone (BN kind and frozen stages from the weights, as torchvision), heads, weights.
 
     ``make_backbone(norm_layer, trainable_layers, backbone_weights)`` returns the FPN
-    backbone, its strides and the RoIAlign levels.
+    backbone, its strides and the RoIAlign levels; ``make_model`` (a :class:`FasterRCNN`
+    class) takes them and ``kwargs``; ``load`` reads a whole-detector checkpoint into it.
     """
     detector_ckpt, backbone_ckpt = _split_pretrained(pretrained)
     if frozen_bn is None:  # torchvision: frozen BN under pretrained weights, else BN
         frozen_bn = bool(pretrained)
     norm = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
     backbone, strides, roi_levels = make_backbone(norm, trainable_layers, backbone_ckpt)
-    model = FasterRCNN(num_classes, backbone, strides, roi_levels, **kwargs)
+    model = make_model(num_classes, backbone, strides, roi_levels, **kwargs)
     if detector_ckpt:
-        load_detector_weights(model, detector_ckpt)
+        load(model, detector_ckpt)
     return model
 
 
@@ -384,6 +408,30 @@ def _trainable(trainable_layers: int | None, pretrained: str | None, full: int) 
     if trainable_layers is None:
         return 3 if pretrained else full
     return int(trainable_layers)
+
+
+def resnet50_fpn_maker(fpn_channels: int, pretrained: str | None) -> BackboneMaker:
+    """The ``make_backbone`` of :func:`_build` for a ResNet-50 + FPN."""
+
+    def make(norm: type[nn.Module], trainable: int | None, weights: str | None) -> Any:
+        net = tvm.resnet50(weights=None, norm_layer=norm)
+        _load_backbone(net, weights)
+        return _resnet_fpn(net, fpn_channels, _trainable(trainable, pretrained, 5))
+
+    return make
+
+
+def narrow_resnet_fpn_maker(
+    widths: Sequence[int], blocks: int, fpn_channels: int, pretrained: str | None
+) -> BackboneMaker:
+    """The ``make_backbone`` of :func:`_build` for a :class:`NarrowResNet` + FPN."""
+
+    def make(norm: type[nn.Module], trainable: int | None, weights: str | None) -> Any:
+        net = NarrowResNet(widths, blocks, norm_layer=norm)
+        _load_backbone(net, weights)
+        return _resnet_fpn(net, fpn_channels, _trainable(trainable, pretrained, 5))
+
+    return make
 
 
 # --------------------------------------------------------------------------- builders
@@ -421,12 +469,7 @@ def faster_rcnn_r50_fpn(
     switches to frozen BN and ``trainable_layers`` 3 unless given).
     """
     kwargs = _head_kwargs(locals())
-
-    def backbone(norm: type[nn.Module], trainable: int | None, weights: str | None) -> Any:
-        net = tvm.resnet50(weights=None, norm_layer=norm)
-        _load_backbone(net, weights)
-        return _resnet_fpn(net, fpn_channels, _trainable(trainable, pretrained, 5))
-
+    backbone = resnet50_fpn_maker(fpn_channels, pretrained)
     return _build(num_classes, backbone, pretrained, trainable_layers, frozen_bn, kwargs)
 
 
@@ -515,12 +558,7 @@ def faster_rcnn_tiny(
     and one RoIAlign sample per bin: RoIAlign's backward dominates a CPU step otherwise.
     """
     kwargs = _head_kwargs(locals())
-
-    def backbone(norm: type[nn.Module], trainable: int | None, weights: str | None) -> Any:
-        net = NarrowResNet(widths, blocks, norm_layer=norm)
-        _load_backbone(net, weights)
-        return _resnet_fpn(net, fpn_channels, _trainable(trainable, pretrained, 5))
-
+    backbone = narrow_resnet_fpn_maker(widths, blocks, fpn_channels, pretrained)
     return _build(num_classes, backbone, pretrained, trainable_layers, frozen_bn, kwargs)
 
 
