@@ -16,7 +16,6 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from e2ekit.core.config import load_config
 from e2ekit.core.errors import ConfigError, DataError
 from e2ekit.det.config import DetConfig
-from e2ekit.det.data.synthetic import render_sample
 from e2ekit.det.models.base import Detector
 from e2ekit.det.models.faster_rcnn import (
     FasterRCNN,
@@ -30,19 +29,11 @@ from e2ekit.det.registry import MODELS
 from e2ekit.det.task import DetTask
 
 from ..conftest import ROOT
+from .rcnn_helpers import assert_eval_contract, one_thread, shapes_batch  # noqa: F401
 
 CONFIGS = ROOT / "configs" / "det"
 LOSSES = {"loss_rpn_cls", "loss_rpn_box", "loss_rcnn_cls", "loss_rcnn_box"}
 NUM_CLASSES = 3
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small convs on a busy 2-core box: one thread avoids spinning against other work
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _tiny(**kwargs) -> FasterRCNN:
@@ -63,17 +54,7 @@ def _targets() -> list[dict[str, torch.Tensor]]:
 
 
 def _shapes(n: int, size: int = 128) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
-    """``n`` built-in shapes images (normalised like the data pipeline) and their targets."""
-    rng = np.random.default_rng(0)
-    images, targets = [], []
-    for i in range(n):
-        image, boxes, labels = render_sample(rng, (size, size), NUM_CLASSES, i % NUM_CLASSES, 3)
-        images.append(torch.from_numpy(image).permute(2, 0, 1).float() / 255.0)
-        targets.append({"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels)})
-    batch = torch.stack(images)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    return (batch - mean) / std, targets
+    return shapes_batch(n, NUM_CLASSES, size)
 
 
 # --------------------------------------------------------------------------- building
@@ -168,26 +149,7 @@ def test_losses_decrease_on_shapes() -> None:
 
 
 def test_eval_output_contract() -> None:
-    model = _tiny(max_detections=7, score_thresh=0.0).eval()
-    images = torch.randn(2, 3, 128, 160)
-    with torch.no_grad():
-        boxes, scores = model.forward_raw(images)
-        dets = model(images)
-    proposals = model.rpn.post_nms_top_n()
-    assert boxes.shape[0] == 2 and boxes.shape[1] <= proposals * NUM_CLASSES
-    assert scores.shape == (*boxes.shape[:2], NUM_CLASSES)
-    assert ((scores > 0).sum(-1) <= 1).all()  # one class per (proposal, class) row
-    assert len(dets) == 2
-    for det in dets:
-        assert set(det) == {"boxes", "scores", "labels"}
-        m = det["scores"].shape[0]
-        assert 0 < m <= 7 and det["boxes"].shape == (m, 4) and det["labels"].shape == (m,)
-        assert det["labels"].dtype == torch.int64
-        assert ((det["labels"] >= 0) & (det["labels"] < NUM_CLASSES)).all()
-        b = det["boxes"]
-        assert (b[:, 0::2] >= 0).all() and (b[:, 0::2] <= 160).all()
-        assert (b[:, 1::2] >= 0).all() and (b[:, 1::2] <= 128).all()
-        assert (det["scores"][:-1] >= det["scores"][1:]).all()
+    assert_eval_contract(_tiny(max_detections=7, score_thresh=0.0).eval(), NUM_CLASSES, 7)
 
 
 def test_eval_equals_torchvision_postprocessing_with_labels_shifted() -> None:
