@@ -17,6 +17,8 @@ their outputs and still runs the old one, an image per call.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -162,6 +164,45 @@ class DetExportModule(nn.Module):
         return batched_nms_graph(boxes, scores, d.score_thresh, d.nms_thresh, d.max_detections)
 
 
+class DetMaskModule(nn.Module):
+    """A mask detector run from its checkpoint (``predict --weights``): the NMS layout's
+    padded outputs plus ``masks`` (B, K, H, W) probabilities in input pixels. Never
+    exported (see :class:`CheckpointOnlySpec`)."""
+
+    def __init__(self, det: nn.Module) -> None:
+        super().__init__()
+        self.det = det
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        found = self.det(image)
+        k = max(1, max(len(d["boxes"]) for d in found))
+        h, w = image.shape[-2:]
+        boxes = image.new_zeros((len(found), k, 4))
+        scores = image.new_zeros((len(found), k))
+        labels = torch.full((len(found), k), PADDING_LABEL, dtype=torch.int64)
+        masks = image.new_zeros((len(found), k, h, w))
+        for b, d in enumerate(found):
+            n = len(d["boxes"])
+            boxes[b, :n], scores[b, :n], labels[b, :n] = d["boxes"], d["scores"], d["labels"]
+            masks[b, :n] = d["masks"].reshape(n, h, w)
+        counts = torch.tensor([len(d["boxes"]) for d in found], dtype=torch.int64)
+        return boxes, scores, labels, counts, masks
+
+
+@dataclass
+class CheckpointOnlySpec(ExportSpec):
+    """The spec of a model that runs from its checkpoint but has no faithful ONNX graph:
+    ``predict --weights`` uses its module, ``export`` is refused with ``refused``."""
+
+    refused: str = ""
+
+    def export(self, out_dir: str | Path, opset: int = 17, atol: float = 1e-4) -> dict[str, Any]:
+        model_type = self.deploy.get("model_type")
+        raise ConfigError(
+            f"det export is not available for model.type {model_type}: {self.refused}"
+        )
+
+
 def traces_a_batch(det: nn.Module) -> bool:
     """Whether ``forward_raw`` traces with a dynamic batch. A detector whose rows differ in
     number per image (``raw_export_refused``: Faster R-CNN's proposals) splits the batch in
@@ -248,6 +289,18 @@ def det_export_spec(
         "max_image_pixels": cfg.predict.max_image_pixels,
         "box_format": "xyxy in input pixels; scale back by original / input size",
     }
+    onnx_refused = getattr(det, "onnx_export_refused", None)
+    if onnx_refused:  # masks: runs from the checkpoint only
+        deploy |= {"nms_layout": PADDED, "mask_format": "masks (B, K, H, W) input-pixel probs"}
+        return CheckpointOnlySpec(
+            module=DetMaskModule(det).eval(),
+            example_inputs=example,
+            output_names=[*NMS_OUTPUTS, "masks"],
+            dynamic_axes=axes,
+            deploy=deploy,
+            parity_inputs=parity,
+            refused=str(onnx_refused),
+        )
     if nms:
         deploy["nms_layout"] = PADDED
         deploy["count_output"] = "num_detections"  # int8 checks compare counts, not rows

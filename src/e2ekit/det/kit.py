@@ -203,7 +203,8 @@ def _save_drawn(
         f"{runner.names[int(k)]} {s:.2f}"
         for k, s in zip(det["labels"][keep], det["scores"][keep], strict=True)
     ]
-    save_image(draw(image, det["boxes"][keep], caps), png)
+    masks = det["masks"][keep] if "masks" in det else None
+    save_image(draw(image, det["boxes"][keep], caps, masks), png)
     return int(keep.sum())
 
 

@@ -46,6 +46,7 @@ from e2ekit.core.fileio import atomic_write_json
 __all__ = [
     "COCO_STAT_NAMES",
     "coco_evaluate",
+    "encode_masks",
     "to_coco_detections",
     "voc_ap",
     "voc_evaluate",
@@ -54,7 +55,7 @@ __all__ = [
 
 log = logging.getLogger("e2ekit.det")
 
-# Order of ``COCOeval.stats`` for iouType="bbox".
+# Order of ``COCOeval.stats`` for iouType="bbox" (and "segm").
 COCO_STAT_NAMES: tuple[str, ...] = (
     *("mAP", "AP50", "AP75", "APs", "APm", "APl"),
     *("AR1", "AR10", "AR100", "ARs", "ARm", "ARl"),
@@ -91,16 +92,25 @@ def _quiet_stdout() -> Iterator[None]:
 # --------------------------------------------------------------------------- COCO
 
 
-def _check_detections(detections: Sequence[dict], img_ids: set, cat_ids: set) -> list[dict]:
-    """Validated shallow copies (pycocotools writes area/id/segmentation into result dicts)."""
+def _check_detections(
+    detections: Sequence[dict], img_ids: set, cat_ids: set, iou_type: str = "bbox"
+) -> list[dict]:
+    """Validated shallow copies (pycocotools writes area/id/segmentation into result dicts).
+
+    For ``segm`` each needs a ``segmentation`` (RLE) and loses its ``bbox``: pycocotools'
+    ``loadRes`` takes a result with a box as a box result (box area, box polygon), without
+    one it takes the area and box from the mask.
+    """
     out: list[dict] = []
     for i, det in enumerate(detections):
         try:
             image_id, category_id = det["image_id"], det["category_id"]
-            bbox, score = det["bbox"], det["score"]
+            score = det["score"]
+            shape = det["segmentation"] if iou_type == "segm" else det["bbox"]
         except KeyError as exc:
+            need = "segmentation" if iou_type == "segm" else "bbox"
             raise ValueError(
-                f"detection {i} has no key {exc}; need image_id, category_id, bbox, score"
+                f"detection {i} has no key {exc}; need image_id, category_id, {need}, score"
             ) from exc
         if image_id not in img_ids:
             raise ValueError(
@@ -112,11 +122,25 @@ def _check_detections(detections: Sequence[dict], img_ids: set, cat_ids: set) ->
                 f"detection {i} has category_id {category_id!r}, which is not a "
                 f"ground-truth category (ids: {sorted(cat_ids)})"
             )
-        box = [float(v) for v in _to_numpy(bbox, np.float64).reshape(-1)]
+        if iou_type == "segm":
+            rest = {k: v for k, v in det.items() if k != "bbox"}
+            out.append({**rest, "segmentation": shape, "score": float(score)})
+            continue
+        box = [float(v) for v in _to_numpy(shape, np.float64).reshape(-1)]
         if len(box) != 4:
-            raise ValueError(f"detection {i} bbox must be [x, y, w, h], got {bbox!r}")
+            raise ValueError(f"detection {i} bbox must be [x, y, w, h], got {shape!r}")
         out.append({**det, "bbox": box, "score": float(score)})
     return out
+
+
+def _with_segmentation(ann: dict) -> dict:
+    """A ground-truth annotation for segm evaluation: one without a segmentation is its
+    box as a polygon (as the data side fills a box-only instance's mask)."""
+    seg = ann.get("segmentation")
+    if seg is not None and not (isinstance(seg, list) and len(seg) == 0):
+        return dict(ann)
+    x, y, w, h = (float(v) for v in ann["bbox"])
+    return {**ann, "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}
 
 
 def coco_evaluate(
@@ -125,8 +149,13 @@ def coco_evaluate(
     *,
     classwise: bool = False,
     class_names: Sequence[str] | None = None,
+    iou_type: Literal["bbox", "segm"] = "bbox",
 ) -> dict[str, Any]:
-    """COCO bbox AP/AR of ``detections`` against the ground-truth dict ``gt``.
+    """COCO bbox (or, with ``iou_type="segm"``, mask) AP/AR of ``detections`` against the
+    ground-truth dict ``gt``.
+
+    For ``segm`` the detections carry ``segmentation`` (COCO RLE at the image's size)
+    instead of ``bbox``, and ground-truth annotations without one count as their box.
 
     ``gt`` is a COCO instances dict (``images``, ``annotations`` with xywh ``bbox``, ``area``
     and ``iscrowd``, ``categories``); ``detections`` are COCO result dicts ``{image_id,
@@ -149,15 +178,21 @@ def coco_evaluate(
     dataset = {
         "images": list(gt["images"]),
         "categories": copy.deepcopy(gt["categories"]),
-        "annotations": [dict(a) for a in gt.get("annotations", [])],
+        "annotations": [
+            _with_segmentation(a) if iou_type == "segm" else dict(a)
+            for a in gt.get("annotations", [])
+        ],
     }
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     cats = sorted(dataset["categories"], key=lambda c: c["id"])
     cat_ids = [c["id"] for c in cats]
     if class_names is not None and len(class_names) != len(cat_ids):
         raise ValueError(
             f"class_names has {len(class_names)} names but gt has {len(cat_ids)} categories"
         )
-    dets = _check_detections(detections, {im["id"] for im in dataset["images"]}, set(cat_ids))
+    img_ids = {im["id"] for im in dataset["images"]}
+    dets = _check_detections(detections, img_ids, set(cat_ids), iou_type)
 
     with _quiet_stdout():
         coco_gt = COCO()
@@ -173,7 +208,7 @@ def coco_evaluate(
                 "annotations": [],
             }
             coco_dt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -227,6 +262,21 @@ def to_coco_detections(
         {"image_id": int(image_id), "category_id": int(category_ids[lab]), "bbox": box, "score": s}
         for box, s, lab in zip(xywh.tolist(), score_arr.tolist(), label_arr.tolist(), strict=True)
     ]
+
+
+def encode_masks(masks: Any) -> list[dict[str, Any]]:
+    """uint8/bool (M, H, W) binary masks -> COCO compressed RLEs, JSON-ready (``counts`` a
+    str), as COCO result files and ``iouType="segm"`` take them."""
+    from pycocotools import mask as mask_utils
+
+    arr = _to_numpy(masks, np.uint8)
+    if arr.ndim != 3:
+        raise ValueError(f"masks must be (M, H, W), got shape {arr.shape}")
+    out = []
+    for m in arr:
+        rle = mask_utils.encode(np.asfortranarray(m))
+        out.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")})
+    return out
 
 
 def write_coco_detections(path: str | os.PathLike[str], detections: Sequence[dict]) -> Path:

@@ -2,6 +2,10 @@
 
 Shared by ``predict`` (JSON lines and drawn images), ``serve`` and the export's parity and
 int8 calibration inputs, so every path resizes and normalises the same way.
+
+A model that returns instance masks (Mask R-CNN, run from its checkpoint) adds a ``masks``
+output, (B, K, S, S) probabilities in input pixels; they come back at each image's own
+size as uint8 (M, H, W), are drawn over the image and go into the JSON lines as COCO RLE.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
-from torchvision.utils import draw_bounding_boxes
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from e2ekit.core.errors import DataError
 from e2ekit.core.fileio import atomic_write
@@ -28,6 +33,7 @@ __all__ = [
     "DetRunner",
     "Preprocess",
     "draw",
+    "masks_in_image",
     "output_layout",
     "preprocess",
     "save_image",
@@ -42,8 +48,30 @@ PADDED, SINGLE, RAW = "padded", "single", "raw"
 NMS_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
 PADDING_LABEL = -1  # the label of a padding row
 
-# One image's boxes (M, 4), scores (M,) and labels (M,) in input pixels.
-Raw = tuple[np.ndarray, np.ndarray, np.ndarray]
+# One image's boxes (M, 4), scores (M,) and labels (M,) in input pixels, plus, for a mask
+# model, its masks (M, S, S) probabilities in input pixels.
+Raw = tuple[np.ndarray, ...]
+MASK_THRESHOLD = 0.5  # a mask probability above this is the object
+
+
+def masks_in_image(
+    masks: torch.Tensor, scale: tuple[float, float], size: tuple[int, int]
+) -> np.ndarray:
+    """Input-pixel mask probabilities (M, [1,] H', W') -> uint8 (M, h, w) in the original
+    image: the image's part of the (padded) input, ``scale`` (sy, sx) times its ``size``
+    (h, w), resized back bilinearly, then thresholded at 0.5 (as torchvision does)."""
+    h, w = int(size[0]), int(size[1])
+    probs = torch.as_tensor(masks, dtype=torch.float32)
+    probs = probs.reshape(-1, 1, *probs.shape[-2:])
+    if probs.shape[0] == 0:
+        return np.zeros((0, h, w), np.uint8)
+    sy, sx = float(scale[0]), float(scale[1])
+    top = max(1, min(probs.shape[-2], round(h * sy)))
+    left = max(1, min(probs.shape[-1], round(w * sx)))
+    probs = F.interpolate(
+        probs[..., :top, :left], size=(h, w), mode="bilinear", align_corners=False
+    )
+    return (probs[:, 0] > MASK_THRESHOLD).numpy().astype(np.uint8)
 
 
 class Preprocess:
@@ -82,10 +110,8 @@ def output_layout(predictor: Any) -> str:
 def unpad(out: Mapping[str, np.ndarray]) -> list[Raw]:
     """The padded outputs as each image's detections: its first ``num_detections`` rows."""
     counts = np.asarray(out["num_detections"]).astype(np.int64).reshape(-1)
-    return [
-        (out["boxes"][b, :n], out["scores"][b, :n], out["labels"][b, :n])
-        for b, n in enumerate(counts.tolist())
-    ]
+    keys = ("boxes", "scores", "labels", "masks") if "masks" in out else NMS_OUTPUTS[:3]
+    return [tuple(out[k][b, :n] for k in keys) for b, n in enumerate(counts.tolist())]
 
 
 def preprocess(image: torch.Tensor, info: Mapping[str, Any]) -> torch.Tensor:
@@ -168,35 +194,58 @@ class DetRunner:
 
     def _finish(self, raw: Raw, image: torch.Tensor) -> dict[str, np.ndarray]:
         """Input-pixel detections scaled back to ``image``'s pixels and clipped to it."""
-        boxes, scores, labels = raw
+        boxes, scores, labels = raw[:3]
         h, w = image.shape[-2:]
         sy, sx = h / self.size[0], w / self.size[1]
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * [sx, sy, sx, sy]
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
-        return {
+        found = {
             "boxes": boxes,
             "scores": np.asarray(scores, dtype=np.float32).reshape(-1),
             "labels": np.asarray(labels, dtype=np.int64).reshape(-1),
         }
+        if len(raw) > 3:  # input pixels -> the image's: the inverse scale of the boxes
+            scale = (self.size[0] / h, self.size[1] / w)
+            found["masks"] = masks_in_image(torch.as_tensor(raw[3]), scale, (int(h), int(w)))
+        return found
 
     def as_json(self, det: dict[str, np.ndarray], threshold: float = 0.0) -> list[dict[str, Any]]:
-        return [
-            {
+        """One dict per detection scoring at least ``threshold``; with masks, each carries
+        its mask as COCO RLE (``mask``: ``{size: [h, w], counts: str}``)."""
+        from e2ekit.det.metrics import encode_masks
+
+        keep = np.asarray(det["scores"]) >= threshold
+        rles: list[Any] = (
+            encode_masks(det["masks"][keep]) if "masks" in det else [None] * int(keep.sum())
+        )
+        items = []
+        picked = zip(det["boxes"][keep], det["scores"][keep], det["labels"][keep], strict=True)
+        for (b, s, lab), rle in zip(picked, rles, strict=True):
+            item = {
                 "label": self.names[int(lab)] if 0 <= int(lab) < len(self.names) else int(lab),
                 "class_id": int(lab),
                 "score": round(float(s), 5),
                 "box": [round(float(v), 2) for v in b],
             }
-            for b, s, lab in zip(det["boxes"], det["scores"], det["labels"], strict=True)
-            if s >= threshold
-        ]
+            if rle is not None:
+                item["mask"] = rle
+            items.append(item)
+        return items
 
 
-def draw(image: torch.Tensor, boxes: np.ndarray, captions: list[str]) -> torch.Tensor:
-    """Boxes and captions drawn on a uint8 (3, H, W) image."""
+def draw(
+    image: torch.Tensor,
+    boxes: np.ndarray,
+    captions: list[str],
+    masks: np.ndarray | None = None,
+) -> torch.Tensor:
+    """Boxes and captions (and instance ``masks`` uint8 (M, H, W), half-transparent) drawn on
+    a uint8 (3, H, W) image."""
     if len(boxes) == 0:
         return image
+    if masks is not None and len(masks):
+        image = draw_segmentation_masks(image, torch.as_tensor(masks).bool(), alpha=0.5)
     width = max(1, round(max(image.shape[-2:]) / 200))
     return draw_bounding_boxes(
         image, torch.as_tensor(boxes, dtype=torch.float32), labels=captions, width=width

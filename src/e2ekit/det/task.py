@@ -7,13 +7,18 @@ maps boxes back to original image pixels (the val transforms only resize) and sc
 with pycocotools against the validated ground truth; when ``eval.metric`` resolves to voc
 (the default for VOC data) it also reports Pascal VOC mAP (``voc_mAP``), which then selects
 ``best.pt`` unless ``train.metric`` says otherwise.
+
+A detector class with ``needs_masks`` (Mask R-CNN) gets instance masks: COCO is read with
+its segmentations, samples carry ``masks``, training targets pass them on, and evaluation
+adds COCO mask AP (``segm_mAP``, ``segm_AP50``, ``segm_AP75``) of the predicted masks
+mapped back to original pixels as the boxes are. VOC data has no masks: refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import numpy as np
 import torch
@@ -33,15 +38,38 @@ from e2ekit.det.data import (
     read_voc,
     validate,
 )
+from e2ekit.det.data.samples import RecordSamples
 from e2ekit.det.data.transforms import DetCollate, TransformDataset, build_transforms
-from e2ekit.det.metrics import coco_evaluate, to_coco_detections, voc_evaluate
+from e2ekit.det.metrics import coco_evaluate, encode_masks, to_coco_detections, voc_evaluate
 from e2ekit.det.registry import MODELS
 
-__all__ = ["DetTask", "DetTrainModel", "RecordsDataset"]
+__all__ = ["DetTask", "DetTrainModel", "RecordsDataset", "model_needs_masks"]
+
+SEGM_KEYS = {"mAP": "segm_mAP", "AP50": "segm_AP50", "AP75": "segm_AP75"}
 
 
 def _register_models() -> None:
     import e2ekit.det.models  # noqa: F401  (registers detectors)
+
+
+def model_needs_masks(model_type: Any) -> bool:
+    """Whether the detector ``model.type`` names trains on instance masks: its class (a
+    registered class, or the class a builder's return annotation names) says
+    ``needs_masks``. Known before any model or data is built."""
+    _register_models()
+    if not isinstance(model_type, str):
+        return False
+    try:
+        builder = MODELS.get(model_type)
+    except ConfigError:  # an unknown type fails later, where the model is built
+        return False
+    if isinstance(builder, type):
+        return bool(getattr(builder, "needs_masks", False))
+    try:
+        cls = get_type_hints(builder).get("return")
+    except (NameError, TypeError):  # an annotation that does not resolve: no class to ask
+        return False
+    return bool(getattr(cls, "needs_masks", False))
 
 
 class RecordsDataset(Dataset):
@@ -67,14 +95,21 @@ class RecordsDataset(Dataset):
 
 
 def _detections_in_pixels(
-    det: Callable[[torch.Tensor], Any], loader: Iterable[Any], device: torch.device
+    det: Callable[[torch.Tensor], Any],
+    loader: Iterable[Any],
+    device: torch.device,
+    masks: dict[int, list[dict[str, Any]]] | None = None,
 ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """image id -> (boxes xyxy, scores, labels) in the image's original pixels.
+    """image id -> (boxes xyxy, scores, labels) in the image's original pixels; with
+    ``masks`` (a dict to fill) and a detector that returns masks, also image id -> each
+    detection's mask as COCO RLE at the original size.
 
     The val transforms only resize, so dividing by the recorded ``scale_factor`` and
     clipping to the original size undoes them: metrics compare against the annotations as
     written, not against the resized input.
     """
+    from e2ekit.det.runner import masks_in_image
+
     found: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for images, targets in loader:
         outputs = det(images.to(device))
@@ -90,6 +125,9 @@ def _detections_in_pixels(
                 out["scores"].detach().float().cpu().numpy().reshape(-1),
                 out["labels"].detach().cpu().numpy().astype(np.int64).reshape(-1),
             )
+            if masks is not None and "masks" in out:
+                binary = masks_in_image(out["masks"].detach().float().cpu(), (sy, sx), (h, w))
+                masks[int(t["image_id"])] = encode_masks(binary)
     return found
 
 
@@ -103,7 +141,8 @@ class DetTrainModel(nn.Module):
     def forward(self, batch: tuple[torch.Tensor, list[dict[str, Any]]]) -> Any:
         images, targets = batch
         if self.training:
-            return self.det(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+            keys = ("boxes", "labels", "masks")  # masks only where the samples carry them
+            return self.det(images, [{k: t[k] for k in keys if k in t} for t in targets])
         return self.det(images)
 
 
@@ -130,6 +169,7 @@ class DetTask(Task):
         self._datasets: dict[str, DetDataset | None] = {}
         if cfg.eval_metric == "voc":  # an explicit train.metric still wins (the trainer's rule)
             self.default_metric = "voc_mAP"  # type: ignore[misc]
+        self.needs_masks = model_needs_masks(dict(cfg.model).get("type"))
 
     # -- data ---------------------------------------------------------------------------
     def _builtin_params(self) -> dict[str, Any]:
@@ -163,8 +203,14 @@ class DetTask(Task):
                 ann, images = str(paths[f"{split}_ann"]), str(paths[f"{split}_images"])
             elif not images:
                 raise ConfigError(f"data.{split}_images: the image folder of {ann} is not set")
-            raw = read_coco(ann, images)
+            raw = read_coco(ann, images, masks=self.needs_masks)
         else:
+            if self.needs_masks:
+                raise ConfigError(
+                    f"model.type {self.cfg.model.get('type')} trains on instance masks, which "
+                    "VOC data (data.format: voc) does not have: use COCO annotations with "
+                    "'segmentation' (data.format: coco) or a box-only model"
+                )
             list_file = d.train_list if split == "train" else d.val_list
             if not list_file:
                 self._datasets[split] = None
@@ -201,7 +247,8 @@ class DetTask(Task):
             return None
         d = self.cfg.data
         transforms = build_transforms(d.train_transforms if split == "train" else d.val_transforms)
-        built = TransformDataset(RecordsDataset(ds), transforms)
+        samples = RecordSamples(ds, with_masks=True) if self.needs_masks else RecordsDataset(ds)
+        built = TransformDataset(samples, transforms)
         built.det_ratios = [r.width / max(r.height, 1) for r in ds.records]  # type: ignore[attr-defined]
         return built
 
@@ -237,13 +284,24 @@ class DetTask(Task):
         ds = self.det_dataset("val")
         assert ds is not None
         det = model.det if hasattr(model, "det") else model
-        found = _detections_in_pixels(det, loader, device)
+        masks: dict[int, list[dict[str, Any]]] | None = {} if self.needs_masks else None
+        found = _detections_in_pixels(det, loader, device, masks)
         category_ids = list(ds.category_ids) or list(range(1, len(ds.class_names) + 1))
         detections: list[dict[str, Any]] = []
+        segm: list[dict[str, Any]] = []
         for image_id, (boxes, scores, labels) in found.items():
-            detections += to_coco_detections(image_id, boxes, scores, labels, category_ids)
+            found_here = to_coco_detections(image_id, boxes, scores, labels, category_ids)
+            detections += found_here
+            if masks is not None and image_id in masks:
+                segm += [
+                    {**d, "segmentation": rle}
+                    for d, rle in zip(found_here, masks[image_id], strict=True)
+                ]
         result = coco_evaluate(ds.to_coco(), detections, classwise=True, class_names=ds.class_names)
         result["detections"] = len(detections)
+        if masks is not None:
+            mask_result = coco_evaluate(ds.to_coco(mask_area=True), segm, iou_type="segm")
+            result.update({new: mask_result[old] for old, new in SEGM_KEYS.items()})
         if self.cfg.eval_metric == "voc":
             result.update(self._voc_metrics(ds, found))
         return result

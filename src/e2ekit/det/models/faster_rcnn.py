@@ -225,7 +225,11 @@ class FasterRCNN(Detector):
         return ImageList(images, [(int(height), int(width))] * images.shape[0])
 
     def forward_raw(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        feats = self.backbone(images)
+        return self.raw_from_features(images, self.backbone(images))
+
+    def raw_from_features(self, images: Tensor, feats: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """:meth:`forward_raw` on backbone features already computed (a mask branch pools
+        from the same ones)."""
         image_list = self._image_list(images)
         proposals, _ = self.rpn(image_list, feats)
         heads = self.roi_heads
