@@ -269,3 +269,13 @@ def test_cli_trains_and_exports_end_to_end(cli, tmp_path: Path) -> None:
         "det", "export", "--weights", out, "-o", "export.nms=false", "--out", tmp_path / "raw"
     )
     assert code != 0 and "export.nms: false is not available" in err and "proposal" in err
+
+
+def test_head_settings_follow_faster_rcnn_and_unknown_ones_are_refused() -> None:
+    from e2ekit.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.rpn_nms_treshold.*stage_\*"):
+        _tiny(rpn_nms_treshold=0.5)
+    model = _tiny(rpn_nms_thresh=0.6, roi_batch_size_per_image=32)
+    assert model.rpn.nms_thresh == pytest.approx(0.6)
+    assert all(h.fg_bg_sampler.batch_size_per_image == 32 for h in model.roi_heads)

@@ -50,8 +50,10 @@ from e2ekit.det.models.base import Target
 from e2ekit.det.models.faster_rcnn import (
     FasterRCNN,
     _build,
-    _head_kwargs,
     _per_image_rows,
+    faster_rcnn_r50_fpn,
+    faster_rcnn_tiny,
+    head_settings,
     load_detector_weights,
     narrow_resnet_fpn_maker,
     resnet50_fpn_maker,
@@ -262,13 +264,13 @@ def load_cascade_weights(model: nn.Module, path: str | Path) -> None:
 # --------------------------------------------------------------------------- builders
 
 
-def _cascade_kwargs(args: dict[str, Any]) -> dict[str, Any]:
-    """The builder arguments :class:`CascadeRCNN` takes as they are."""
+def _stage_kwargs(
+    ious: Sequence[float], loss_weights: Sequence[float], box_weights: Sequence[Sequence[float]]
+) -> dict[str, Any]:
     return {
-        **_head_kwargs(args),
-        "stage_ious": args["stage_ious"],
-        "stage_loss_weights": args["stage_loss_weights"],
-        "stage_box_weights": args["stage_box_weights"],
+        "stage_ious": ious,
+        "stage_loss_weights": loss_weights,
+        "stage_box_weights": box_weights,
     }
 
 
@@ -279,27 +281,10 @@ def cascade_rcnn_r50_fpn(
     trainable_layers: int | None = None,
     frozen_bn: bool | None = None,
     fpn_channels: int = 256,
-    anchor_sizes: Sequence[float | Sequence[float]] = (32, 64, 128, 256, 512),
-    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-    rpn_pre_nms_top_n_train: int = 2000,
-    rpn_pre_nms_top_n_test: int = 1000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_test: int = 1000,
-    rpn_nms_thresh: float = 0.7,
-    rpn_score_thresh: float = 0.0,
-    rpn_batch_size_per_image: int = 256,
-    rpn_positive_fraction: float = 0.5,
-    roi_batch_size_per_image: int = 512,
-    roi_positive_fraction: float = 0.25,
-    roi_output_size: int = 7,
-    roi_sampling_ratio: int = 2,
-    representation_size: int = 1024,
-    score_thresh: float = 0.05,
-    nms_thresh: float = 0.5,
-    max_detections: int = 100,
     stage_ious: Sequence[float] = STAGE_IOUS,
     stage_loss_weights: Sequence[float] = STAGE_LOSS_WEIGHTS,
     stage_box_weights: Sequence[Sequence[float]] = STAGE_BOX_WEIGHTS,
+    **head: Any,
 ) -> CascadeRCNN:
     """Cascade R-CNN ResNet-50 FPN: PaddleDetection's ``cascade_rcnn_r50_fpn`` (the
     Faster R-CNN R50-FPN body, three 1024-wide stages at IoU 0.5 / 0.6 / 0.7).
@@ -307,7 +292,8 @@ def cascade_rcnn_r50_fpn(
     ``pretrained``: a local Cascade or Faster R-CNN checkpoint, or an ImageNet ResNet-50
     state dict (which also switches to frozen BN and ``trainable_layers`` 3 unless given).
     """
-    kwargs = _cascade_kwargs(locals())
+    kwargs = head_settings(faster_rcnn_r50_fpn, head, "cascade_rcnn_r50_fpn", "stage_*")
+    kwargs |= _stage_kwargs(stage_ious, stage_loss_weights, stage_box_weights)
     backbone = resnet50_fpn_maker(fpn_channels, pretrained)
     return _build(
         num_classes,
@@ -330,32 +316,16 @@ def cascade_rcnn_tiny(
     widths: Sequence[int] = (16, 32, 64, 128),
     blocks: int = 1,
     fpn_channels: int = 64,
-    anchor_sizes: Sequence[float | Sequence[float]] = (16, 32, 64, 128, 256),
-    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-    rpn_pre_nms_top_n_train: int = 500,
-    rpn_pre_nms_top_n_test: int = 500,
-    rpn_post_nms_top_n_train: int = 200,
-    rpn_post_nms_top_n_test: int = 100,
-    rpn_nms_thresh: float = 0.7,
-    rpn_score_thresh: float = 0.0,
-    rpn_batch_size_per_image: int = 256,
-    rpn_positive_fraction: float = 0.5,
-    roi_batch_size_per_image: int = 64,
-    roi_positive_fraction: float = 0.25,
-    roi_output_size: int = 7,
-    roi_sampling_ratio: int = 1,
-    representation_size: int = 256,
-    score_thresh: float = 0.05,
-    nms_thresh: float = 0.5,
-    max_detections: int = 100,
     stage_ious: Sequence[float] = STAGE_IOUS,
     stage_loss_weights: Sequence[float] = STAGE_LOSS_WEIGHTS,
     stage_box_weights: Sequence[Sequence[float]] = STAGE_BOX_WEIGHTS,
+    **head: Any,
 ) -> CascadeRCNN:
     """A small Cascade R-CNN for tests and quick CPU runs: ``faster_rcnn_tiny``'s body and
     RPN with three 256-wide stages (64 sampled RoIs per image and stage).
     """
-    kwargs = _cascade_kwargs(locals())
+    kwargs = head_settings(faster_rcnn_tiny, head, "cascade_rcnn_tiny", "stage_*")
+    kwargs |= _stage_kwargs(stage_ious, stage_loss_weights, stage_box_weights)
     backbone = narrow_resnet_fpn_maker(widths, blocks, fpn_channels, pretrained)
     return _build(
         num_classes,

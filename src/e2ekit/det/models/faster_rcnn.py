@@ -37,6 +37,7 @@ pretrained weights switch to frozen BN and freeze the early stages by default.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -591,3 +592,25 @@ _HEAD_KEYS = (
 def _head_kwargs(args: dict[str, Any]) -> dict[str, Any]:
     """The builder arguments :class:`FasterRCNN` takes as they are."""
     return {k: args[k] for k in _HEAD_KEYS}
+
+
+BACKBONE_KEYS = ("pretrained", "trainable_layers", "frozen_bn", "widths", "blocks", "fpn_channels")
+
+
+def head_settings(twin: Any, overrides: dict[str, Any], name: str, own: str) -> dict[str, Any]:
+    """The RPN / box-head defaults of ``twin`` (the Faster R-CNN builder a two-stage variant
+    extends) with ``overrides``, each checked: the variants take them as ``**head`` instead
+    of restating every default. ``own`` names the variant's own keys for the message."""
+    params = inspect.signature(twin).parameters.items()
+    defaults = {
+        k: p.default
+        for k, p in params
+        if p.default is not inspect.Parameter.empty and k not in BACKBONE_KEYS
+    }
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"model.{unknown[0]}: {name} has no such setting; valid besides the backbone and "
+            f"{own} keys: {', '.join(sorted(defaults))}"
+        )
+    return {**defaults, **overrides}

@@ -21,7 +21,6 @@ draws them.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,6 +39,7 @@ from e2ekit.det.models.faster_rcnn import (
     _build,
     faster_rcnn_r50_fpn,
     faster_rcnn_tiny,
+    head_settings,
     load_detector_weights,
     narrow_resnet_fpn_maker,
     resnet50_fpn_maker,
@@ -164,29 +164,6 @@ def load_mask_rcnn_weights(model: nn.Module, path: str | Path) -> None:
     load_detector_weights(model, path, (CLASS_DEPENDENT, MASK_CLASS_DEPENDENT))
 
 
-def _defaults(builder: Any) -> dict[str, Any]:
-    return {
-        k: p.default
-        for k, p in inspect.signature(builder).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
-BACKBONE_KEYS = ("pretrained", "trainable_layers", "frozen_bn", "widths", "blocks", "fpn_channels")
-
-
-def _head_settings(builder: Any, overrides: dict[str, Any], name: str) -> dict[str, Any]:
-    """``builder``'s (the Faster R-CNN twin's) head defaults with ``overrides``, checked."""
-    defaults = {k: v for k, v in _defaults(builder).items() if k not in BACKBONE_KEYS}
-    unknown = sorted(set(overrides) - set(defaults))
-    if unknown:
-        raise ConfigError(
-            f"model.{unknown[0]}: {name} has no such setting; valid besides the backbone and "
-            f"mask_* keys: {', '.join(sorted(defaults))}"
-        )
-    return {**defaults, **overrides}
-
-
 def _mask_kwargs(
     layers: Sequence[int], dilation: int, roi_output_size: int, sampling_ratio: int
 ) -> dict[str, Any]:
@@ -216,7 +193,7 @@ def mask_rcnn_r50_fpn(
     ``head``: any RPN / box-head setting of ``faster_rcnn_r50_fpn`` (same defaults).
     ``pretrained``: a local detector checkpoint or ImageNet ResNet-50 state dict.
     """
-    kwargs = _head_settings(faster_rcnn_r50_fpn, head, "mask_rcnn_r50_fpn")
+    kwargs = head_settings(faster_rcnn_r50_fpn, head, "mask_rcnn_r50_fpn", "mask_*")
     kwargs |= _mask_kwargs(mask_layers, mask_dilation, mask_roi_output_size, mask_sampling_ratio)
     backbone = resnet50_fpn_maker(fpn_channels, pretrained)
     model = _build(
@@ -244,7 +221,7 @@ def mask_rcnn_tiny(
 ) -> MaskRCNN:
     """A small Mask R-CNN for tests and quick CPU runs: ``faster_rcnn_tiny`` (its head
     settings and defaults, passed through ``head``) plus a two-conv, 64-wide mask head."""
-    kwargs = _head_settings(faster_rcnn_tiny, head, "mask_rcnn_tiny")
+    kwargs = head_settings(faster_rcnn_tiny, head, "mask_rcnn_tiny", "mask_*")
     kwargs |= _mask_kwargs(mask_layers, mask_dilation, mask_roi_output_size, mask_sampling_ratio)
     backbone = narrow_resnet_fpn_maker(widths, blocks, fpn_channels, pretrained)
     model = _build(
