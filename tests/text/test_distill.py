@@ -149,6 +149,7 @@ def test_refusals_name_the_fix(cli, teacher: Path, tmp_path) -> None:
     assert "does not exist" in distill("--teacher", tmp_path / "nope")
     err = distill("-o", "task.type=pair", "--teacher", teacher, "--out", tmp_path / "b")
     assert "task.type=cls" in err
+    assert not (tmp_path / "b").exists()  # the teacher export it began is removed too
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("x")
@@ -157,6 +158,7 @@ def test_refusals_name_the_fix(cli, teacher: Path, tmp_path) -> None:
     assert "twice" in distill("-o", "distill.students=[bow,bow]", "--teacher", teacher)
     tiny = ("-o", "distill.student.tiny_layers=9", "-o", "distill.students=[tiny]")
     assert "tiny_layers=9" in distill(*tiny, "--teacher", teacher, "--out", tmp_path / "c")
+    assert not (tmp_path / "c").exists()
 
 
 def test_tiny_student_keeps_evenly_spaced_teacher_layers() -> None:

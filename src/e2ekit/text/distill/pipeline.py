@@ -166,7 +166,6 @@ def student_fit(cfg: TextConfig, kind: str) -> StudentFit:
 def cmd_distill(kit: Any, args: Namespace) -> dict[str, Any]:
     from e2ekit.core.engine.env import seed_everything
     from e2ekit.core.verbs import load_run_config
-    from e2ekit.text.distill.augment import augment, read_unlabeled
     from e2ekit.text.task import TextTask
 
     cfg, name = load_run_config(kit, args)
@@ -186,6 +185,29 @@ def cmd_distill(kit: Any, args: Namespace) -> dict[str, Any]:
     train_ex = task.read_examples(train_file, "train")
     dev_ex = task.read_examples(dev_file, "val")
     out = _out_dir(args, name)
+    try:
+        return _distill_into(out, cfg, args, train_file, dev_file, train_ex, dev_ex, t_start)
+    except BaseException:  # a failed or interrupted distill leaves no half-written folder
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _distill_into(
+    out: Path,
+    cfg: TextConfig,
+    args: Namespace,
+    train_file: Path,
+    dev_file: Path,
+    train_ex: list[Any],
+    dev_ex: list[Any],
+    t_start: float,
+) -> dict[str, Any]:
+    """Everything after the output folder exists: teacher, transfer set, students, table."""
+    from e2ekit.text.distill.augment import augment, read_unlabeled
+
+    d = cfg.distill
+    task_type = cfg.task.type
+    teacher_path = args.teacher or d.teacher
     teacher = load_teacher(
         teacher_path, out / "teacher", task_type, need_model="tiny" in d.students
     )
