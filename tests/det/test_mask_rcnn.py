@@ -218,9 +218,40 @@ def test_checkpoint_runner_draws_masks_and_writes_rle(tmp_path: Path) -> None:
     inside = torch.from_numpy(found["masks"].any(0))
     assert inside.any() and (drawn != plain)[:, inside].any()
     assert torch.equal(drawn[:, ~inside], plain[:, ~inside])  # only mask pixels change
-    with pytest.raises(ConfigError, match=r"det export is not available.*masks"):
-        spec.export(tmp_path / "export")
-    assert not (tmp_path / "export").exists()
+
+
+def test_onnx_export_returns_the_checkpoint_masks(tmp_path: Path) -> None:
+    """Boxes, scores and box-local masks within 1e-4 of PyTorch in onnxruntime, and the
+    runner pastes the same binary masks from the export as from the checkpoint."""
+    from e2ekit.core.infer import Predictor
+    from e2ekit.core.verbs import ModulePredictor
+
+    cfg = load_config(CONFIGS / "mask_rcnn_tiny.yaml", DetConfig, ["export.input_size=96"])
+    det = _tiny(max_detections=5)
+    with torch.no_grad():  # a few confident boxes; the mask head keeps its random weights
+        cls = det.roi_heads.box_predictor.cls_score
+        cls.weight.mul_(0.1)
+        cls.bias.copy_(torch.tensor([-3.0, 3.0, 0.0, -1.0]))
+    images = [torch.randint(0, 255, (3, 120, 90), dtype=torch.uint8) for _ in range(2)]
+    spec = det_export_spec(det.eval(), cfg, ["a", "b", "c"], images)
+    report = spec.export(tmp_path / "export")
+    onnx = report["onnx"]
+    assert onnx["passed"] and onnx["per_output"]["masks"]["max_abs_diff"] < 1e-4
+    assert onnx["per_output"]["masks"]["shapes"][0] == [1, 5, 28, 28]
+    exported = DetRunner(Predictor(tmp_path / "export"))
+    deploy = exported.deploy
+    assert [o["name"] for o in deploy["outputs"]][-1] == "masks" and "box" in deploy["mask_format"]
+    checkpoint = DetRunner(ModulePredictor(spec, torch.device("cpu")))
+    for image in images:
+        a, b = exported.detect(image), checkpoint.detect(image)
+        assert a["masks"].shape == b["masks"].shape == (5, 120, 90)
+        np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-3)
+        agree = (a["masks"] == b["masks"]).mean()
+        assert agree > 0.999 and 0 < a["masks"].sum() < a["masks"].size
+        inside = np.zeros_like(a["masks"])  # pasted into its own box, nowhere else
+        for i, (x0, y0, x1, y1) in enumerate(a["boxes"]):
+            inside[i, int(y0) : int(np.ceil(y1)) + 1, int(x0) : int(np.ceil(x1)) + 1] = 1
+        assert not (a["masks"] & ~inside.astype(bool)).any()
 
 
 def test_voc_data_is_refused_for_a_mask_model(tmp_path: Path) -> None:
@@ -243,7 +274,7 @@ def test_voc_data_is_refused_for_a_mask_model(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- CLI
 
 
-def test_cli_trains_evaluates_segm_predicts_and_refuses_export(cli, tmp_path: Path) -> None:
+def test_cli_trains_evaluates_segm_predicts_and_exports_masks(cli, tmp_path: Path) -> None:
     out = tmp_path / "run"
     code, _, err = cli(
         "det", "train", "-c", CONFIGS / "mask_rcnn_tiny.yaml",
@@ -273,4 +304,14 @@ def test_cli_trains_evaluates_segm_predicts_and_refuses_export(cli, tmp_path: Pa
         assert set(item["mask"]) == {"size", "counts"} and item["mask"]["size"] == [128, 128]
 
     code, _, err = cli("det", "export", "--weights", out, "--out", tmp_path / "export")
-    assert code != 0 and "det export is not available" in err and "masks" in err
+    assert code == 0, err
+    code, _, err = cli(
+        "det", "predict", "--model", tmp_path / "export", "--input", listing,
+        "--out", tmp_path / "pred_onnx", "--draw-threshold", "0.0",
+    )  # fmt: skip
+    assert code == 0, err
+    onnx_rows = (tmp_path / "pred_onnx" / "predictions.jsonl").read_text().splitlines()
+    for row, ref in zip(map(json.loads, onnx_rows), rows, strict=True):
+        assert len(row["detections"]) == len(ref["detections"])
+        for item in row["detections"]:
+            assert item["mask"]["size"] == [128, 128]

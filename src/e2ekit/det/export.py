@@ -7,6 +7,8 @@ padded to a fixed size per image, the layout of TensorRT's EfficientNMS and Padd
 ``num_detections[b]`` are padding (zeros, label -1). Class-wise NMS is one ONNX
 ``NonMaxSuppression`` over every (image, class) pair, so one image never suppresses
 another's boxes and any ONNX runtime returns final detections for a whole batch per call.
+A mask model (Mask R-CNN) adds ``masks (B, K, S, S)``: each detection's mask
+probabilities over its own box, pasted into the image by ``det.runner``.
 ``export.nms: false``: dynamic batch, outputs ``boxes (B, A, 4)`` and ``scores (B, A, C)``
 for runtimes with their own NMS.
 
@@ -17,8 +19,6 @@ their outputs and still runs the old one, an image per call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ from torchvision.ops import nms
 from e2ekit.core.engine.task import ExportSpec
 from e2ekit.core.errors import ConfigError
 from e2ekit.det.config import DetConfig
-from e2ekit.det.runner import NMS_OUTPUTS, PADDED, PADDING_LABEL, preprocess
+from e2ekit.det.runner import MASK_FORMAT, NMS_OUTPUTS, PADDED, PADDING_LABEL, preprocess
 
 __all__ = [
     "DetExportModule",
@@ -165,42 +165,21 @@ class DetExportModule(nn.Module):
 
 
 class DetMaskModule(nn.Module):
-    """A mask detector run from its checkpoint (``predict --weights``): the NMS layout's
-    padded outputs plus ``masks`` (B, K, H, W) probabilities in input pixels. Never
-    exported (see :class:`CheckpointOnlySpec`)."""
+    """A mask detector as exported (and as ``predict --weights`` runs its checkpoint): the
+    padded NMS outputs plus ``masks (B, K, S, S)``, each detection's class-mask
+    probabilities over its own box (the mask branch runs on the final boxes, after NMS)."""
 
     def __init__(self, det: nn.Module) -> None:
         super().__init__()
         self.det = det
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        found = self.det(image)
-        k = max(1, max(len(d["boxes"]) for d in found))
-        h, w = image.shape[-2:]
-        boxes = image.new_zeros((len(found), k, 4))
-        scores = image.new_zeros((len(found), k))
-        labels = torch.full((len(found), k), PADDING_LABEL, dtype=torch.int64)
-        masks = image.new_zeros((len(found), k, h, w))
-        for b, d in enumerate(found):
-            n = len(d["boxes"])
-            boxes[b, :n], scores[b, :n], labels[b, :n] = d["boxes"], d["scores"], d["labels"]
-            masks[b, :n] = d["masks"].reshape(n, h, w)
-        counts = torch.tensor([len(d["boxes"]) for d in found], dtype=torch.int64)
-        return boxes, scores, labels, counts, masks
-
-
-@dataclass
-class CheckpointOnlySpec(ExportSpec):
-    """The spec of a model that runs from its checkpoint but has no faithful ONNX graph:
-    ``predict --weights`` uses its module, ``export`` is refused with ``refused``."""
-
-    refused: str = ""
-
-    def export(self, out_dir: str | Path, opset: int = 17, atol: float = 1e-4) -> dict[str, Any]:
-        model_type = self.deploy.get("model_type")
-        raise ConfigError(
-            f"det export is not available for model.type {model_type}: {self.refused}"
-        )
+        d = self.det
+        feats = d.backbone(image)
+        boxes, scores = d.raw_from_features(image, feats)
+        found = batched_nms_graph(boxes, scores, d.score_thresh, d.nms_thresh, d.max_detections)
+        size = (int(image.shape[-2]), int(image.shape[-1]))
+        return (*found, d.box_masks(feats, found[0], found[2], size))
 
 
 def traces_a_batch(det: nn.Module) -> bool:
@@ -289,18 +268,6 @@ def det_export_spec(
         "max_image_pixels": cfg.predict.max_image_pixels,
         "box_format": "xyxy in input pixels; scale back by original / input size",
     }
-    onnx_refused = getattr(det, "onnx_export_refused", None)
-    if onnx_refused:  # masks: runs from the checkpoint only
-        deploy |= {"nms_layout": PADDED, "mask_format": "masks (B, K, H, W) input-pixel probs"}
-        return CheckpointOnlySpec(
-            module=DetMaskModule(det).eval(),
-            example_inputs=example,
-            output_names=[*NMS_OUTPUTS, "masks"],
-            dynamic_axes=axes,
-            deploy=deploy,
-            parity_inputs=parity,
-            refused=str(onnx_refused),
-        )
     if nms:
         deploy["nms_layout"] = PADDED
         deploy["count_output"] = "num_detections"  # int8 checks compare counts, not rows
@@ -308,6 +275,12 @@ def det_export_spec(
             f"per image, rows past num_detections are zeros with label {PADDING_LABEL}; "
             "K = max_detections rows"
         )
+    if hasattr(det, "box_masks"):  # instance masks after NMS (Mask R-CNN)
+        module = DetMaskModule(det).eval()  # Faster R-CNN's: export.nms: false refused above
+        outputs.append("masks")
+        if "image" in axes:
+            axes["masks"] = {0: "batch"}
+        deploy["mask_format"] = MASK_FORMAT
     return ExportSpec(
         module=module,
         example_inputs=example,

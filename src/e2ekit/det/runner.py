@@ -3,9 +3,10 @@
 Shared by ``predict`` (JSON lines and drawn images), ``serve`` and the export's parity and
 int8 calibration inputs, so every path resizes and normalises the same way.
 
-A model that returns instance masks (Mask R-CNN, run from its checkpoint) adds a ``masks``
-output, (B, K, S, S) probabilities in input pixels; they come back at each image's own
-size as uint8 (M, H, W), are drawn over the image and go into the JSON lines as COCO RLE.
+A model that returns instance masks (Mask R-CNN, exported or run from its checkpoint) adds a
+``masks`` output, (B, K, S, S) probabilities over each detection's box; each is pasted into
+its box at the image's own size (uint8 (M, H, W)), drawn over the image and written into the
+JSON lines as COCO RLE.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from e2ekit.core.imageio import encode_png, read_image
 from e2ekit.det.config import MAX_PREDICT_PIXELS
 
 __all__ = [
+    "MASK_FORMAT",
     "MAX_IMAGE_KEY",
     "NMS_OUTPUTS",
     "PADDED",
@@ -35,6 +37,7 @@ __all__ = [
     "draw",
     "masks_in_image",
     "output_layout",
+    "paste_box_masks",
     "preprocess",
     "save_image",
     "unpad",
@@ -49,9 +52,26 @@ NMS_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
 PADDING_LABEL = -1  # the label of a padding row
 
 # One image's boxes (M, 4), scores (M,) and labels (M,) in input pixels, plus, for a mask
-# model, its masks (M, S, S) probabilities in input pixels.
+# model, its masks (M, S, S) probabilities over each box.
 Raw = tuple[np.ndarray, ...]
 MASK_THRESHOLD = 0.5  # a mask probability above this is the object
+MASK_FORMAT = (
+    "masks (B, K, S, S): each detection's mask probabilities over its own box; resize to the "
+    "box in the original image (bilinear) and threshold at 0.5"
+)
+
+
+def paste_box_masks(masks: torch.Tensor, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Box-local mask probabilities (M, S, S) and their boxes (M, 4) xyxy in the image's
+    pixels -> uint8 (M, h, w) binary masks of the image (torchvision's paste, then 0.5)."""
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    h, w = int(size[0]), int(size[1])
+    probs = torch.as_tensor(masks, dtype=torch.float32)
+    if probs.shape[0] == 0:
+        return np.zeros((0, h, w), np.uint8)
+    pasted = paste_masks_in_image(probs[:, None], torch.as_tensor(boxes).float(), (h, w))
+    return (pasted[:, 0] > MASK_THRESHOLD).numpy().astype(np.uint8)
 
 
 def masks_in_image(
@@ -205,9 +225,8 @@ class DetRunner:
             "scores": np.asarray(scores, dtype=np.float32).reshape(-1),
             "labels": np.asarray(labels, dtype=np.int64).reshape(-1),
         }
-        if len(raw) > 3:  # input pixels -> the image's: the inverse scale of the boxes
-            scale = (self.size[0] / h, self.size[1] / w)
-            found["masks"] = masks_in_image(torch.as_tensor(raw[3]), scale, (int(h), int(w)))
+        if len(raw) > 3:  # box-local probabilities, pasted at the image's own resolution
+            found["masks"] = paste_box_masks(torch.as_tensor(raw[3]), boxes, (int(h), int(w)))
         return found
 
     def as_json(self, det: dict[str, np.ndarray], threshold: float = 0.0) -> list[dict[str, Any]]:

@@ -13,10 +13,11 @@ Eval output per image adds ``masks``: float (M, 1, H, W) probabilities in input 
 torchvision's ``MaskRCNN`` returns them; threshold at 0.5 for a binary mask. Keeping
 probabilities lets the caller resize before thresholding (back to the original image).
 
-``forward_raw`` (and so an ONNX export) carries boxes and scores only: masks need the
-final boxes after NMS, so the export refuses mask models (:attr:`MaskRCNN.onnx_export_refused`)
-rather than silently dropping the masks; ``predict --weights`` runs the checkpoint and
-draws them.
+Deployment (:meth:`MaskRCNN.box_masks`, used by the ONNX export and by ``predict
+--weights`` alike) runs the mask branch on the final, padded detections and returns each
+one's class mask as (B, K, S, S) probabilities over its box (S = 28), the layout of
+PaddleDetection's and mmdeploy's exports: small, independent of the image size, and pasted
+into the box at the original image's resolution by ``det.runner``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import maskrcnn_inference, paste_masks_in_image
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import MultiScaleRoIAlign
 
 from e2ekit.core.errors import ConfigError, DataError
@@ -63,13 +64,6 @@ class MaskRCNN(FasterRCNN):
 
     #: the task reads instance masks for this model (COCO segmentations)
     needs_masks: ClassVar[bool] = True
-    #: why an ONNX export of this model is refused
-    onnx_export_refused: ClassVar[str | None] = (
-        "the exported graph carries boxes and scores only (masks need the final boxes after "
-        "NMS), so an export would silently drop the masks; run it from the checkpoint "
-        "instead (det predict --weights / det eval)"
-    )
-
     def __init__(
         self,
         num_classes: int,
@@ -150,13 +144,34 @@ class MaskRCNN(FasterRCNN):
             for d in detections:
                 d["masks"] = feats["0"].new_zeros((0, 1, *size))
             return detections
+        labels = torch.cat([d["labels"] for d in detections])
+        probs = self._class_masks(feats, boxes, labels, size).split([len(b) for b in boxes])
+        for d, p in zip(detections, probs, strict=True):
+            d["masks"] = paste_masks_in_image(p[:, None], d["boxes"], size)
+        return detections
+
+    def box_masks(
+        self, feats: dict[str, Tensor], boxes: Tensor, labels: Tensor, size: tuple[int, int]
+    ) -> Tensor:
+        """Padded detections ``boxes (B, K, 4)`` input pixels, ``labels (B, K)`` (padding
+        rows -1) -> ``(B, K, S, S)`` mask probabilities over each box. Tensor ops only, so it
+        traces into the export's graph after NMS; padding rows get a mask nobody reads."""
+        batch, k = boxes.shape[:2]
+        rois = [boxes[b] for b in range(batch)]
+        probs = self._class_masks(feats, rois, labels.reshape(-1).clamp(min=0), size)
+        return probs.reshape(batch, k, *probs.shape[-2:])
+
+    def _class_masks(
+        self, feats: dict[str, Tensor], boxes: list[Tensor], labels: Tensor, size: tuple[int, int]
+    ) -> Tensor:
+        """(N, S, S) sigmoid probabilities of each box's own class channel; ``labels`` are
+        the N boxes' foreground labels (0-based), in order."""
         heads = self.roi_heads
         pooled = heads.mask_roi_pool(feats, boxes, [size] * len(boxes))
-        logits = heads.mask_predictor(heads.mask_head(pooled))
-        probs = maskrcnn_inference(logits, [d["labels"] + 1 for d in detections])
-        for d, p in zip(detections, probs, strict=True):
-            d["masks"] = paste_masks_in_image(p, d["boxes"], size)
-        return detections
+        logits = heads.mask_predictor(heads.mask_head(pooled))  # (N, C + 1, S, S)
+        side = logits.shape[-2:]
+        channel = (labels + 1).reshape(-1, 1, 1, 1).expand(-1, 1, *side)  # + background
+        return logits.gather(1, channel)[:, 0].sigmoid()
 
 
 def load_mask_rcnn_weights(model: nn.Module, path: str | Path) -> None:
