@@ -64,6 +64,7 @@ class MaskRCNN(FasterRCNN):
 
     #: the task reads instance masks for this model (COCO segmentations)
     needs_masks: ClassVar[bool] = True
+
     def __init__(
         self,
         num_classes: int,
