@@ -343,3 +343,13 @@ def test_configs_lists_shipped(cli) -> None:
 def test_python_dash_m_and_help() -> None:
     proc = run_subprocess(["--help"])
     assert proc.returncode == 0 and "e2ekit <kit> <verb>" in proc.stdout
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_prints_ours_and_the_libraries(cli, flag: str) -> None:
+    from importlib import metadata
+
+    code, out, _ = cli(flag)
+    first, libs = out.strip().splitlines()
+    assert code == 0 and first == f"e2ekit {metadata.version('e2ekit')}"
+    assert f"torch {metadata.version('torch')}" in libs and "onnxruntime" in libs

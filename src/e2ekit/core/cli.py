@@ -33,6 +33,7 @@ DEBUG_ENV = "E2EKIT_DEBUG"
 USAGE = f"""usage: e2ekit [{DEBUG_FLAG}] <kit> <verb> {SHAPE}
        e2ekit configs [KIT]
        e2ekit demo
+       e2ekit --version
 
 kits:  text  seg  det  ctr  (toy: the core's example kit)
 verbs: train  eval  predict  export  serve  bench, and each kit's own
@@ -204,12 +205,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if isinstance(exc, UsageError) else 1
 
 
+# what a bug report needs besides e2ekit's own version: the libraries that shape results
+VERSIONED = ("torch", "torchvision", "onnx", "onnxruntime", "transformers", "tokenizers", "numpy")
+
+
+def versions() -> str:
+    """``e2ekit X.Y.Z`` and, on the next line, Python and the key libraries' versions."""
+    import platform
+    from importlib import metadata
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    libs = "  ".join(f"{d} {version(d)}" for d in VERSIONED)
+    return f"e2ekit {version('e2ekit')}\npython {platform.python_version()}  {libs}"
+
+
 def _dispatch(argv: list[str]) -> int:
     """``e2ekit ARGV`` (without ``--debug``): the usage, a command or a kit's verb."""
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
     head = argv[0]
+    if head in ("--version", "-V"):
+        print(versions())
+        return 0
     if head == "configs":
         return cmd_configs(argv[1:])
     if head == "demo":
