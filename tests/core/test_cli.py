@@ -353,3 +353,13 @@ def test_version_prints_ours_and_the_libraries(cli, flag: str) -> None:
     first, libs = out.strip().splitlines()
     assert code == 0 and first == f"e2ekit {metadata.version('e2ekit')}"
     assert f"torch {metadata.version('torch')}" in libs and "onnxruntime" in libs
+
+
+def test_a_user_config_bases_itself_on_a_shipped_one_by_name(cli, tmp_path: Path) -> None:
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text("_base_: tiny\ntrain: {max_steps: 2}\n")
+    out = tmp_path / "run"
+    code, _, err = cli("toy", "train", "-c", cfg, "--out", out, "-o", "train.tensorboard=false")
+    assert code == 0, err
+    saved = (out / "config.yaml").read_text()
+    assert "toy_mlp" in saved and "hidden: 8" in saved  # from the shipped toy/tiny

@@ -32,6 +32,35 @@ def test_base_merges_dicts_and_replaces_lists(tmp_path: Path) -> None:
     assert prov["train.batch_size"].endswith("child.yaml")
 
 
+def test_base_by_shipped_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user config beside no shipped file bases itself on ``quick`` (its kit's) or on
+    ``det/quick``; a file beside it of the same name wins; an unknown name lists the kit's."""
+    shipped = tmp_path / "configs"
+    write_dir = shipped / "toy"
+    write_dir.mkdir(parents=True)
+    write(write_dir / "quick.yaml", "train: {batch_size: 8, epochs: 3}\n")
+    (shipped / "det").mkdir()
+    write(shipped / "det" / "quick.yaml", "train: {batch_size: 4}\n")
+    monkeypatch.setenv("E2EKIT_CONFIGS", str(shipped))
+    user = tmp_path / "mine"
+    user.mkdir()
+    child = write(user / "a.yaml", "_base_: quick\ntrain: {epochs: 5}\n")
+    tree, prov = load_yaml_tree(child, kit="toy")
+    assert tree["train"] == {"batch_size": 8, "epochs": 5}
+    assert prov["train.batch_size"] == str(write_dir / "quick.yaml")
+    other = write(user / "b.yaml", "_base_: det/quick\n")
+    assert load_yaml_tree(other)[0]["train"] == {"batch_size": 4}
+    write(user / "quick.yaml", "train: {batch_size: 2}\n")  # beside the file: first
+    assert load_yaml_tree(child, kit="toy")[0]["train"]["batch_size"] == 2
+    typo = write(user / "c.yaml", "_base_: quik\n")
+    with pytest.raises(
+        ConfigError, match=r"_base_ file 'quik' not found.*shipped toy configs: quick"
+    ):
+        load_yaml_tree(typo, kit="toy")
+    with pytest.raises(ConfigError, match="_base_ file 'quick' not found"):
+        load_yaml_tree(write(tmp_path / "d.yaml", "_base_: quick\n"))  # no kit: no shipped
+
+
 def test_delete_replaces_a_base_section(tmp_path: Path) -> None:
     write(tmp_path / "base.yaml", "model: {type: yolo, anchors: [[1, 2]]}\ntrain: {epochs: 3}\n")
     child = write(

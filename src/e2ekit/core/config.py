@@ -118,8 +118,14 @@ def merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> tuple[dict, Provenance]:
-    """Read a config and its ``_base_`` files into one dict plus key provenance."""
+def load_yaml_tree(
+    path: str | Path, _seen: tuple[Path, ...] = (), kit: str | None = None
+) -> tuple[dict, Provenance]:
+    """Read a config and its ``_base_`` files into one dict plus key provenance.
+
+    A ``_base_`` entry is a file beside the config (``base.yaml``, or ``base`` without the
+    suffix), else a shipped config by name: ``det/quick`` anywhere, ``quick`` for ``kit``'s.
+    """
     path = Path(path).resolve()
     if path in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path))
@@ -132,14 +138,35 @@ def load_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> tuple[dict
         for base in [bases] if isinstance(bases, str) else list(bases):
             if not isinstance(base, str):
                 raise ConfigError(f"{path}: _base_ must be a file name or a list of them")
-            base_path = (path.parent / base).resolve()
-            if not base_path.is_file():
-                raise ConfigError(f"{path}: _base_ file '{base}' not found (looked at {base_path})")
-            base_tree, base_prov = load_yaml_tree(base_path, (*_seen, path))
+            base_path = _find_base(path, base, kit)
+            base_tree, base_prov = load_yaml_tree(base_path, (*_seen, path), kit)
             merged = merge(merged, base_tree)
             prov.update(base_prov)
     _record(prov, data, str(path))
     return merge(merged, data), prov
+
+
+def _find_base(path: Path, base: str, kit: str | None) -> Path:
+    """Where ``_base_: base`` of the config ``path`` lives (see :func:`load_yaml_tree`)."""
+    from e2ekit.core.paths import configs_root, shipped_configs
+
+    tried = [(path.parent / base).resolve()]
+    if not base.endswith((".yaml", ".yml")):
+        tried.append((path.parent / f"{base}.yaml").resolve())
+        root = configs_root()
+        if "/" in base:
+            tried.append(root / f"{base}.yaml")
+        elif kit:
+            tried.append(root / kit / f"{base}.yaml")
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    hint = ""
+    if kit and "/" not in base:
+        names = [p.stem for p in shipped_configs(kit).get(kit, [])]
+        hint = f"; shipped {kit} configs: {', '.join(names)}" if names else ""
+    looked = ", ".join(str(t) for t in tried)
+    raise ConfigError(f"{path}: _base_ file '{base}' not found (looked at {looked}){hint}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -242,12 +269,14 @@ def load_config(
     schema: type[C],
     overrides: list[str] | None = None,
     defaults: dict[str, Any] | None = None,
+    kit: str | None = None,
 ) -> C:
-    """Read, merge, override and validate a config; nothing touches the disk but reads."""
+    """Read, merge, override and validate a config; nothing touches the disk but reads.
+    ``kit``: whose shipped configs a bare ``_base_`` name may refer to."""
     tree: dict[str, Any] = copy.deepcopy(defaults or {})
     prov = Provenance()
     if path is not None:
-        file_tree, prov = load_yaml_tree(path)
+        file_tree, prov = load_yaml_tree(path, kit=kit)
         tree = merge(tree, file_tree)
         prov[""] = str(Path(path).resolve())
     tree = apply_overrides(tree, prov, overrides or [])

@@ -50,7 +50,7 @@ def load_run_config(kit: Kit[C], args: Namespace) -> tuple[C, str]:
             source = run_dir / "config.yaml"
     if source is None:
         source = resolve_config(kit.name, args.config)
-    cfg = load_config(source, kit.schema, args.override)
+    cfg = load_config(source, kit.schema, args.override, kit=kit.name)
     return cfg, source.stem if source.stem != "config" else source.parent.name
 
 
@@ -264,7 +264,7 @@ def load_export_config(
     prov = Provenance()
     if args.config:
         path = resolve_config(kit.name, args.config)
-        file_tree, prov = load_yaml_tree(path)
+        file_tree, prov = load_yaml_tree(path, kit=kit.name)
         tree = {k: v for k, v in file_tree.items() if k in sections}
         prov[""] = str(path.resolve())
     overrides = list(args.override or [])
