@@ -191,7 +191,8 @@ def apply_overrides(tree: dict[str, Any], prov: Provenance, overrides: list[str]
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
             if child is None:
-                child = node[part] = {}
+                child = node[part] = {}  # made by this override: blame it for the section
+                prov.setdefault(".".join(parts[: i + 1]), f"{OVERRIDE_SOURCE} {text}")
             elif not isinstance(child, dict):
                 parent = ".".join(parts[: i + 1])
                 raise ConfigError(f"override '{text}': '{parent}' is a value, not a section")
@@ -247,9 +248,20 @@ def _format_error(err: dict[str, Any], schema: type[BaseModel], prov: Provenance
     if kind == "missing":
         return f"{source}: missing required key '{dotted}'"
     value = err.get("input")
+    if kind == "value_error" and isinstance(value, dict | list):  # a section's own check
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        return f"{_blame(msg, prov, source)}: {msg}"  # the section itself is not the news
     msg = err["msg"]  # pydantic's "Input should be ...": lowercase its first letter only
     msg = msg[:1].lower() + msg[1:]
     return f"{source}: key '{dotted}' {msg} (got {value!r})"
+
+
+def _blame(msg: str, prov: Provenance, fallback: str) -> str:
+    """Where the keys a check's message names were set: an ``-o`` override among them first
+    (the likeliest news to the user), else the first key's file, else ``fallback``."""
+    sources = [prov[k] for k in re.findall(r"[A-Za-z_][\w.]*\.[\w.]*\w", msg) if k in prov]
+    overrides = [src for src in sources if src.startswith(OVERRIDE_SOURCE)]
+    return (overrides or sources or [fallback])[0]
 
 
 def validate(tree: dict[str, Any], schema: type[C], prov: Provenance | None = None) -> C:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import numbers
+import types
+import typing
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -127,6 +130,51 @@ def check_kwargs(
                 f"{where}{what} has no argument '{key}'{did_you_mean(key, valid)}; "
                 f"valid: {', '.join(valid) or '(none)'}"
             )
+    hints = _type_hints(fn)
+    for key, value in kwargs.items():
+        wanted = _plain_type(hints.get(key))
+        if wanted is not None and not _is_a(value, wanted):
+            where = f"config key '{section}.{key}': " if section else ""
+            raise ConfigError(
+                f"{where}{what} argument '{key}' must be {wanted[0]}, got {value!r}"
+                + (" (true or false)" if wanted[0] == "a boolean" else "")
+            )
+
+
+# annotation -> (what to call it, accepts); only plain scalar annotations are checked, so a
+# typo'd value (``keep_ratio: flase``) fails like an unknown key instead of being truthy
+_PLAIN: dict[Any, tuple[str, Callable[[Any], bool]]] = {
+    bool: ("a boolean", lambda v: isinstance(v, bool)),
+    int: ("an integer", lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)),
+    float: ("a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)),
+    str: ("a string", lambda v: isinstance(v, str)),
+}
+
+
+def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # an annotation that does not resolve: nothing to check against
+        return {}
+
+
+def _plain_type(hint: Any) -> tuple[str, Callable[[Any], bool], bool] | None:
+    """(name, check, None allowed) for ``bool``, ``int``, ``float``, ``str`` and their
+    ``| None`` forms; None for anything richer (unions, sequences), which stays unchecked."""
+    args = typing.get_args(hint)
+    optional = False
+    if args and type(None) in args and typing.get_origin(hint) in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) != 1:
+            return None
+        hint, optional = rest[0], True
+    plain = _PLAIN.get(hint) if isinstance(hint, type) else None
+    return (*plain, optional) if plain else None
+
+
+def _is_a(value: Any, wanted: tuple[str, Callable[[Any], bool], bool]) -> bool:
+    return (value is None and wanted[2]) or wanted[1](value)
 
 
 #: Engine hooks: the one component kind core builds itself (kits keep theirs per kit).
