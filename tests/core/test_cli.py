@@ -340,6 +340,32 @@ def test_configs_lists_shipped(cli) -> None:
     assert "toy/quick" in out and "toy/tiny" in out
 
 
+def test_config_descriptions_are_whole_sentences(tmp_path: Path) -> None:
+    from e2ekit.core.paths import config_description, shipped_configs
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("# A detector (160 px,\n# multi-scale): AP50 0.9. Tuned on X.\nm: {}\n")
+    assert config_description(cfg) == "A detector (160 px, multi-scale): AP50 0.9."
+    for paths in shipped_configs().values():
+        for path in paths:
+            text = config_description(path)
+            header = " ".join(
+                line.lstrip("#").strip()
+                for line in path.read_text().splitlines()[:40]
+                if line.startswith("#")
+            )
+            assert text and header.startswith(text), path  # the header's start, not a cut
+
+
+def test_configs_into_a_closed_pipe_exits_quietly() -> None:
+    proc = subprocess.run(
+        f"{sys.executable} -m e2ekit configs | head -1",
+        shell=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.count("\n") == 1
+    assert "Traceback" not in proc.stderr
+
+
 def test_python_dash_m_and_help() -> None:
     proc = run_subprocess(["--help"])
     assert proc.returncode == 0 and "e2ekit <kit> <verb>" in proc.stdout
@@ -363,3 +389,27 @@ def test_a_user_config_bases_itself_on_a_shipped_one_by_name(cli, tmp_path: Path
     assert code == 0, err
     saved = (out / "config.yaml").read_text()
     assert "toy_mlp" in saved and "hidden: 8" in saved  # from the shipped toy/tiny
+
+
+def test_a_misspelled_boolean_in_a_transform_fails_naming_it(cli, tmp_path: Path) -> None:
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text(
+        "_base_: det/quick\n"
+        "data:\n  train_transforms:\n    - {type: Resize, target_size: 96, keep_ratio: flase}\n"
+    )
+    code, _, err = cli("det", "train", "-c", cfg, "--out", tmp_path / "run")
+    assert code == 1 and "'keep_ratio' must be a boolean, got 'flase'" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("trian.epochs=3", "error: -o trian.epochs=3: unknown key 'trian' (did you mean 'train'?)"),
+        ("data.num_classes=3", "error: -o data.num_classes=3: data.class_names has 4 names"),
+    ],
+)
+def test_an_override_error_blames_the_override(cli, tmp_path: Path, override, needle) -> None:
+    code, _, err = cli("seg", "train", "-c", "quick", "-o", override, "--out", tmp_path / "r")
+    assert code == 1 and err.strip().startswith(needle), err
+    assert "{" not in err  # a section check names its keys, it does not print the section

@@ -14,7 +14,9 @@ import errno
 import json
 import logging
 import os
+import shutil
 import sys
+import textwrap
 import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -121,9 +123,14 @@ def cmd_configs(argv: list[str]) -> int:
     found = shipped_configs(kit)
     if kit and not found:
         raise UsageError(f"no shipped configs for kit '{kit}' under {configs_root()}")
-    for name, paths in found.items():
-        for path in paths:
-            print(f"{name}/{path.stem:<24} {config_description(path)}")
+    names = {path: f"{kit_name}/{path.stem}" for kit_name, paths in found.items() for path in paths}
+    width = max((len(n) for n in names.values()), default=0) + 2
+    columns = max(60, shutil.get_terminal_size((100, 24)).columns)
+    for path, name in names.items():  # whole first sentences, wrapped under their column
+        text = textwrap.wrap(config_description(path), max(30, columns - width)) or [""]
+        print(f"{name:<{width}}{text[0]}")
+        for more in text[1:]:
+            print(" " * width + more)
     print(f"{sum(len(v) for v in found.values())} configs under {configs_root()}")
     return 0
 
@@ -195,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `e2ekit configs | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 0
     except Exception as exc:
         message = str(exc) if isinstance(exc, E2EError) else expected_failure(exc)
         if message is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from e2ekit.core.errors import ConfigError, did_you_mean
@@ -53,13 +54,16 @@ def resolve_config(kit: str, value: str | None) -> Path:
 
 
 def config_description(path: Path) -> str:
-    """The first comment line of a config file, shown by ``e2ekit configs``."""
+    """The first sentence of a config's header comment, shown by ``e2ekit configs``: the
+    comment block read as one text (headers wrap over lines), cut after its first sentence,
+    never inside it."""
+    lines = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-        if line.strip():
+        if not line.startswith("#"):
             break
-    return ""
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(t for t in lines if t)
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z(`])", text, maxsplit=1)[0]
 
 
 def data_cache_dir() -> Path:
