@@ -518,6 +518,9 @@ SERVE_LIMITS = CoveredBy(
     "tests/core/test_serve.py::test_bad_inputs_get_4xx_and_the_server_keeps_working"
 )
 
+TIME_BUDGET = CoveredBy(
+    "tests/core/test_time_budget.py::test_budget_fits_steps_and_cosine_ends_at_the_last_step"
+)
 OTHER_DEVICE = "cpu" if torch.cuda.is_available() else "cuda"  # than the configs' auto
 NO_MAX_STEPS = ("train.max_steps=null",)  # the tiny configs stop by steps; these act on epochs
 EMA_ON = ("train.ema.enabled=true",)
@@ -579,6 +582,7 @@ CORE: dict[str, Evidence] = {
     "train.channels_last": Changes(True, memory_format),
     "train.tensorboard": CORE_LOOP,
     "train.progress": CORE_LOOP,
+    "train.time_budget": TIME_BUDGET,
     "optim.type": Changes("sgd", optimizer),
     "optim.lr": Changes(0.123, optimizer),
     "optim.weight_decay": Changes(0.05, optimizer),
@@ -863,6 +867,7 @@ CTR: dict[str, Evidence] = {
     "train.channels_last": Refused(True),
     "train.tensorboard": CTR_LOOP,
     "train.progress": CTR_LOOP,
+    "train.time_budget": Refused("10m"),
     "train.mode": Changes("async", ctr_schedule, ASYNC_READY),
     "train.workers": Changes(5, ctr_schedule, (*ASYNC_READY, "train.mode=async")),
     "train.threads": Changes(1, threads),

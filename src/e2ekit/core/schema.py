@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from e2ekit.core.serve.settings import ServeSettings
 
@@ -79,10 +79,33 @@ class TrainConfig(Strict):
     channels_last: bool = Field(False, description="NHWC memory format (faster convs on CPU)")
     tensorboard: bool = True
     progress: bool = True
+    time_budget: float | None = Field(
+        None,
+        description="wall-clock budget of the whole run, from the start of its set-up (data "
+        "and model building; not the Python start-up): seconds, or a duration such as 90s, "
+        "10m, 1.5h, 1h30m (stored as seconds). The first epoch or 5% of the budget measures "
+        "the step and evaluation times, then the step count is fitted so training, the "
+        "evaluations and the final evaluation and save end within it (re-estimated at 50% and "
+        "80%; a hard stop ends the run early if steps slow down, still evaluated and saved). "
+        "The LR schedule (warm-up, decay) is re-timed to the fitted end. It replaces "
+        "epochs/max_steps, as ultralytics' time= replaces epochs; "
+        "early_stop may end the run sooner; eval_interval, save_interval and grad_accum are "
+        "counted in the fit. --resume continues the same budget: the time used up to last.pt "
+        "is kept in it (a budget given only on resume counts from the resume)",
+    )
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float | None:
+        if value is None:
+            return None
+        from e2ekit.core.engine.budget import parse_duration
+
+        return parse_duration(value)
 
     @model_validator(mode="after")
     def _length(self) -> TrainConfig:
-        if self.epochs is None and self.max_steps is None:
+        if self.epochs is None and self.max_steps is None and self.time_budget is None:
             self.epochs = 1
         return self
 

@@ -267,6 +267,9 @@ class CtrConfig(RunConfig):
         "train.channels_last": "CTR models have no convolutions",
         "train.grad_accum": "ctr trains with large batches instead; raise train.batch_size",
         "serve.max_image_pixels": "ctr requests carry no images",
+        "train.time_budget": "ctr trains in its own loop (sync, async, ddp, ps and --stream), "
+        "whose passes follow the data files rather than a fitted step count; bound a run "
+        "with train.max_steps or train.epochs",
     }
 
     model: CtrModel = CtrModel()  # type: ignore[assignment]

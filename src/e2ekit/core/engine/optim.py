@@ -124,3 +124,18 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: SchedConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total_steps))
+
+
+def retime_scheduler(
+    scheduler: torch.optim.lr_scheduler.LambdaLR, cfg: SchedConfig, total_steps: int
+) -> None:
+    """Make ``scheduler`` end at ``total_steps`` from its current step on (a time-budgeted
+    run learns its length while training): warm-up (``warmup_ratio`` of the new total) and
+    decay follow the new horizon, and the optimizer's LR is set to the new curve's value now.
+    """
+    factor = lr_factor(cfg, total_steps)
+    scheduler.lr_lambdas = [factor] * len(scheduler.optimizer.param_groups)
+    step = scheduler.last_epoch
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * factor(step)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]

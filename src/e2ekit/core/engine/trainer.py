@@ -12,7 +12,9 @@ the log window and read (with the first non-finite step, if any) only at log int
 from __future__ import annotations
 
 import contextlib
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from torch.utils.data import DataLoader
 from e2ekit.core.config import to_dict
 from e2ekit.core.engine import dist
 from e2ekit.core.engine.amp import autocast, make_scaler, resolve_amp
+from e2ekit.core.engine.budget import PROBE_SHARE, TimeBudget, format_duration
 from e2ekit.core.engine.checkpoint import (
     FORMAT,
     capture_rng,
@@ -36,15 +39,19 @@ from e2ekit.core.engine.checkpoint import (
 from e2ekit.core.engine.ema import ModelEMA
 from e2ekit.core.engine.env import resolve_device, seed_everything, set_determinism
 from e2ekit.core.engine.hooks import Hook, build_hooks
-from e2ekit.core.engine.optim import build_optimizer, build_scheduler
+from e2ekit.core.engine.optim import build_optimizer, build_scheduler, retime_scheduler
 from e2ekit.core.engine.run import RunLoop, default_run_dir
 from e2ekit.core.engine.sampler import ResumableBatchSampler, SeededDataset
 from e2ekit.core.engine.task import Task
 from e2ekit.core.errors import ConfigError, E2EError
+from e2ekit.core.fileio import atomic_write_json
 from e2ekit.core.logs import jsonable, log
 from e2ekit.core.progress import progress
 
 __all__ = ["Trainer", "default_run_dir", "eval_loader", "run_evaluation", "to_device", "unwrap"]
+
+PROVISIONAL_STEPS = 10**9  # a budgeted run's length before its first step is timed
+PROBE_PERCENT = 100 * PROBE_SHARE
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -107,7 +114,9 @@ def run_evaluation(
 
 
 class Trainer(RunLoop):
-    """Builds everything from ``task.cfg`` before touching ``out_dir``, then trains."""
+    """Builds everything from ``task.cfg`` before touching ``out_dir``, then trains.
+
+    ``clock``: seconds for ``train.time_budget`` (tests pass a fake one)."""
 
     def __init__(
         self,
@@ -118,7 +127,9 @@ class Trainer(RunLoop):
         resume: bool = False,
         weights: str | Path | None = None,
         overwrite: bool = False,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        started = clock()  # a time budget counts from here: building data and model is used
         self.task = task
         self.cfg = task.cfg
         self.tc = task.cfg.train
@@ -173,11 +184,25 @@ class Trainer(RunLoop):
         )
         self.val_loader = eval_loader(task, "val") if self.is_main else None
         self.batches_per_epoch = len(self.sampler)
-        if self.tc.max_steps:
-            self.total_steps = self.tc.max_steps
+        upper: int | None = None  # with a time budget, the budget alone sets the length
+        if self.tc.time_budget:
+            if (self.tc.epochs or self.tc.max_steps) and self.is_main:
+                log.info(
+                    "train.time_budget sets the run's length: train.epochs=%s / max_steps=%s "
+                    "are not used",
+                    self.tc.epochs,
+                    self.tc.max_steps,
+                )
+        elif self.tc.max_steps:
+            upper = self.tc.max_steps
         else:
             micro = (self.tc.epochs or 1) * self.batches_per_epoch
-            self.total_steps = max(1, micro // self.tc.grad_accum)
+            upper = max(1, micro // self.tc.grad_accum)
+        self.budget = self._make_budget(upper, clock, started) if self.tc.time_budget else None
+        # without a bound, the schedule spans a provisional length until the first step's time
+        self.total_steps = upper if upper is not None else PROVISIONAL_STEPS
+        self._evaluated_at = -1  # step of the latest evaluation
+        self._budget_planned = False  # rank 0 has fitted the step count (told to every rank)
 
         self.optimizer = build_optimizer(self.model, self.cfg.optim, task.param_groups(self.model))
         self.scheduler = build_scheduler(self.optimizer, self.cfg.sched, self.total_steps)
@@ -205,6 +230,21 @@ class Trainer(RunLoop):
         if not resume:
             seed_everything(self.cfg.seed + self.rank)
 
+    def _make_budget(self, upper: int | None, clock: Callable[[], float], t0: float) -> TimeBudget:
+        steps_per_epoch = self.batches_per_epoch / self.tc.grad_accum
+        budget = TimeBudget(
+            float(self.tc.time_budget or 0),
+            upper_bound=upper,
+            steps_per_epoch=steps_per_epoch,
+            steps_per_eval=self.tc.eval_interval or steps_per_epoch,
+            steps_per_save=self.tc.save_interval,
+            micro_per_step=self.tc.grad_accum,
+            eval_batches=len(self.val_loader) if self.val_loader is not None else 0,
+            clock=clock,
+        )
+        budget.t0 = t0
+        return budget
+
     # -- state ------------------------------------------------------------------------
     def _load_resume_state(self) -> None:
         ckpt = load_checkpoint(self.run.last_checkpoint(), map_location=self.device)
@@ -217,6 +257,11 @@ class Trainer(RunLoop):
             self.ema.load_state_dict(ckpt["ema"])
         self.step, self.micro = int(ckpt["step"]), int(ckpt["micro"])
         self.run.load_state_dict(ckpt)
+        if self.budget is not None and ckpt.get("budget"):
+            self.budget.load_state_dict(ckpt["budget"])
+            planned = self.budget.planned
+            if planned:  # the schedule continues the saved plan until this run re-plans
+                self._set_total(max(int(planned), self.step), retime=True)
         self.last_metrics = ckpt.get("metrics") or {}
         for hook, state in zip(self.hooks, ckpt.get("hooks", []), strict=False):
             hook.load_state_dict(state)
@@ -256,6 +301,7 @@ class Trainer(RunLoop):
             **self.run.state_dict(),
             "metrics": jsonable(self.last_metrics),
             "hooks": [h.state_dict() for h in self.hooks],
+            "budget": self.budget.state_dict() if self.budget is not None else None,
             "config": to_dict(self.cfg),
             "world_size": self.world,
         }
@@ -299,10 +345,10 @@ class Trainer(RunLoop):
         if self.is_main:
             n_params = sum(p.numel() for p in self.model.parameters())
             log.info(
-                "train %s: %d steps (%d batches/epoch x %d proc, batch %d, accum %d), "
+                "train %s: %s steps (%d batches/epoch x %d proc, batch %d, accum %d), "
                 "%.2fM params, device %s, amp %s, out %s%s",
                 self.task.kit,
-                self.total_steps,
+                "budget-fitted" if self.total_steps == PROVISIONAL_STEPS else self.total_steps,
                 self.batches_per_epoch,
                 self.world,
                 tc.batch_size,
@@ -313,11 +359,13 @@ class Trainer(RunLoop):
                 self.out_dir,
                 f", resumed at step {self.step}" if self.resume else "",
             )
+            if self.budget is not None:
+                self._log_budget_start()
         for hook in self.hooks:
             hook.before_train(self)
         self.model.train()
         bar = progress(
-            total=self.total_steps,
+            total=None if self.total_steps == PROVISIONAL_STEPS else self.total_steps,
             initial=self.step,
             desc="train",
             unit="step",
@@ -326,6 +374,12 @@ class Trainer(RunLoop):
         t0, seen = time.perf_counter(), 0
         start_step = self.step
         self._reset_window()
+        if self.budget is not None:
+            self.budget.start()
+            spent = self.resume and self.budget.remaining() <= 0
+            if dist.broadcast_object(spent):  # every rank follows rank 0's clock
+                log.info("time budget: already spent at step %d; nothing left to train", self.step)
+                self._end_now()
         while self.step < self.total_steps and not self.stop_reason:
             epoch, within = divmod(self.micro, self.batches_per_epoch)
             self.sampler.set_epoch(epoch, within)
@@ -339,6 +393,8 @@ class Trainer(RunLoop):
                     self._log_train(seen, t0, bar)
                 for hook in self.hooks:
                     hook.after_step(self)
+                if self.budget is not None:
+                    self._budget_step(bar)
                 self._maybe_eval_and_save()
                 if self.step >= self.total_steps or self.stop_reason:
                     break
@@ -423,9 +479,9 @@ class Trainer(RunLoop):
         rate = seen / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         log.info(
-            "step %d/%d loss %.4f lr %.3e %.1f samples/s",
+            "step %d/%s loss %.4f lr %.3e %.1f samples/s",
             self.step,
-            self.total_steps,
+            "?" if self.total_steps == PROVISIONAL_STEPS else self.total_steps,
             loss,
             lr,
             rate,
@@ -441,18 +497,111 @@ class Trainer(RunLoop):
         return self.micro // self.batches_per_epoch > before
 
     def _maybe_eval_and_save(self) -> None:
-        evaluated = False
+        start = self.budget.clock() if self.budget is not None else 0.0
+        evaluated = saved = False
         if self._eval_due():
             self.evaluate_now()
             evaluated = True
         save_due = self.tc.save_interval and self.step % self.tc.save_interval == 0
         if evaluated or save_due or self.step >= self.total_steps or self.stop_reason:
             self.save("last.pt")
+            saved = True
+        if self.budget is not None and (evaluated or saved):
+            spent = self.budget.clock() - start
+            self.budget.overhead(spent, evaluated=evaluated, saved_only=saved and not evaluated)
+
+    # -- time budget ------------------------------------------------------------------------
+    def _log_budget_start(self) -> None:
+        budget = self.budget
+        assert budget is not None
+        bound = budget.upper_bound
+        log.info(
+            "time budget %s (%s left): the step count is fitted after the first epoch or %d%% "
+            "of the budget%s",
+            format_duration(budget.seconds),
+            format_duration(budget.remaining()),
+            round(PROBE_PERCENT),
+            f", at most {bound} steps (train.epochs/max_steps)" if bound is not None else "",
+        )
+
+    def _budget_step(self, bar: Any) -> None:
+        """After an optimizer step, before its evaluation: stop here, or fit the step count.
+
+        Under DDP rank 0 decides and every rank follows (checked each ``log_interval`` steps
+        once the first plan is made, so the ranks do not meet each step)."""
+        budget = self.budget
+        assert budget is not None
+        budget.step_done()
+        ga, bpe = self.tc.grad_accum, self.batches_per_epoch
+        epoch_done = (self.micro - ga) // bpe < self.micro // bpe
+        every = 1 if self.world == 1 or not self._budget_planned else self.tc.log_interval
+        if self.step % every == 0:
+            total, horizon = self.total_steps, None
+            if self.is_main:
+                total, horizon = self._budget_decision(budget, epoch_done, every)
+            planned = budget.plans > 0
+            if self.world > 1:
+                total, horizon, planned = dist.broadcast_object((total, horizon, planned))
+            self._budget_planned = planned
+            if horizon is not None:  # the LR's first horizon; the loop runs on to the plan
+                retime_scheduler(self.scheduler, self.cfg.sched, horizon)
+                bar.total = horizon
+            if total != self.total_steps:
+                self._set_total(total, retime=total > self.step, bar=bar)
+        if self.is_main:
+            bar.set_description_str(
+                f"train (budget {format_duration(budget.remaining())} left)", refresh=False
+            )
+
+    def _budget_decision(
+        self, budget: TimeBudget, epoch_done: bool, every: int
+    ) -> tuple[int, int | None]:
+        """Rank 0's (total steps, provisional LR horizon or None) after this step."""
+        if budget.must_stop(every):
+            log.info(
+                "time budget: %s left, too little for more steps and the final evaluation; "
+                "stopping at step %d",
+                format_duration(budget.remaining()),
+                self.step,
+            )
+            return self.step, None
+        if not budget.plan_due(epoch_done):
+            if not budget.horizon_given and self.total_steps == PROVISIONAL_STEPS:
+                # the first step's time (warm-up included: pessimistic) gives the LR a rough
+                # horizon until the probe's plan
+                return self.total_steps, max(budget.plan(self.step, provisional=True), 2)
+            return self.total_steps, None
+        total = budget.plan(self.step)
+        log.info(
+            "time budget: %.4gs/step, evaluation %.3gs: %d steps in all (%.4g epochs), %s left",
+            budget.step_time or 0.0,
+            budget.eval_estimate(),
+            total,
+            total / budget.steps_per_epoch,
+            format_duration(budget.remaining()),
+        )
+        return total, None
+
+    def _set_total(self, total: int, *, retime: bool, bar: Any = None) -> None:
+        self.total_steps = total
+        if retime:
+            retime_scheduler(self.scheduler, self.cfg.sched, total)
+        if bar is not None:
+            bar.total = total
+            bar.refresh()
+
+    def _end_now(self) -> None:
+        """The run ends at this step: evaluate and save it unless that is done already."""
+        self.total_steps = self.step
+        if self._evaluated_at != self.step:
+            self.evaluate_now()
+        self.save("last.pt")
 
     def evaluate_now(self) -> dict[str, Any]:
         """Evaluate on rank 0 (EMA weights if enabled), track best and early stopping."""
         metrics: dict[str, Any] = {}
         improved = False
+        self._evaluated_at = self.step
         if self.is_main and self.val_loader is not None:
             model = self.ema.module if self.ema is not None else unwrap(self.model)
             metrics = run_evaluation(
@@ -474,8 +623,30 @@ class Trainer(RunLoop):
 
     def _finish(self) -> dict[str, Any]:
         result = self.run.finish(self.step)
+        if self.budget is not None and self.is_main:
+            result.update(self._budget_summary())
         dist.barrier()
         return result
+
+    def _budget_summary(self) -> dict[str, Any]:
+        """The budget's figures: logged, added to the summary and to ``metrics.json``."""
+        assert self.budget is not None
+        summary = self.budget.summary(self.step, self.micro / self.batches_per_epoch)
+        log.info(
+            "time budget %s: used %s, %d steps (%.4g epochs)%s",
+            format_duration(summary["time_budget_s"]),
+            format_duration(summary["time_used_s"]),
+            summary["budget_steps"],
+            summary["budget_epochs"],
+            ", stopped early to keep time for the final evaluation"
+            if self.budget.stopped_early
+            else "",
+        )
+        path = self.out_dir / "metrics.json"
+        full = json.loads(path.read_text(encoding="utf-8"))
+        full.update(summary)
+        atomic_write_json(path, jsonable(full))
+        return summary
 
 
 def _batch_len(batch: Any) -> int:
