@@ -7,7 +7,6 @@ import base64
 import importlib
 import re
 import struct
-import time
 import zlib
 from pathlib import Path
 
@@ -65,10 +64,8 @@ def test_image_bomb_is_refused_from_its_header(bomb: bytes, tmp_path: Path, no_d
     from e2ekit.core.serve import BadRequest
 
     value = base64.b64encode(bomb).decode()
-    t0 = time.perf_counter()
-    with pytest.raises(BadRequest) as info:
+    with pytest.raises(BadRequest) as info:  # no_decoding: refused from the header alone
         decode_image_field(value)
-    assert time.perf_counter() - t0 < 0.2
     assert info.value.status_code == 413
     assert "16000x16000" in info.value.message and "serve.max_image_pixels" in info.value.message
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -215,12 +214,11 @@ def test_serve(trained: Path, tmp_path: Path, cli) -> None:
         image = kit.demo_request(predictor.deploy)["image"]
         extra = client.post("/predict", json={"image": image, "format": "gif"})
         assert extra.status_code == 422 and "format" in extra.text
-        t0 = time.perf_counter()  # 16000x16000 in 31 KB: refused from its header
+        # 16000x16000 in 31 KB: refused from its header (never decoded: test_hostile_inputs)
         bomb = client.post(
             "/predict", json={"image": base64.b64encode(png_bomb(16000, 16000)).decode()}
         )
         assert bomb.status_code == 413 and "serve.max_image_pixels" in bomb.text
-        assert time.perf_counter() - t0 < 1.0
 
 
 def test_predict_refuses_images_over_the_limit(cli, trained: Path, tmp_path: Path) -> None:

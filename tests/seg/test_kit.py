@@ -6,7 +6,6 @@ import base64
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +112,11 @@ def test_export_predict_serve(cli, trained: Path, tmp_path: Path) -> None:
         assert junk.status_code == 422
         extra = client.post("/predict", json={"image": body["mask_png"], "colour": "red"})
         assert extra.status_code == 422 and "colour" in extra.text
-        t0 = time.perf_counter()  # 16000x16000 in 31 KB: refused from its header
+        # 16000x16000 in 31 KB: refused from its header (never decoded: test_hostile_inputs)
         bomb = client.post(
             "/predict", json={"image": base64.b64encode(png_bomb(16000, 16000)).decode()}
         )
         assert bomb.status_code == 413 and "serve.max_image_pixels" in bomb.text
-        assert time.perf_counter() - t0 < 1.0
         assert client.get("/health").status_code == 200
 
 
