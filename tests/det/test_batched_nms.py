@@ -476,3 +476,17 @@ def test_a_detector_tracing_one_image_exports_a_fixed_batch(exported: Exported) 
     want = DetRunner(Predictor(exported.folder)).detect_batch(exported.images)
     for g, w in zip(got, want, strict=True):
         _same_detections(g, w)
+
+
+def test_torch_backend_rebuilds_the_export(exported: Exported) -> None:
+    """The export carries weights.pt and the builder: the Predictor's torch backend returns
+    the detections onnxruntime does, for a batch in one call."""
+    from e2ekit.core.infer import Predictor
+    from e2ekit.det.runner import DetRunner
+
+    assert (exported.folder / "weights.pt").is_file()
+    by_torch = DetRunner(Predictor(exported.folder, backend="torch")).detect_batch(exported.images)
+    by_ort = DetRunner(Predictor(exported.folder)).detect_batch(exported.images)
+    assert sum(len(d["labels"]) for d in by_ort) > 0
+    for got, want in zip(by_torch, by_ort, strict=True):
+        _same_detections(got, want)

@@ -242,8 +242,10 @@ def test_onnx_export_returns_the_checkpoint_masks(tmp_path: Path) -> None:
     deploy = exported.deploy
     assert [o["name"] for o in deploy["outputs"]][-1] == "masks" and "box" in deploy["mask_format"]
     checkpoint = DetRunner(ModulePredictor(spec, torch.device("cpu")))
+    rebuilt = DetRunner(Predictor(tmp_path / "export", backend="torch"))  # weights.pt
     for image in images:
         a, b = exported.detect(image), checkpoint.detect(image)
+        np.testing.assert_array_equal(rebuilt.detect(image)["masks"], b["masks"])
         assert a["masks"].shape == b["masks"].shape == (5, 120, 90)
         np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-3)
         agree = (a["masks"] == b["masks"]).mean()

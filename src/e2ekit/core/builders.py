@@ -19,6 +19,7 @@ from e2ekit.core.errors import E2EError
 # Kit -> the builder its ``export_spec`` records (``torch_builder=``); deploy.yaml keeps
 # writing these exact strings, so existing export folders load unchanged.
 E2EKIT_TORCH_BUILDERS: dict[str, str] = {
+    "det": "e2ekit.det.export:build_inference_module",
     "seg": "e2ekit.seg.task:build_inference_module",
     "text": "e2ekit.text.task:build_inference_module",
     "toy": "e2ekit.toy.task:build_inference_module",

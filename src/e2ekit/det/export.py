@@ -19,6 +19,7 @@ their outputs and still runs the old one, an image per call.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -182,6 +183,39 @@ class DetMaskModule(nn.Module):
         return (*found, d.box_masks(feats, found[0], found[2], size))
 
 
+def build_inference_module(
+    model: dict[str, Any], num_classes: int, nms: bool, postprocess: dict[str, Any] | None = None
+) -> nn.Module:
+    """The exported module rebuilt for the Predictor's torch backend (``weights.pt`` holds
+    its state): the detector from its ``model`` section with the export's NMS settings
+    (``postprocess``: score_thresh, nms_thresh, max_detections), wrapped as
+    :func:`det_export_spec` wraps it."""
+    from e2ekit.det.registry import MODELS
+    from e2ekit.det.task import _register_models
+
+    _register_models()
+    det = MODELS.build(dict(model), num_classes=num_classes).eval()
+    for key, value in (postprocess or {}).items():
+        setattr(det, key, value)
+    return (DetMaskModule(det) if hasattr(det, "box_masks") else DetExportModule(det, nms)).eval()
+
+
+def _rebuild_model_section(det: nn.Module, model: dict[str, Any]) -> dict[str, Any]:
+    """``model`` as the torch backend rebuilds it: without ``pretrained`` (a file of the
+    training machine; ``weights.pt`` replaces it), and with the batch-norm kind the
+    pretrained file chose spelled out, so the rebuilt module has the same state keys."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from e2ekit.det.registry import MODELS
+
+    out = {k: v for k, v in model.items() if k != "pretrained"}
+    if "pretrained" in model and "frozen_bn" not in out:
+        builder = MODELS.get(str(model["type"]))
+        if "frozen_bn" in inspect.signature(builder).parameters:
+            out["frozen_bn"] = any(isinstance(m, FrozenBatchNorm2d) for m in det.modules())
+    return out
+
+
 def traces_a_batch(det: nn.Module) -> bool:
     """Whether ``forward_raw`` traces with a dynamic batch. A detector whose rows differ in
     number per image (``raw_export_refused``: Faster R-CNN's proposals) splits the batch in
@@ -289,4 +323,11 @@ def det_export_spec(
         deploy=deploy,
         parity_inputs=parity,
         int8_keep_final_float=bool(getattr(det, "int8_keep_final_float", False)),
+        torch_builder="e2ekit.det.export:build_inference_module",
+        builder_config={
+            "model": _rebuild_model_section(det, dict(cfg.model)),
+            "num_classes": len(class_names),
+            "nms": nms,
+            "postprocess": {k: deploy[k] for k in ("score_thresh", "nms_thresh", "max_detections")},
+        },
     )
