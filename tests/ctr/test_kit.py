@@ -327,3 +327,13 @@ def test_predict_without_a_valid_row_writes_nothing(
                        "--out", out_dir)  # fmt: skip
     assert code == 1 and "no valid rows" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.tsv"]
+
+
+def test_a_run_of_a_few_steps_says_so(cli, tmp_path: Path) -> None:
+    """3000 rows at batch 4096: one optimizer step; the log says it and how to fix it."""
+    args = ("ctr", "train", "-c", TINY, "-o", "train.batch_size=4096")
+    code, _, err = cli(*args, "--out", tmp_path / "few")
+    assert code == 0, err
+    assert "an epoch is 1 optimizer step(s), 1 in all" in err and "Lower train.batch_size" in err
+    code, _, err = cli("ctr", "train", "-c", TINY, "--out", tmp_path / "enough")
+    assert code == 0 and "too few to learn from" not in err

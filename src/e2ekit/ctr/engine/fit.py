@@ -39,6 +39,10 @@ def default_threads(processes: int) -> int:
     return max(1, (torch.get_num_threads() or 1) // max(processes, 1))
 
 
+# fewer optimizer steps than this in a whole run earns a warning
+FEW_STEPS = 10
+
+
 class CtrTrainer(RunLoop):
     """Builds model, optimizers and run from the config; ``fit()`` trains."""
 
@@ -311,6 +315,30 @@ class CtrTrainer(RunLoop):
             self.out_dir,
             f", resumed at step {self.step}" if self.resume else "",
         )
+        self._warn_few_steps(paths)
+
+    def _warn_few_steps(self, paths: str) -> None:
+        """Say so when the whole run is only a handful of optimizer steps (a big batch on
+        small data): it would end at once with an untrained model and no word why."""
+        if self.tc.max_steps:
+            return
+        rows = estimate_rows(paths)
+        if not rows:
+            return
+        per_step = self.tc.batch_size * self.world
+        per_epoch = math.ceil(rows / per_step)
+        total = (self.tc.epochs or 1) * per_epoch
+        if total < FEW_STEPS:
+            log.warning(
+                "data.train has about %d rows: at train.batch_size=%d an epoch is %d optimizer "
+                "step(s), %d in all; that is too few to learn from. Lower train.batch_size "
+                "(e.g. %d) or raise train.epochs",
+                rows,
+                self.tc.batch_size,
+                per_epoch,
+                total,
+                max(32, 2 ** int(math.log2(max(1, rows // 50)))),
+            )
 
     def train_pass(
         self, paths: str | list[str], *, epoch: int, skip: int = 0, desc: str = "train"
