@@ -119,3 +119,26 @@ def test_train_eval_export_predict_serve(cli, trained, tmp_path: Path) -> None:
             ).status_code
             == 413
         )
+
+
+def test_ner_predict_reads_conll_and_word_lists_as_train_does(cli, trained, tmp_path) -> None:
+    name, run = trained
+    if name != "ner":
+        pytest.skip("a NER input format")
+    conll = tmp_path / "dev.conll"
+    conll.write_text(
+        "-DOCSTART- -X- O O\n\nJohn NNP B-NP B-PER\nlives VBZ B-VP O\n\nParis NNP B-NP B-LOC\n"
+    )
+    words = tmp_path / "dev.jsonl"
+    words.write_text('{"words": ["John", "lives"]}\n{"tokens": ["Paris"]}\n')
+    plain = tmp_path / "dev.txt"
+    plain.write_text("John lives\nParis\n")
+    tags = {}
+    for path in (conll, words, plain):
+        code, _, err = cli("text", "predict", "--weights", run, "--input", path,
+                           "--out", tmp_path / path.suffix[1:])  # fmt: skip
+        assert code == 0, err
+        rows = [json.loads(x) for x in (tmp_path / path.suffix[1:] / "predictions.jsonl").open()]
+        assert [r["tokens"] for r in rows] == [["John", "lives"], ["Paris"]], path
+        tags[path.suffix] = [r["tags"] for r in rows]
+    assert tags[".conll"] == tags[".jsonl"] == tags[".txt"]

@@ -39,13 +39,18 @@ class PredictRequest(BaseModel):
 
 
 def read_predict_input(task: str, path: Path) -> list[Any]:
-    """Items for ``TextRunner.run_items`` from a TSV/JSON/text file or stdin ('-')."""
-    from e2ekit.text.data import read_squad, read_texts
+    """Items for ``TextRunner.run_items`` from a TSV/JSON/text file or stdin ('-'); for ner
+    also CoNLL columns and word-list JSON lines (each sentence its list of words)."""
+    from e2ekit.text.data import read_ner_words, read_squad, read_texts
 
     if task == "mrc":
         if str(path) == "-":
             raise DataError("mrc predict reads a SQuAD JSON file, not stdin")
         return read_squad(path, require_answers=False)
+    if task == "ner" and str(path) != "-":
+        words = read_ner_words(path)  # CoNLL / word-list JSON lines, as train reads them
+        if words is not None:
+            return words
     items = read_texts(str(path))
     if task == "pair":
         bad = [i for i, x in enumerate(items, 1) if not isinstance(x, tuple)]

@@ -215,11 +215,16 @@ class TextRunner:
             out.append(row)
         return out
 
-    def tag(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+    def tag(self, texts: Sequence[str | list[str]]) -> list[dict[str, Any]]:
+        """Raw texts (split into words here) or sentences already split into words."""
         from e2ekit.text.data import NerExample, encode_ner, split_words
         from e2ekit.text.models import viterbi_decode_numpy
 
-        examples = [NerExample(split_words(t), None, n) for n, t in enumerate(texts, 1)]
+        examples = [
+            NerExample(list(t) if isinstance(t, list) else split_words(t), None, n)
+            for n, t in enumerate(texts, 1)
+        ]
+        texts = [" ".join(t) if isinstance(t, list) else t for t in texts]
         feats, _ = encode_ner(examples, self.tokenizer, None, int(self.deploy["max_seq_len"]))
         out = []
         for text, ex, feat, res in zip(texts, examples, feats, self._run(feats), strict=True):

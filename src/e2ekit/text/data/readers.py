@@ -419,6 +419,28 @@ def _read_conll(path: str | Path, lines: list[tuple[int, str]]) -> list[NerExamp
     return examples
 
 
+def read_ner_words(path: str | Path) -> list[list[str]] | None:
+    """Pre-split sentences of a file in a word-level format ``read_ner`` reads (CoNLL
+    columns, JSON lines with a ``words``/``tokens`` list), tags ignored; None for plain
+    texts, which ``predict`` splits itself. So predict reads the file train and eval read."""
+    p = Path(path)
+    lines = _read_lines(path, keep_blank=True)
+    content = [(n, s) for n, s in lines if s.strip()]
+    if not content:
+        return None
+    if p.suffix.lower() == ".jsonl" or content[0][1].lstrip().startswith("{"):
+        try:
+            first = loads_json(content[0][1])
+        except json.JSONDecodeError:
+            return None
+        if not (isinstance(first, dict) and any(k in first for k in NER_WORD_KEYS)):
+            return None
+        return [ex.tokens for ex in _read_ner_json(p, content, require_label=False)]
+    if _is_conll(lines):
+        return [ex.tokens for ex in _read_conll(path, lines)]
+    return None
+
+
 def read_ner(path: str | Path, *, require_label: bool) -> list[NerExample]:
     """Read NER sentences; the format is found from the suffix and the content.
 
