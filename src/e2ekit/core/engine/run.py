@@ -26,6 +26,7 @@ from e2ekit.core.engine.best import (
     write_final_metrics,
 )
 from e2ekit.core.engine.checkpoint import atomic_torch_save, remove_stale_temps
+from e2ekit.core.engine.curves import CURVES_FILE, read_evals, write_curves
 from e2ekit.core.engine.provenance import write_env_record
 from e2ekit.core.errors import CheckpointError
 from e2ekit.core.logs import MetricsWriter, add_file_log, log, remove_handler
@@ -36,7 +37,7 @@ __all__ = ["Run", "RunLoop", "RunOptions", "default_run_dir"]
 # Files whose presence makes a folder a run that a new training would overwrite.
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "metrics.json")
 # What --overwrite removes before the new run starts (so no file mixes two runs).
-OWN_FILES = (*RUN_FILES, "train.log", "env.json")
+OWN_FILES = (*RUN_FILES, "train.log", "env.json", CURVES_FILE)
 OWN_FOLDERS = ("tb", "checkpoints", "exports")
 
 
@@ -93,6 +94,7 @@ class Run:
         self._created_dir = False  # this run made the folder (so a failed start removes it)
         self._there_before: set[str] = set()
         self._saved = False  # a checkpoint exists: the run is worth keeping
+        self.history: list[dict[str, Any]] = []  # logged training scalars, for curves.png
         if not resume:
             self._refuse_existing_run()
 
@@ -165,6 +167,8 @@ class Run:
     def log_scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer is not None:
             self.writer.scalars(values, step)
+        if self.is_main:
+            self.history.append({"step": step, **values})
 
     def record_eval(self, record: dict[str, Any]) -> None:
         if self.writer is not None:
@@ -230,7 +234,18 @@ class Run:
         """Write ``metrics.json`` (the best evaluation) and return its one-line summary."""
         if not self.is_main:
             return {}
-        return write_final_metrics(self.out_dir, self.best, step, self.summary_drop)
+        summary = write_final_metrics(self.out_dir, self.best, step, self.summary_drop)
+        self._draw_curves()
+        return summary
+
+    def _draw_curves(self) -> None:
+        """``curves.png``; a picture that cannot be drawn never fails a finished run."""
+        try:
+            evals = read_evals(self.out_dir / "metrics.jsonl")
+            title = str(self.out_dir)
+            write_curves(self.out_dir, self.history, evals, self.metric, self.mode, title)
+        except Exception as exc:  # the run's results are already saved
+            log.warning("could not draw %s: %s", CURVES_FILE, exc)
 
 
 class RunLoop:
