@@ -15,7 +15,11 @@ def test_a_run_folder_has_its_curves(cli, tmp_path: Path) -> None:
     code, _, err = cli("toy", "train", "-c", "tiny", "--out", out, "-o", "train.tensorboard=false")
     assert code == 0, err
     with Image.open(out / "curves.png") as im:
-        assert im.format == "PNG" and im.width > 600 and len(im.convert("RGB").getcolors(1 << 16) or []) > 10
+        assert (
+            im.format == "PNG"
+            and im.width > 600
+            and len(im.convert("RGB").getcolors(1 << 16) or []) > 10
+        )
 
 
 def test_curves_skip_undefined_values_and_nothing_to_draw(tmp_path: Path) -> None:
