@@ -268,6 +268,14 @@ def test_preview_and_convert(cli, tmp_path: Path) -> None:
     code, out, err = cli("det", "preview", "-c", TINY, "--out", tmp_path / "pv", "--limit", "2")
     assert code == 0, err
     assert len(list((tmp_path / "pv").glob("*.png"))) == 2
+    summary = json.loads(out.strip().splitlines()[-1])
+    from e2ekit.core.config import load_config
+    from e2ekit.det.config import DetConfig
+    from e2ekit.det.task import DetTask
+
+    records = DetTask(load_config(TINY, DetConfig, [])).det_dataset("train").records
+    assert summary["images"] == 2 and summary["of_images"] == len(records)
+    assert summary["boxes"] == sum(len(r.boxes) for r in records[:2])  # only what it drew
 
     shapes = {"shapes": [{"label": "cat", "shape_type": "rectangle", "points": [[1, 2], [30, 40]]}]}
     shapes.update(imagePath="a.png", imageHeight=50, imageWidth=60)
@@ -280,6 +288,25 @@ def test_preview_and_convert(cli, tmp_path: Path) -> None:
     assert code == 0, err
     result = last_json(out)
     assert result["images"] == 1 and result["annotations"] == 1 and result["categories"] == ["cat"]
+
+
+def test_drawing_scales_with_the_image_and_fills_caption_tags() -> None:
+    from e2ekit.det.runner import PALETTE, caption_font, draw
+
+    assert caption_font() is not None  # a scalable font ships with the dependencies
+    for side in (120, 1200):
+        image = torch.full((3, side, side), 255, dtype=torch.uint8)
+        box = np.array([[side * 0.2, side * 0.3, side * 0.8, side * 0.9]], np.float32)
+        out = draw(image, box, ["cat 0.91"], None, [3])
+        changed = (out != image).any(0)
+        column = changed[:, int(side * 0.5)].nonzero().flatten()  # the top edge, at mid-width
+        top = column[column < side * 0.5]
+        assert len(top) >= max(2, round(side / 250))  # the line thickens with the image
+        w, top, left = max(2, round(side / 250)), int(side * 0.3), int(side * 0.2)
+        font = max(11, round(side / 45))  # the caption's band inside the box's top left
+        corner = out[:, top + w : top + w + font + 4, left + w : left + w + side // 8]
+        colour = torch.tensor(PALETTE[3], dtype=torch.uint8)[:, None, None]
+        assert (corner == colour).all(0).float().mean() > 0.3  # a tag of the class colour
 
 
 def test_bad_annotations_fail_before_training(cli, tmp_path: Path) -> None:

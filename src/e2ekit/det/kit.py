@@ -49,11 +49,13 @@ def cmd_preview(kit: Kit[DetConfig], args: Namespace) -> dict[str, Any]:
     out = Path(args.out or f"runs/det/preview-{split}")
     out.mkdir(parents=True, exist_ok=True)
     limit = int(getattr(args, "limit", None) or 50)
-    for r in progress(ds.records[:limit], desc="preview", unit="img"):
+    drawn = ds.records[:limit]
+    for r in progress(drawn, desc="preview", unit="img"):
         image = read_image(r.file)
         caps = [ds.class_names[int(k)] for k in r.labels]
-        save_image(draw(image, r.boxes, caps), out / f"{Path(r.file).stem}.png")
-    return {"images": min(limit, len(ds.records)), "boxes": ds.num_boxes, "output": str(out)}
+        save_image(draw(image, r.boxes, caps, None, r.labels), out / f"{Path(r.file).stem}.png")
+    boxes = sum(len(r.boxes) for r in drawn)  # what the pictures show, not the whole split
+    return {"images": len(drawn), "boxes": boxes, "of_images": len(ds.records), "output": str(out)}
 
 
 def cmd_convert(kit: Kit[DetConfig], args: Namespace) -> dict[str, Any]:
@@ -204,7 +206,7 @@ def _save_drawn(
         for k, s in zip(det["labels"][keep], det["scores"][keep], strict=True)
     ]
     masks = det["masks"][keep] if "masks" in det else None
-    save_image(draw(image, det["boxes"][keep], caps, masks), png)
+    save_image(draw(image, det["boxes"][keep], caps, masks, det["labels"][keep]), png)
     return int(keep.sum())
 
 

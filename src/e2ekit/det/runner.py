@@ -11,6 +11,8 @@ JSON lines as COCO RLE.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -258,17 +260,60 @@ def draw(
     boxes: np.ndarray,
     captions: list[str],
     masks: np.ndarray | None = None,
+    class_ids: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Boxes and captions (and instance ``masks`` uint8 (M, H, W), half-transparent) drawn on
-    a uint8 (3, H, W) image."""
+    a uint8 (3, H, W) image so a person can read them at any size: line width and font
+    scale with the image, each caption sits on a filled tag of its box's colour, and a
+    class keeps one colour (``class_ids``) across images."""
     if len(boxes) == 0:
         return image
+    ids = [int(k) for k in class_ids] if class_ids is not None else list(range(len(boxes)))
+    colors = [PALETTE[k % len(PALETTE)] for k in ids]
     if masks is not None and len(masks):
-        image = draw_segmentation_masks(image, torch.as_tensor(masks).bool(), alpha=0.5)
-    width = max(1, round(max(image.shape[-2:]) / 200))
+        image = draw_segmentation_masks(
+            image, torch.as_tensor(masks).bool(), alpha=0.45, colors=colors
+        )
+    side = math.sqrt(image.shape[-2] * image.shape[-1])
+    font = caption_font()
     return draw_bounding_boxes(
-        image, torch.as_tensor(boxes, dtype=torch.float32), labels=captions, width=width
+        image,
+        torch.as_tensor(boxes, dtype=torch.float32),
+        labels=captions,
+        colors=colors,
+        width=max(2, round(side / 250)),
+        font=font,
+        font_size=max(11, round(side / 45)) if font else None,
+        fill_labels=True,
+        label_colors=[_ink(c) for c in colors],
     )
+
+
+# distinct, saturated colours (Tableau 10 and a few more): class k gets PALETTE[k % len]
+PALETTE = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+    (0, 0, 128), (128, 0, 0), (0, 128, 128), (255, 215, 0), (75, 0, 130),
+]  # fmt: skip
+
+
+def _ink(color: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever reads on ``color``."""
+    r, g, b = color
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
+
+
+@functools.cache
+def caption_font() -> str | None:
+    """A scalable TrueType font for captions (matplotlib ships DejaVu Sans); None falls back
+    to PIL's small bitmap font."""
+    try:
+        import matplotlib
+
+        path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    except ImportError:
+        return None
+    return str(path) if path.is_file() else None
 
 
 def save_image(image: torch.Tensor, path: Path) -> None:
