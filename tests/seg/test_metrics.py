@@ -148,3 +148,45 @@ def test_all_reduce_sums_over_a_single_rank_group() -> None:
 def test_registered() -> None:
     cm = METRICS.build({"type": "confusion_matrix", "num_classes": 3, "ignore_index": 0})
     assert isinstance(cm, ConfusionMatrix) and cm.ignore_index == 0
+
+
+def test_eval_scores_the_original_label_pixels() -> None:
+    """Val transforms that resize: mIoU is computed on each image's own label, the logits
+    resized back (PaddleSeg's evaluation), not on a resized label."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from e2ekit.core.config import load_config
+    from e2ekit.core.engine.trainer import eval_loader
+    from e2ekit.seg.config import SegConfig
+    from e2ekit.seg.metrics import ConfusionMatrix
+    from e2ekit.seg.task import SegTask
+
+    from ..conftest import ROOT
+
+    cfg = load_config(
+        ROOT / "configs" / "seg" / "tiny.yaml",
+        SegConfig,
+        ["data.val_transforms=[{type: Resize, target_size: [40, 40]}, {type: Normalize}]"],
+    )
+    task = SegTask(cfg)
+    sample = task.build_dataset("val")[0]
+    assert sample["label"].shape == (40, 40) and sample["label_orig"].shape == (64, 64)
+    batch = next(iter(eval_loader(task, "val")))
+    k = cfg.data.num_classes
+    logits = F.one_hot(batch["label"].clamp(0, k - 1), k).permute(0, 3, 1, 2).float()
+    logits = logits + 0.3 * torch.randn(logits.shape, generator=torch.Generator().manual_seed(0))
+
+    class Fixed(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+            return (logits,)
+
+    got = task.evaluate(Fixed(), [batch], torch.device("cpu"))
+    want = ConfusionMatrix(k, cfg.data.ignore_index)
+    for i, label in enumerate(batch["label_orig"]):
+        up = F.interpolate(logits[i : i + 1], size=label.shape, mode="bilinear")
+        want.update(up.argmax(1), label[None])
+    assert got["mIoU"] == pytest.approx(want.compute()["mIoU"])
+    resized = ConfusionMatrix(k, cfg.data.ignore_index)
+    resized.update(logits.argmax(1), batch["label"])
+    assert got["mIoU"] != pytest.approx(resized.compute()["mIoU"])  # not the resized score

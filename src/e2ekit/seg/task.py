@@ -19,6 +19,7 @@ from e2ekit.seg import backbones as _backbones  # noqa: F401  (registers backbon
 from e2ekit.seg import models as _models  # noqa: F401  (registers networks)
 from e2ekit.seg.config import BUILTIN_PREFIX, SegConfig
 from e2ekit.seg.data import datasets as _datasets  # noqa: F401  (registers readers)
+from e2ekit.seg.data.datasets import OriginalLabels
 from e2ekit.seg.data.synthetic import builtin_root
 from e2ekit.seg.data.transforms import build_transforms
 from e2ekit.seg.data.validate import validate_labels
@@ -88,7 +89,7 @@ def build_inference_module(
 def pad_collate(ignore_index: int) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
     """Stack samples, padding images with 0 and labels with ignore_index to a common size."""
 
-    def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         h = max(s["image"].shape[-2] for s in samples)
         w = max(s["image"].shape[-1] for s in samples)
         images, labels = [], []
@@ -100,7 +101,11 @@ def pad_collate(ignore_index: int) -> Callable[[list[dict[str, Any]]], dict[str,
                 lab = F.pad(lab, (0, dw, 0, dh), value=ignore_index)
             images.append(img)
             labels.append(lab)
-        return {"image": torch.stack(images), "label": torch.stack(labels).long()}
+        batch: dict[str, Any] = {"image": torch.stack(images), "label": torch.stack(labels).long()}
+        if any("label_orig" in s for s in samples):  # evaluation at the original size
+            batch["label_orig"] = [s.get("label_orig", s["label"]) for s in samples]
+            batch["size"] = [tuple(s["image"].shape[-2:]) for s in samples]  # before padding
+        return batch
 
     return collate
 
@@ -172,6 +177,8 @@ class SegTask(Task):
                 [round(x, 3) for x in stats["class_share"]],
             )
             self._validated.add(split)
+        if split != "train" and hasattr(ds, "load_label"):
+            ds = OriginalLabels(ds)  # mIoU on the original label pixels
         return ds
 
     def collate_fn(self, split: str) -> Callable[[list[Any]], Any]:
@@ -204,7 +211,17 @@ class SegTask(Task):
         for batch in loader:
             batch = to_device(batch, device)
             logits = infer_logits(logits_fn, batch["image"], self.cfg.test)
-            cm.update(logits.argmax(dim=1), batch["label"])
+            if "label_orig" not in batch:
+                cm.update(logits.argmax(dim=1), batch["label"])
+                continue
+            # the val transforms resized: score at each image's own size, as PaddleSeg does
+            for i, (label, (h, w)) in enumerate(
+                zip(batch["label_orig"], batch["size"], strict=True)
+            ):
+                own = logits[i : i + 1, :, :h, :w]  # this image's part of the padded batch
+                if tuple(own.shape[-2:]) != tuple(label.shape[-2:]):
+                    own = F.interpolate(own, size=label.shape[-2:], mode="bilinear")
+                cm.update(own.argmax(dim=1), label[None])
         return cm.compute()
 
     # -- deployment --------------------------------------------------------------------------

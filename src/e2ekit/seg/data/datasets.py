@@ -30,6 +30,7 @@ __all__ = [
     "VOC_CLASSES",
     "CityscapesDataset",
     "FileListDataset",
+    "OriginalLabels",
     "SegDataset",
     "VOCSegDataset",
     "build_label_lut",
@@ -413,3 +414,29 @@ class CityscapesDataset(SegDataset):
             samples, num_classes, transforms, ignore_index, binary_255_to_1, label_map,
             root_path, base_map=base,
         )  # fmt: skip
+
+
+class OriginalLabels(Dataset):
+    """An evaluation split whose samples also carry the label at the image's own size
+    (``label_orig``) when the val transforms resized it, so mIoU is scored on the original
+    pixels as PaddleSeg scores it: the logits are resized back, never the label."""
+
+    def __init__(self, ds: Any) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getattr__(self, name: str) -> Any:  # the wrapped split's attributes (samples, ...)
+        if name == "ds":
+            raise AttributeError(name)
+        return getattr(self.ds, name)
+
+    def __getitem__(self, i: int) -> Sample:
+        sample = self.ds[i]
+        label = sample["label"]
+        raw = self.ds.load_label(i)
+        if raw is not None and tuple(raw.shape) != tuple(label.shape[-2:]):
+            sample = dict(sample)
+            sample["label_orig"] = torch.from_numpy(np.ascontiguousarray(raw)).to(torch.int64)
+        return sample
