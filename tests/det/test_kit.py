@@ -351,3 +351,33 @@ def test_voc_sample_trains_with_drop_invalid(cli, tmp_path: Path) -> None:
     )
     assert code == 0, err
     assert set(last_json(out)["per_class_ap"]) == {"RBC", "WBC", "Platelets"}
+
+
+def test_eval_out_draws_pr_curves_ap_bars_and_a_confusion_matrix(cli, trained, tmp_path) -> None:
+    from PIL import Image
+
+    code, _, err = cli("det", "eval", "--weights", trained, "--out", tmp_path / "ev")
+    assert code == 0, err
+    for name in ("pr_curves.png", "per_class_ap.png", "confusion_matrix.png"):
+        with Image.open(tmp_path / "ev" / name) as im:
+            assert im.format == "PNG" and im.width > 300, name
+    assert (tmp_path / "ev" / "metrics.json").is_file()
+
+
+def test_box_confusion_matrix_counts_matches_misses_and_false_alarms() -> None:
+    from e2ekit.det.metrics import box_confusion_matrix
+
+    gt_boxes = [np.array([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], np.float32)]
+    gt_labels = [np.array([0, 1, 1])]
+    det_boxes = [np.array([[0, 0, 10, 11], [21, 20, 30, 30], [80, 80, 90, 90], [0, 0, 9, 9]])]
+    det_scores = [np.array([0.9, 0.8, 0.7, 0.1])]  # the last is under 0.25: not counted
+    det_labels = [np.array([0, 0, 1, 0])]
+    mat = box_confusion_matrix(gt_boxes, gt_labels, det_boxes, det_scores, det_labels, 2)
+    want = np.array(
+        [
+            [1, 0, 0],  # class 0: found as 0
+            [1, 0, 1],  # class 1: once called 0, once missed
+            [0, 1, 0],  # background: a false class-1 box
+        ]
+    )
+    np.testing.assert_array_equal(mat, want)

@@ -330,3 +330,13 @@ def test_predict_stopped_by_a_corrupt_image_leaves_no_outputs(
     code, _, err = cli("seg", "predict", "--weights", trained, "--input", images, "--out", out)
     assert code == 1 and "c_corrupt.png" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
+def test_eval_out_draws_a_confusion_matrix_and_iou_bars(cli, trained, tmp_path) -> None:
+    from PIL import Image
+
+    code, _, err = cli("seg", "eval", "--weights", trained / "best.pt", "--out", tmp_path / "ev")
+    assert code == 0, err
+    for name in ("confusion_matrix.png", "per_class_iou.png"):
+        with Image.open(tmp_path / "ev" / name) as im:
+            assert im.format == "PNG" and im.width > 300, name

@@ -95,6 +95,9 @@ def cmd_eval(kit: Kit, args: Namespace) -> dict[str, Any]:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2) + "\n")
+        pictures = task.eval_pictures(out)
+        if pictures:
+            log.info("eval pictures: %s", ", ".join(str(p) for p in pictures))
     return metrics
 
 

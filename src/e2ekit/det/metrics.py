@@ -45,6 +45,7 @@ from e2ekit.core.fileio import atomic_write_json
 
 __all__ = [
     "COCO_STAT_NAMES",
+    "box_confusion_matrix",
     "coco_evaluate",
     "encode_masks",
     "to_coco_detections",
@@ -150,6 +151,7 @@ def coco_evaluate(
     classwise: bool = False,
     class_names: Sequence[str] | None = None,
     iou_type: Literal["bbox", "segm"] = "bbox",
+    pr_out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """COCO bbox (or, with ``iou_type="segm"``, mask) AP/AR of ``detections`` against the
     ground-truth dict ``gt``.
@@ -166,6 +168,10 @@ def coco_evaluate(
     detectron2 / PaddleDetection: the mean of the entries > -1, or None for a category
     without (non-crowd) ground truth. Names come from ``class_names`` (one per category in
     ascending category-id order, i.e. the contiguous label order) or from ``gt``.
+
+    ``pr_out`` (a dict to fill) receives the PR curves at IoU 0.5 (area all, 100
+    detections): ``recall`` (101 points) and ``precision`` (101, K), -1 for a category
+    without ground truth.
 
     Raises ValueError for a detection whose image or category id is not in ``gt``.
     """
@@ -216,6 +222,9 @@ def coco_evaluate(
     result: dict[str, Any] = {
         name: float(v) for name, v in zip(COCO_STAT_NAMES, evaluator.stats, strict=True)
     }
+    if pr_out is not None and "precision" in evaluator.eval:
+        pr_out["recall"] = np.asarray(evaluator.params.recThrs, dtype=np.float64)
+        pr_out["precision"] = np.asarray(evaluator.eval["precision"][0, :, :, 0, -1])
     if classwise:
         names = list(class_names) if class_names is not None else [str(c["name"]) for c in cats]
         precision = evaluator.eval["precision"]  # (T iou, R recall, K cat, A area, M maxDets)
@@ -431,3 +440,45 @@ def voc_evaluate(
 
     valid = [ap for ap in per_class if ap is not None]
     return {"mAP": float(np.mean(valid)) if valid else 0.0, "per_class_ap": per_class}
+
+
+def box_confusion_matrix(
+    gt_boxes: Sequence[np.ndarray],
+    gt_labels: Sequence[np.ndarray],
+    det_boxes: Sequence[np.ndarray],
+    det_scores: Sequence[np.ndarray],
+    det_labels: Sequence[np.ndarray],
+    num_classes: int,
+    iou_thresh: float = 0.5,
+    score_thresh: float = 0.25,
+) -> np.ndarray:
+    """Detection confusion matrix ``(K + 1, K + 1)``, rows the true class, columns the
+    predicted one, index K the background (ultralytics' layout): per image, detections
+    scoring at least ``score_thresh`` are matched to ground-truth boxes by IoU (best pairs
+    first, each box at most once, any class); a matched pair counts (true, predicted), an
+    unmatched ground truth (true, background), an unmatched detection (background, predicted).
+    """
+    import torch
+    from torchvision.ops import box_iou
+
+    k = int(num_classes)
+    mat = np.zeros((k + 1, k + 1), dtype=np.int64)
+    for gb, gl, db, ds, dl in zip(
+        gt_boxes, gt_labels, det_boxes, det_scores, det_labels, strict=True
+    ):
+        keep = np.asarray(ds) >= score_thresh
+        db, dl = np.asarray(db, np.float32).reshape(-1, 4)[keep], np.asarray(dl)[keep]
+        gb, gl = np.asarray(gb, np.float32).reshape(-1, 4), np.asarray(gl)
+        gt_used, det_used = np.zeros(len(gb), bool), np.zeros(len(db), bool)
+        if len(gb) and len(db):
+            iou = box_iou(torch.from_numpy(gb), torch.from_numpy(db)).numpy()
+            pairs = np.argwhere(iou >= iou_thresh)
+            for g, d in pairs[np.argsort(-iou[pairs[:, 0], pairs[:, 1]], kind="stable")]:
+                if not gt_used[g] and not det_used[d]:
+                    gt_used[g] = det_used[d] = True
+                    mat[int(gl[g]), int(dl[d])] += 1
+        for g in np.flatnonzero(~gt_used):
+            mat[int(gl[g]), k] += 1
+        for d in np.flatnonzero(~det_used):
+            mat[k, int(dl[d])] += 1
+    return mat

@@ -297,14 +297,54 @@ class DetTask(Task):
                     {**d, "segmentation": rle}
                     for d, rle in zip(found_here, masks[image_id], strict=True)
                 ]
-        result = coco_evaluate(ds.to_coco(), detections, classwise=True, class_names=ds.class_names)
+        pr: dict[str, np.ndarray] = {}
+        result = coco_evaluate(
+            ds.to_coco(), detections, classwise=True, class_names=ds.class_names, pr_out=pr
+        )
         result["detections"] = len(detections)
+        self._last_eval = (ds, found, pr, result)  # for eval_pictures
         if masks is not None:
             mask_result = coco_evaluate(ds.to_coco(mask_area=True), segm, iou_type="segm")
             result.update({new: mask_result[old] for old, new in SEGM_KEYS.items()})
         if self.cfg.eval_metric == "voc":
             result.update(self._voc_metrics(ds, found))
         return result
+
+    def eval_pictures(self, out_dir: Path) -> list[Path]:
+        """``pr_curves.png`` (COCO precision-recall at IoU 0.5 per class),
+        ``per_class_ap.png`` and ``confusion_matrix.png`` (boxes scoring >= 0.25 matched at
+        IoU 0.5, background as the last class) of the last evaluation."""
+        from e2ekit.core.plots import bars_png, confusion_png, pr_curves_png
+        from e2ekit.det.metrics import box_confusion_matrix
+
+        last = getattr(self, "_last_eval", None)
+        if last is None:
+            return []
+        ds, found, pr, result = last
+        names = list(ds.class_names)
+        paths = []
+        if pr:
+            curves = {n: pr["precision"][:, k] for k, n in enumerate(names)}
+            title = f"precision-recall at IoU 0.5 (AP50 {result['AP50']:.4f})"
+            paths.append(pr_curves_png(pr["recall"], curves, out_dir / "pr_curves.png", title))
+        title = f"AP@[.5:.95] per class (mAP {result['mAP']:.4f})"
+        paths.append(bars_png(result["per_class_ap"], out_dir / "per_class_ap.png", title, "AP"))
+        empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+        dets = [found.get(r.image_id, empty) for r in ds.records]
+        crowd = [np.asarray(r.iscrowd, bool) for r in ds.records]  # ignored, as COCO does
+        matrix = box_confusion_matrix(
+            [r.boxes[~c] for r, c in zip(ds.records, crowd, strict=True)],
+            [r.labels[~c] for r, c in zip(ds.records, crowd, strict=True)],
+            [d[0] for d in dets],
+            [d[1] for d in dets],
+            [d[2] for d in dets],
+            len(names),
+        )
+        title = "boxes (score >= 0.25, IoU >= 0.5): true vs predicted"
+        paths.append(
+            confusion_png(matrix, [*names, "background"], out_dir / "confusion_matrix.png", title)
+        )
+        return paths
 
     def _voc_metrics(
         self, ds: DetDataset, found: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]

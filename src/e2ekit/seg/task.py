@@ -222,7 +222,27 @@ class SegTask(Task):
                 if tuple(own.shape[-2:]) != tuple(label.shape[-2:]):
                     own = F.interpolate(own, size=label.shape[-2:], mode="bilinear")
                 cm.update(own.argmax(dim=1), label[None])
-        return cm.compute()
+        result = cm.compute()
+        self._last_eval = (cm.mat.detach().cpu().numpy(), result)  # for eval_pictures
+        return result
+
+    def eval_pictures(self, out_dir: Path) -> list[Path]:
+        """``confusion_matrix.png`` (pixels, row-normalised) and ``per_class_iou.png``."""
+        from e2ekit.core.plots import bars_png, confusion_png
+
+        last = getattr(self, "_last_eval", None)
+        if last is None:
+            return []
+        matrix, result = last
+        names = self.class_names()
+        iou = dict(zip(names, result["per_class_iou"], strict=True))
+        miou = result["mIoU"]
+        return [
+            confusion_png(
+                matrix, names, out_dir / "confusion_matrix.png", "pixels: true vs predicted"
+            ),
+            bars_png(iou, out_dir / "per_class_iou.png", f"IoU per class (mIoU {miou:.4f})", "IoU"),
+        ]
 
     # -- deployment --------------------------------------------------------------------------
     def class_names(self) -> list[str]:

@@ -96,6 +96,11 @@ class Task:
         (batches of the 'val' split, wrapped in a progress bar)."""
         raise NotImplementedError
 
+    def eval_pictures(self, out_dir: Path) -> list[Path]:
+        """Pictures of the last :meth:`evaluate` (confusion matrix, per-class bars, PR
+        curves) written into ``out_dir`` by ``eval --out``; none by default."""
+        return []
+
     # -- deployment ---------------------------------------------------------------
     def export_spec(self, model: nn.Module) -> ExportSpec:
         raise NotImplementedError
