@@ -211,7 +211,9 @@ def _verbs_listed(help_text: str) -> list[str]:
 def test_kit_help_lists_exactly_its_verbs(cli) -> None:
     code, out, _ = cli("det", "-h")
     assert code == 0
-    assert _verbs_listed(out) == [*SHARED, "preview", "convert", "anchors"]
+    assert _verbs_listed(out) == [*SHARED, "preview", "convert", "split", "anchors"]
+    code, out, _ = cli("seg", "-h")
+    assert code == 0 and _verbs_listed(out) == [*SHARED, "convert", "split"]
     code, out, _ = cli("text", "-h")
     assert code == 0 and _verbs_listed(out) == [*SHARED, "distill"]
     code, out, _ = cli("toy", "--help")
@@ -221,19 +223,19 @@ def test_kit_help_lists_exactly_its_verbs(cli) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "needle"),
+    ("args", "needle", "verbs"),
     [
-        (["seg", "anchors"], "e2ekit seg has no verb 'anchors'"),
-        (["seg", "distill"], "e2ekit seg has no verb 'distill'"),
-        (["toy"], "missing verb: e2ekit toy <verb>"),
+        (["seg", "anchors"], "e2ekit seg has no verb 'anchors'", [*SHARED, "convert", "split"]),
+        (["seg", "distill"], "e2ekit seg has no verb 'distill'", [*SHARED, "convert", "split"]),
+        (["toy"], "missing verb: e2ekit toy <verb>", SHARED),
     ],
 )
 def test_missing_or_other_kits_verb_names_this_kits_verbs(
-    cli, args: list[str], needle: str
+    cli, args: list[str], needle: str, verbs: list[str]
 ) -> None:
     code, _, err = cli(*args)
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
-    assert err.strip().endswith("verbs: " + ", ".join(SHARED))
+    assert err.strip().endswith("verbs: " + ", ".join(verbs))
 
 
 def test_usage_points_to_kit_help_and_names_no_kit_verb() -> None:

@@ -1,5 +1,6 @@
 """det kit wiring: predict (drawn images + JSON lines), ``POST /predict``, and the det-only
-verbs ``preview``, ``convert`` and ``anchors``; pre/post-processing lives in ``det.runner``."""
+verbs ``preview``, ``convert``, ``split`` and ``anchors``; pre/post-processing lives in
+``det.runner``."""
 
 from __future__ import annotations
 
@@ -59,23 +60,26 @@ def cmd_preview(kit: Kit[DetConfig], args: Namespace) -> dict[str, Any]:
 
 
 def cmd_convert(kit: Kit[DetConfig], args: Namespace) -> dict[str, Any]:
-    """``det convert --from labelme|via|voc --input ... --out train.json``."""
+    """``det convert --from labelme|via|cvat|voc --input ... --out train.json``."""
     from e2ekit.det.data import labelme_to_coco, via_to_coco, voc_to_coco
+    from e2ekit.det.data.convert import cvat_to_coco
 
     if not args.input or not args.out:
         raise E2EError("convert needs --input and --out (the COCO json to write)")
     source = args.source
     if source == "labelme":
-        path = labelme_to_coco(args.input, args.out)
+        path = labelme_to_coco(args.input, args.out, image_root=args.images)
     elif source == "via":  # images next to the VIA json
-        path = via_to_coco(args.input, args.out)
+        path = via_to_coco(args.input, args.out, image_dir=args.images)
+    elif source == "cvat":  # images in images/ beside the XML, as CVAT exports them
+        path = cvat_to_coco(args.input, args.out, image_dir=args.images)
     elif source == "voc":
         if not args.label_list:
             raise E2EError("--from voc needs --label-list and --input ROOT/LIST_FILE")
         list_file = Path(args.input)
         path = voc_to_coco(list_file.parent, list_file.name, args.label_list, args.out)
     else:
-        raise E2EError(f"--from {source}: use labelme, via or voc")
+        raise E2EError(f"--from {source}: use labelme, via, cvat or voc")
     coco = json.loads(Path(path).read_text())
     return {
         "output": str(path),
@@ -83,6 +87,24 @@ def cmd_convert(kit: Kit[DetConfig], args: Namespace) -> dict[str, Any]:
         "annotations": len(coco["annotations"]),
         "categories": [c["name"] for c in coco["categories"]],
     }
+
+
+def cmd_split(kit: Kit[DetConfig], args: Namespace) -> dict[str, Any]:
+    """``det split --input DIR|ann.json``: seeded train/val(/test) lists or COCO files."""
+    from e2ekit.det.data.convert import split_coco, split_voc_folder
+
+    if not args.input:
+        raise E2EError("split needs --input: a folder of images/ + annotations/, or a COCO json")
+    source = Path(args.input).expanduser()
+    if source.is_file() and source.suffix.lower() == ".json":
+        out = Path(args.out).expanduser() if args.out else source.parent
+        counts = split_coco(source, out, args.val, args.test, args.seed)
+    elif source.is_dir():
+        out = Path(args.out).expanduser() if args.out else source
+        counts = split_voc_folder(source, out, args.val, args.test, args.seed)
+    else:
+        raise E2EError(f"--input {source}: not a folder or a .json file")
+    return {**counts, "seed": args.seed, "output": str(out)}
 
 
 def cmd_anchors(kit: Kit[DetConfig], args: Namespace) -> dict[str, Any]:
@@ -216,11 +238,25 @@ def _preview_flags(p: ArgumentParser) -> None:
 
 
 def _convert_flags(p: ArgumentParser) -> None:
-    p.add_argument("--from", dest="source", required=True, help="labelme, via or voc")
+    p.add_argument("--from", dest="source", required=True, help="labelme, via, cvat or voc")
     p.add_argument(
-        "--input", help="labelme folder/files, VIA json (images beside it), or ROOT/LIST_FILE (voc)"
+        "--input",
+        help="labelme folder/files, VIA json (images beside it), CVAT 1.1 xml, or "
+        "ROOT/LIST_FILE (voc)",
     )
     p.add_argument("--label-list", help="voc: label list file")
+    p.add_argument(
+        "--images",
+        help="the image folder file names are relative to (default: the input's folder; "
+        "cvat: images/ beside the xml)",
+    )
+
+
+def _split_flags(p: ArgumentParser) -> None:
+    p.add_argument("--input", help="folder of images/ + annotations/ (VOC xml), or a COCO json")
+    p.add_argument("--val", type=float, default=0.2, help="fraction for val (0.2)")
+    p.add_argument("--test", type=float, default=0.0, help="fraction for test (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed (0)")
 
 
 def _anchors_flags(p: ArgumentParser) -> None:
@@ -250,9 +286,15 @@ class DetKit(Kit[DetConfig]):
             ),
             "convert": Verb(
                 cmd_convert,
-                "labelme, VIA or VOC annotations -> one COCO json",
+                "labelme, VIA, CVAT or VOC annotations -> one COCO json",
                 _convert_flags,
                 out_help="the COCO json to write",
+            ),
+            "split": Verb(
+                cmd_split,
+                "seeded train/val(/test) lists of a VOC folder, or json files of a COCO json",
+                _split_flags,
+                out_help="where the split files go (default: beside --input)",
             ),
             "anchors": Verb(
                 cmd_anchors,

@@ -1,12 +1,13 @@
-"""Seg kit wiring: task factory, predict over files/folders/lists, ``POST /predict``.
-
-Pre- and post-processing for both live in ``seg.runner``.
+"""Seg kit wiring: task factory, predict over files/folders/lists, ``POST /predict``, and
+the seg-only verbs ``convert`` (polygon annotations -> label PNGs) and ``split`` (list files
+for a plain folder). Pre- and post-processing for predict and serve live in ``seg.runner``.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from argparse import ArgumentParser, Namespace
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -15,9 +16,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from e2ekit.core.errors import E2EError
 from e2ekit.core.fileio import atomic_open
 from e2ekit.core.imageio import check_image_files, decode_image_field, encode_png, list_inputs
-from e2ekit.core.kit import Kit
+from e2ekit.core.kit import Kit, Verb
 from e2ekit.core.progress import progress
 from e2ekit.core.serve import Endpoint
 from e2ekit.seg.config import SegConfig
@@ -40,10 +42,91 @@ class PredictRequest(BaseModel):
     format: Literal["png", "rle", "both"] = Field("png", description="mask encoding to return")
 
 
+def cmd_convert(kit: Kit[SegConfig], args: Namespace) -> dict[str, Any]:
+    """``seg convert --from labelme|via|coco|cvat --input PATH --out DIR``."""
+    from e2ekit.seg.data.convert import convert
+
+    if not args.input or not args.out:
+        raise E2EError("convert needs --input (the annotations) and --out (the folder to write)")
+    return convert(
+        args.source,
+        args.input,
+        args.out,
+        label_list=args.label_list,
+        images=args.images,
+        attribute=args.attribute,
+        default_class=args.default_class,
+    )
+
+
+def cmd_split(kit: Kit[SegConfig], args: Namespace) -> dict[str, Any]:
+    """``seg split --input DIR``: DIR/images + DIR/labels -> seeded train/val(/test).txt."""
+    from e2ekit.core.split import (
+        IMAGE_SUFFIXES,
+        files_by_stem,
+        pair_by_stem,
+        split_items,
+        write_list_files,
+    )
+
+    if not args.input:
+        raise E2EError("split needs --input DIR (holding images/ and labels/)")
+    root = Path(args.input).expanduser()
+    images = files_by_stem(root / "images", IMAGE_SUFFIXES)
+    labels = files_by_stem(root / "labels", (".png",))
+    pairs = pair_by_stem(images, labels, "image(s)", "label(s)")
+    parts = split_items(pairs, args.val, args.test, args.seed)
+    out = Path(args.out).expanduser() if args.out else root
+    counts = write_list_files(root, pairs, parts, out)
+    return {**counts, "seed": args.seed, "output": str(out)}
+
+
+def _convert_flags(p: ArgumentParser) -> None:
+    p.add_argument("--from", dest="source", required=True, help="labelme, via, coco or cvat")
+    p.add_argument(
+        "--input", help="labelme folder or file, VIA json, COCO instances json, or CVAT 1.1 xml"
+    )
+    p.add_argument(
+        "--label-list",
+        help="class names, one a line: fixes class ids (background first, added if absent)",
+    )
+    p.add_argument(
+        "--images", help="folder of the images (default: beside the annotations, or images/)"
+    )
+    p.add_argument("--attribute", help="via: the region attribute that holds the class")
+    p.add_argument(
+        "--default-class", help="via: the class of regions without attributes (single class)"
+    )
+
+
+def _split_flags(p: ArgumentParser) -> None:
+    p.add_argument("--input", help="folder holding images/ and labels/")
+    p.add_argument("--val", type=float, default=0.2, help="fraction for val.txt (0.2)")
+    p.add_argument("--test", type=float, default=0.0, help="fraction for test.txt (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed (0)")
+
+
 class SegKit(Kit[SegConfig]):
     name = "seg"
     schema = SegConfig
     description = "image segmentation (PaddleSeg-style)"
+
+    def verbs(self) -> dict[str, Verb]:
+        return {
+            **super().verbs(),
+            "convert": Verb(
+                cmd_convert,
+                "labelme, VIA, COCO or CVAT polygons -> images/, labels/ PNGs, train.txt",
+                _convert_flags,
+                out_help="the dataset folder to write",
+            ),
+            "split": Verb(
+                cmd_split,
+                "seeded train/val(/test).txt for a folder of images/ and labels/",
+                _split_flags,
+                out_help="where the list files go (default: --input)",
+            ),
+        }
 
     def make_task(self, cfg: SegConfig) -> SegTask:
         return SegTask(cfg)

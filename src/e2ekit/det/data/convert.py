@@ -1,4 +1,4 @@
-"""Convert labelme, VIA (VGG Image Annotator) and VOC annotations to one COCO file.
+"""Convert labelme, VIA (VGG Image Annotator), CVAT and VOC annotations to one COCO file.
 
 COCO is the one format training and evaluation need to be fast and exact on
 (pycocotools reads it), so other formats are converted once rather than
@@ -11,7 +11,9 @@ conversion never leaves a truncated file behind.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,12 +21,21 @@ from typing import Any
 import numpy as np
 
 from e2ekit.core.errors import DataError, did_you_mean
+from e2ekit.core.fileio import atomic_write
+from e2ekit.core.textio import read_utf8
 from e2ekit.det.data._io import atomic_write_json, image_size
 from e2ekit.det.data.coco import load_json
 from e2ekit.det.data.records import DetDataset, DetRecord
 from e2ekit.det.data.voc import read_voc
 
-__all__ = ["labelme_to_coco", "via_to_coco", "voc_to_coco"]
+__all__ = [
+    "cvat_to_coco",
+    "labelme_to_coco",
+    "split_coco",
+    "split_voc_folder",
+    "via_to_coco",
+    "voc_to_coco",
+]
 
 log = logging.getLogger("e2ekit")
 
@@ -335,6 +346,121 @@ def via_to_coco(
     return atomic_write_json(ds.to_coco(image_root=root.absolute(), mask_area=True), out_file)
 
 
+# ----------------------------------------------------------------------------- CVAT
+
+
+def _cvat_numbers(node: ET.Element, keys: tuple[str, ...], where: str) -> list[float]:
+    try:
+        values = [float(node.get(k, "nan")) for k in keys]
+    except ValueError:
+        values = [math.nan]
+    if not all(math.isfinite(v) for v in values):
+        raise DataError(f"{where}: a <{node.tag}> needs numbers {', '.join(keys)}")
+    return values
+
+
+def _cvat_geometry(node: ET.Element, where: str) -> tuple[list[float], list[float] | None] | None:
+    """(box, flat polygon) of a CVAT shape; None for one without area. A rotated box becomes
+    the polygon of its corners; an ellipse and a mask their bounding boxes."""
+    kind = node.tag
+    if kind == "box":
+        x1, y1, x2, y2 = _cvat_numbers(node, ("xtl", "ytl", "xbr", "ybr"), where)
+        angle = math.radians(float(node.get("rotation") or 0.0))
+        if not angle:
+            return [x1, y1, x2, y2], None
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        c, s = math.cos(angle), math.sin(angle)
+        corners = [(x1, y1), (x2, y1), (x2, y2), (x1, y2)]
+        arr = np.array([(cx + (x - cx) * c - (y - cy) * s, cy + (x - cx) * s + (y - cy) * c)
+                        for x, y in corners])  # fmt: skip
+        return _polygon_box(arr), [float(v) for v in arr.reshape(-1)]
+    if kind == "polygon":
+        text = node.get("points", "")
+        try:
+            arr = np.array([p.split(",") for p in text.split(";") if p.strip()], np.float64)
+        except ValueError:
+            arr = np.zeros((0, 2))
+        if arr.ndim != 2 or arr.shape[1:] != (2,) or len(arr) < 3 or not np.isfinite(arr).all():
+            raise DataError(
+                f"{where}: a polygon needs at least 3 'x,y' points separated by ';', got "
+                f"{text!r}; fix or delete it in CVAT"
+            )
+        return _polygon_box(arr), [float(v) for v in arr.reshape(-1)]
+    if kind == "ellipse":
+        cx, cy, rx, ry = _cvat_numbers(node, ("cx", "cy", "rx", "ry"), where)
+        return [cx - rx, cy - ry, cx + rx, cy + ry], None
+    if kind == "mask":
+        left, top, w, h = _cvat_numbers(node, ("left", "top", "width", "height"), where)
+        return [left, top, left + w, top + h], None
+    if kind in ("points", "polyline", "skeleton", "tag"):
+        return None
+    raise DataError(
+        f"{where}: unknown shape <{kind}>; cvat_to_coco reads box, polygon, ellipse and mask"
+    )
+
+
+def cvat_to_coco(
+    xml_file: str | Path,
+    out_file: str | Path,
+    image_dir: str | Path | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """A "CVAT for images 1.1" XML -> one COCO file; read it back with ``image_dir``.
+
+    Boxes become boxes; polygons become boxes plus ``segmentation`` polygons (``area`` the
+    mask's pixel area), so Mask R-CNN trains on them; a rotated box becomes the polygon of
+    its corners; ellipses and masks keep their bounding boxes; points and polylines have no
+    area and are skipped with a warning. Image sizes come from the XML. The classes are
+    ``class_names``, else the labels the XML's meta lists, in its order, else the sorted
+    labels found. ``image_dir`` defaults to ``images/`` beside the XML (CVAT's export
+    layout) when it exists, else the XML's folder. Returns the path written.
+    """
+    path = Path(xml_file).expanduser()
+    if not path.is_file():
+        raise DataError(f"annotation file not found: {path}")
+    try:
+        root_node = ET.fromstring(read_utf8(path, DataError))
+    except ET.ParseError as exc:
+        raise DataError(f"{path}: not valid XML: {exc}") from None
+    if root_node.tag != "annotations":
+        raise DataError(
+            f"{path}: expected <annotations> (CVAT for images 1.1), got <{root_node.tag}>"
+        )
+    if image_dir is not None:
+        root = Path(image_dir).expanduser()
+    else:
+        root = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
+    meta = [str(n.text).strip() for n in root_node.iterfind("meta/*/labels/label/name")]
+    entries: list[tuple[Path, int, int, list[_Shape]]] = []
+    sources: list[str] = []
+    skipped: dict[str, int] = {}
+    for node in sorted(root_node.iter("image"), key=lambda n: str(n.get("name"))):
+        name = node.get("name")
+        if not name:
+            raise DataError(f"{path}: an <image> without a name attribute")
+        src = f"{path} image '{name}'"
+        w, h = (int(v) for v in _cvat_numbers(node, ("width", "height"), src))
+        found: list[_Shape] = []
+        for j, child in enumerate(node):
+            where = f"{src} <{child.tag}> #{j}"
+            geometry = _cvat_geometry(child, where)
+            if geometry is None:
+                skipped[child.tag] = skipped.get(child.tag, 0) + 1
+                continue
+            label = child.get("label")
+            if not label:
+                raise DataError(f"{where}: no label attribute")
+            found.append((geometry[0], label, j, geometry[1]))
+        entries.append((Path(os.path.normpath(root.absolute() / name)), w, h, found))
+        sources.append(src)
+    if not entries:
+        raise DataError(f"{path}: no <image> elements; export as 'CVAT for images 1.1'")
+    _warn_skipped("cvat_to_coco", skipped)
+    names = class_names if class_names is not None else (meta or None)
+    ds = _dataset(entries, sources, names, "shapes")
+    return atomic_write_json(ds.to_coco(image_root=root.absolute(), mask_area=True), out_file)
+
+
 def voc_to_coco(
     root: str | Path,
     list_file: str | Path,
@@ -351,3 +477,89 @@ def voc_to_coco(
     root_path = Path(root).expanduser()
     ds = read_voc(root_path, list_file, label_list)
     return atomic_write_json(ds.to_coco(image_root=root_path), out_file)
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def split_coco(
+    ann_file: str | Path, out_dir: str | Path, val: float, test: float, seed: int
+) -> dict[str, int]:
+    """One COCO file -> ``train.json``, ``val.json`` (and ``test.json``) in ``out_dir``, split
+    by image (an image's annotations go with it); every file keeps all categories and the
+    top-level keys (info, licenses), so each reads with the same ``image_dir``. Returns the
+    images per split."""
+    from e2ekit.core.split import split_items
+
+    path = Path(ann_file).expanduser()
+    data = load_json(path)
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), list) for k in ("images", "annotations")
+    ):
+        raise DataError(f"{path}: a COCO file needs 'images' and 'annotations' lists")
+    images = sorted(data["images"], key=lambda im: str(im.get("file_name", "")))
+    parts = split_items(images, val, test, seed)
+    out = Path(out_dir).expanduser()
+    targets = {split: out / f"{split}.json" for split in parts}
+    clash = [t for t in targets.values() if t.resolve() == path.resolve()]
+    if clash:
+        raise DataError(f"the split would overwrite its input {path}; pass --out another folder")
+    by_image: dict[Any, list[Any]] = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(ann.get("image_id") if isinstance(ann, dict) else None, []).append(ann)
+    counts = {}
+    for split, idx in parts.items():
+        chosen = [images[i] for i in idx]
+        anns = [a for im in chosen for a in by_image.get(im.get("id"), [])]
+        atomic_write_json({**data, "images": chosen, "annotations": anns}, targets[split])
+        counts[split] = len(chosen)
+    return counts
+
+
+def _first_existing(root: Path, names: Sequence[str]) -> Path:
+    found = next((root / n for n in names if (root / n).is_dir()), None)
+    if found is None:
+        raise DataError(f"{root}: no {' or '.join(f'{n}/' for n in names)} folder")
+    return found
+
+
+def split_voc_folder(
+    root: str | Path, out_dir: str | Path, val: float, test: float, seed: int
+) -> dict[str, Any]:
+    """``root/images`` (or ``JPEGImages``) + ``root/annotations`` (or ``Annotations``) VOC
+    xml, paired by stem -> ``train.txt``, ``val.txt`` (and ``test.txt``) of ``image xml``
+    lines relative to ``root`` (PaddleDetection's list files), plus ``label_list.txt`` of
+    the object names found when ``root`` has none. Returns the samples per split."""
+    from e2ekit.core.split import (
+        IMAGE_SUFFIXES,
+        files_by_stem,
+        pair_by_stem,
+        split_items,
+        write_list_files,
+    )
+
+    base = Path(root).expanduser()
+    image_dir = _first_existing(base, ("images", "JPEGImages"))
+    xml_dir = _first_existing(base, ("annotations", "Annotations"))
+    pairs = pair_by_stem(
+        files_by_stem(image_dir, IMAGE_SUFFIXES),
+        files_by_stem(xml_dir, (".xml",)),
+        "image(s)",
+        "annotation(s)",
+    )
+    parts = split_items(pairs, val, test, seed)
+    out = Path(out_dir).expanduser()
+    result: dict[str, Any] = dict(write_list_files(base, pairs, parts, out))
+    labels = out / "label_list.txt"
+    if not labels.exists() and not (base / "label_list.txt").exists():
+        names: set[str] = set()
+        for _, xml in pairs:
+            try:
+                tree = ET.fromstring(read_utf8(xml, DataError))
+            except ET.ParseError as exc:
+                raise DataError(f"{xml}: not valid XML: {exc}") from None
+            names.update((n.text or "").strip() for n in tree.iterfind("object/name"))
+        names.discard("")
+        atomic_write(labels, "".join(f"{n}\n" for n in sorted(names)))
+        result["label_list"] = str(labels)
+    return result
