@@ -27,7 +27,7 @@ from e2ekit.core.logs import jsonable, setup_console
 if TYPE_CHECKING:
     from e2ekit.core.kit import Kit, Verb
 
-COMMANDS = ("configs", "demo")
+COMMANDS = ("configs", "demo", "weights")
 SHAPE = "[-c CONFIG] [-o KEY=VALUE ...] [--out DIR] [flags]"
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "E2EKIT_DEBUG"
@@ -35,6 +35,7 @@ DEBUG_ENV = "E2EKIT_DEBUG"
 USAGE = f"""usage: e2ekit [{DEBUG_FLAG}] <kit> <verb> {SHAPE}
        e2ekit configs [KIT]
        e2ekit demo
+       e2ekit weights list | import FILE [--name ARCH]
        e2ekit --version
 
 kits:  text  seg  det  ctr  (toy: the core's example kit)
@@ -249,6 +250,10 @@ def _dispatch(argv: list[str]) -> int:
         from e2ekit.core.demo import run_demo
 
         return run_demo(argv[1:])
+    if head == "weights":
+        from e2ekit.core.weights_cli import run_weights
+
+        return run_weights(argv[1:])
     from e2ekit.core.kit import KITS
 
     if head not in KITS:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from e2ekit.core.weights import load_pretrained
+from e2ekit.core.weights import load_backbone_weights
 from e2ekit.det.registry import BACKBONES
 
 __all__ = ["BlazeBlock", "BlazeNet", "blazenet", "blazenet_tiny"]
@@ -116,7 +116,7 @@ class BlazeNet(nn.Module):
 
 def _finish(net: BlazeNet, pretrained: str | None) -> BlazeNet:
     if pretrained:
-        load_pretrained(net, pretrained)
+        load_backbone_weights(net, pretrained)
     return net
 
 

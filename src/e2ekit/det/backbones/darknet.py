@@ -3,7 +3,8 @@
 A 3x3 stem conv then five stages, each a stride-2 3x3 conv followed by residual blocks
 (1x1 halving the channels, 3x3 restoring them); every conv is conv-BN-LeakyReLU(0.1). Stage
 depths are [1, 2, 8, 8, 4] and channels 64..1024; the last three stages give C3, C4, C5 at
-strides 8/16/32 (256/512/1024 channels). No classifier: 40.6M parameters.
+strides 8/16/32 (256/512/1024 channels). No classifier: 40.6M parameters. timm's
+``darknet53`` files (``stem.conv1``, ``stages.N.conv_down`` / ``blocks.M``) load by renaming.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from e2ekit.core.weights import load_pretrained
+from e2ekit.core.weights import WeightSource, load_backbone_weights, register_source
 from e2ekit.det.registry import BACKBONES
 
 __all__ = ["ConvBNLeaky", "DarkNet", "DarkResidual", "darknet53", "darknet53_tiny"]
@@ -83,16 +84,29 @@ class DarkNet(nn.Module):
         return feats
 
 
-def _finish(net: DarkNet, pretrained: str | None) -> DarkNet:
+# timm's DarkNet-53 (``darknet53.c2ns_in1k``) is the only ImageNet file a torch user can get;
+# its names are mapped on load. torchvision has none.
+register_source(
+    WeightSource(
+        "darknet53",
+        timm=("timm/darknet53.c2ns_in1k", "model.safetensors"),
+        reference=lambda: DarkNet(),
+        head=("head.",),
+        note="timm trained it with LeakyReLU(0.01), ours uses 0.1: a start for fine-tuning",
+    )
+)
+
+
+def _finish(net: DarkNet, pretrained: str | None, arch: str | None = None) -> DarkNet:
     if pretrained:
-        load_pretrained(net, pretrained)
+        load_backbone_weights(net, pretrained, arch=arch)
     return net
 
 
 @BACKBONES.register("darknet53")
 def darknet53(pretrained: str | None = None) -> DarkNet:
     """DarkNet-53: C3/C4/C5 with 256/512/1024 channels."""
-    return _finish(DarkNet(), pretrained)
+    return _finish(DarkNet(), pretrained, "darknet53")
 
 
 @BACKBONES.register("darknet53_tiny")

@@ -4,7 +4,9 @@ Wraps ``torchvision.models.mobilenet_v3_large(weights=None).features`` without i
 960-channel 1x1 conv and taps the last block at each stride 8/16/32 (40/112/160 channels), as
 PaddleDetection's ``yolov3_mobilenet_v3_large`` does (``feature_maps: [7, 13, 16]``). The
 Sequential keeps its torchvision name, so an official ImageNet state dict loads with zero
-missing keys (``features.16.*`` and ``classifier.*`` are unexpected).
+missing keys (``features.16.*`` and ``classifier.*`` are unexpected); timm's
+``mobilenetv3_large_100`` files are renamed to that layout on load, and ``pretrained:
+imagenet`` reads the file cached by ``e2ekit weights import``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torchvision.models as tvm
 from torch import nn
 from torchvision.models.mobilenetv3 import InvertedResidualConfig, MobileNetV3
 
-from e2ekit.core.weights import load_pretrained
+from e2ekit.core.weights import load_backbone_weights
 from e2ekit.det.registry import BACKBONES
 
 __all__ = ["MobileNetV3Det", "mobilenet_v3_large", "mobilenet_v3_tiny"]
@@ -55,10 +57,12 @@ class MobileNetV3Det(nn.Module):
         return feats
 
 
-def _finish(features: nn.Sequential, pretrained: str | None) -> MobileNetV3Det:
+def _finish(
+    features: nn.Sequential, pretrained: str | None, arch: str | None = None
+) -> MobileNetV3Det:
     net = MobileNetV3Det(features)
     if pretrained:
-        load_pretrained(net, pretrained)
+        load_backbone_weights(net, pretrained, arch=arch)
     return net
 
 
@@ -66,7 +70,7 @@ def _finish(features: nn.Sequential, pretrained: str | None) -> MobileNetV3Det:
 def mobilenet_v3_large(pretrained: str | None = None) -> MobileNetV3Det:
     """MobileNetV3-Large taps: 40/112/160 channels at strides 8/16/32."""
     features = tvm.mobilenet_v3_large(weights=None).features
-    return _finish(features[:-1], pretrained)  # drop the 960-channel 1x1 conv
+    return _finish(features[:-1], pretrained, "mobilenet_v3_large")  # drop the 960-ch 1x1 conv
 
 
 @BACKBONES.register("mobilenet_v3_tiny")

@@ -31,7 +31,8 @@ Weights (``pretrained``) are only read from a local file: a whole detector (keys
 ``backbone.*`` / ``rpn.*`` / ``roi_heads.*``, e.g. torchvision's
 ``fasterrcnn_resnet50_fpn_coco``; the class-count-dependent predictor may differ in shape,
 nothing else may) or an ImageNet backbone (torchvision's ``resnet50-*.pth`` /
-``mobilenet_v3_large-*.pth`` names), loaded before the FPN is attached. As in torchvision,
+``mobilenet_v3_large-*.pth`` names, or timm's files), loaded before the FPN is attached;
+``pretrained: imagenet`` reads the one ``e2ekit weights import`` cached. As in torchvision,
 pretrained weights switch to frozen BN and freeze the early stages by default.
 """
 
@@ -58,6 +59,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from e2ekit.core.errors import ConfigError, DataError
+from e2ekit.core.weights import is_weights_name, load_backbone_weights
 from e2ekit.det.models.base import Detector, Target
 from e2ekit.det.models.resnet_fpn import (
     FPNBackbone,
@@ -350,15 +352,19 @@ def _split_pretrained(pretrained: str | None) -> tuple[str | None, str | None]:
     """(detector checkpoint, backbone checkpoint): at most one is set."""
     if not pretrained:
         return None, None
+    if is_weights_name(pretrained):  # imagenet / an architecture: a cached backbone file
+        return None, pretrained
     if is_detector_checkpoint(pretrained, DETECTOR_KEYS):
         return pretrained, None
     return None, pretrained
 
 
-def _load_backbone(net: nn.Module, path: str | None) -> None:
+def _load_backbone(net: nn.Module, path: str | None, arch: str | None = None) -> None:
+    """ImageNet weights into the bare backbone net; refused below ``MIN_SHARE`` of its tensors
+    (a file for another architecture), with the load report in the message."""
     if path:
         try:
-            load_weights(net, path)
+            load_backbone_weights(net, path, arch=arch)
         except ConfigError as exc:
             raise ConfigError(
                 f"model.pretrained: {exc}; expected a whole Faster R-CNN (rpn.* / roi_heads.* "
@@ -420,7 +426,7 @@ def resnet50_fpn_maker(fpn_channels: int, pretrained: str | None) -> BackboneMak
 
     def make(norm: type[nn.Module], trainable: int | None, weights: str | None) -> Any:
         net = tvm.resnet50(weights=None, norm_layer=norm)
-        _load_backbone(net, weights)
+        _load_backbone(net, weights, "resnet50")
         return _resnet_fpn(net, fpn_channels, _trainable(trainable, pretrained, 5))
 
     return make
@@ -516,7 +522,7 @@ def faster_rcnn_mobilenet_v3_fpn(
 
     def backbone(norm: type[nn.Module], trainable: int | None, weights: str | None) -> Any:
         net = tvm.mobilenet_v3_large(weights=None, norm_layer=norm)
-        _load_backbone(net, weights)
+        _load_backbone(net, weights, "mobilenet_v3_large")
         layers = _trainable(trainable, pretrained, 6)
         try:
             fpn = _mobilenet_extractor(net, True, layers)

@@ -1,12 +1,11 @@
 """Helpers shared by backbones: local weight loading, stride->dilation, the stage protocol.
 
-Weights are only ever read from a local file (never downloaded).
-
-Checkpoints come in many wrappers (``{"state_dict": ...}``, ``{"model": ...}``, DDP's
-``module.`` prefix); they are unwrapped here so that an official torchvision file loads with
-zero missing keys into the wrappers, which keep torchvision's module names. Loading is
-non-strict because classifier heads (``fc.*``, ``classifier.*``) are not part of a backbone;
-tensors whose shape does not match are skipped rather than crashing, and every count is logged.
+Weights are only ever read from a local file (never downloaded), by
+:func:`e2ekit.core.weights.load_backbone_weights`: checkpoint wrappers are unwrapped, timm
+names are mapped to torchvision's (which the wrappers keep), classifier heads (``fc.*``,
+``classifier.*``) are left out, and a file filling less than 90 % of the backbone's tensors
+is refused with its load report. ``pretrained: imagenet`` reads the file cached by
+``e2ekit weights import``.
 """
 
 from __future__ import annotations
@@ -17,9 +16,15 @@ import torch
 from torch import nn
 
 from e2ekit.core.errors import ConfigError
-from e2ekit.core.weights import load_pretrained
+from e2ekit.core.weights import load_backbone_weights, load_pretrained
 
-__all__ = ["StagedBackbone", "check_output_stride", "dilate_", "load_pretrained"]
+__all__ = [
+    "StagedBackbone",
+    "check_output_stride",
+    "dilate_",
+    "load_backbone_weights",
+    "load_pretrained",
+]
 
 log = logging.getLogger("e2ekit")
 

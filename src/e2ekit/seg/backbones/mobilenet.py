@@ -2,7 +2,8 @@
 
 Wrap ``torchvision.models.mobilenet_*`` (``weights=None``), keeping the ``features``
 Sequential under its torchvision name so an official state dict loads with zero missing keys
-(``classifier.*`` and, for V2, the dropped 1280-channel ``features.18`` are unexpected).
+(``classifier.*`` and, for V2, the dropped 1280-channel ``features.18`` are unexpected);
+timm's ``mobilenetv2_100`` / ``mobilenetv3_*_100`` files are renamed to that layout on load.
 The 4 maps are the last block at each stride 4/8/16/32, found by walking the blocks, so any
 torchvision-built MobileNet (including the tiny test one) works. ``output_stride`` 16/8
 trades the later strides for dilation on the depthwise convs (torchvision's ``dilated=True``
@@ -22,7 +23,7 @@ from e2ekit.seg.backbones._pretrained import (
     StagedBackbone,
     check_output_stride,
     dilate_,
-    load_pretrained,
+    load_backbone_weights,
 )
 from e2ekit.seg.registry import BACKBONES
 
@@ -82,10 +83,12 @@ class MobileNetBackbone(StagedBackbone):
         return x
 
 
-def _finish(features: nn.Sequential, pretrained: str | None, output_stride: int):
+def _finish(
+    features: nn.Sequential, pretrained: str | None, output_stride: int, arch: str | None = None
+) -> MobileNetBackbone:
     backbone = MobileNetBackbone(features, output_stride)
     if pretrained:
-        load_pretrained(backbone, pretrained)
+        load_backbone_weights(backbone, pretrained, arch=arch)
     return backbone
 
 
@@ -95,19 +98,22 @@ def mobilenet_v2(
 ) -> MobileNetBackbone:
     """MobileNetV2 up to the 320-channel block: channels (24, 32, 96, 320) at width 1."""
     net = tvm.mobilenet_v2(weights=None, width_mult=width_mult)
-    return _finish(net.features[:-1], pretrained, output_stride)  # drop the 1280-ch 1x1 conv
+    arch = "mobilenet_v2" if width_mult == 1.0 else None
+    return _finish(net.features[:-1], pretrained, output_stride, arch)  # drop the 1280-ch conv
 
 
 @BACKBONES.register("mobilenet_v3_large")
 def mobilenet_v3_large(pretrained: str | None = None, output_stride: int = 32) -> MobileNetBackbone:
     """MobileNetV3-Large: channels (24, 40, 112, 960)."""
-    return _finish(tvm.mobilenet_v3_large(weights=None).features, pretrained, output_stride)
+    features = tvm.mobilenet_v3_large(weights=None).features
+    return _finish(features, pretrained, output_stride, "mobilenet_v3_large")
 
 
 @BACKBONES.register("mobilenet_v3_small")
 def mobilenet_v3_small(pretrained: str | None = None, output_stride: int = 32) -> MobileNetBackbone:
     """MobileNetV3-Small: channels (16, 24, 48, 576)."""
-    return _finish(tvm.mobilenet_v3_small(weights=None).features, pretrained, output_stride)
+    features = tvm.mobilenet_v3_small(weights=None).features
+    return _finish(features, pretrained, output_stride, "mobilenet_v3_small")
 
 
 @BACKBONES.register("mobilenet_tiny")

@@ -3,10 +3,12 @@
 Thin wrappers over ``torchvision.models.resnet*`` (always ``weights=None``) returning the
 outputs of ``layer1..layer4`` (strides 4/8/16/32). Module names stay torchvision's
 (``conv1``, ``bn1``, ``layer1.0.conv1``...), so an official torchvision state dict loads with
-zero missing keys; only ``fc.*`` is unexpected. ``output_stride`` 16/8 replaces the stride of
-``layer4`` (and ``layer3``) with dilation, as in DeepLab (Chen et al., 2017); this is done by
-``dilate_``, which reproduces ``replace_stride_with_dilation`` exactly (tested) and also works
-for the BasicBlock nets that torchvision refuses to dilate.
+zero missing keys; only ``fc.*`` is unexpected (timm's ResNet files use the same names).
+``pretrained: imagenet`` reads the file cached by ``e2ekit weights import``.
+``output_stride`` 16/8 replaces the stride of ``layer4`` (and ``layer3``) with dilation, as in
+DeepLab (Chen et al., 2017); this is done by ``dilate_``, which reproduces
+``replace_stride_with_dilation`` exactly (tested) and also works for the BasicBlock nets that
+torchvision refuses to dilate.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from e2ekit.seg.backbones._pretrained import (
     StagedBackbone,
     check_output_stride,
     dilate_,
-    load_pretrained,
+    load_backbone_weights,
 )
 from e2ekit.seg.registry import BACKBONES
 
@@ -79,7 +81,7 @@ def _from_torchvision(
     layers = [net.layer1, net.layer2, net.layer3, net.layer4]
     backbone = ResNetBackbone(net.conv1, net.bn1, layers, output_stride)
     if pretrained:
-        load_pretrained(backbone, pretrained)
+        load_backbone_weights(backbone, pretrained, arch=factory.__name__)
     return backbone
 
 
@@ -140,5 +142,5 @@ def resnet_tiny(
                 nn.init.kaiming_normal_(sub.weight, mode="fan_out", nonlinearity="relu")
     backbone = ResNetBackbone(conv1, nn.BatchNorm2d(stem), layers, output_stride)
     if pretrained:
-        load_pretrained(backbone, pretrained)
+        load_backbone_weights(backbone, pretrained)
     return backbone
