@@ -471,6 +471,11 @@ def test_read_texts_formats(tmp_path, monkeypatch):
     assert read_texts(jsonl) == [("p", "q"), "r"]
     tsv = _write(tmp_path, "d.tsv", "label\ttext_a\ttext_b\n1\tp\tq\n")
     assert read_texts(tsv) == [("p", "q")]
+    glue = _write(tmp_path, "g.tsv", "sentence\tlabel\nfine film\t1\n")  # SST-2's header
+    assert read_texts(glue) == ["fine film"]
+    pairs = _write(tmp_path, "h.tsv", "sentence1\tsentence2\tlabel\na\tb\t0\n")
+    assert read_texts(pairs) == [("a", "b")]
+    assert read_texts(_write(tmp_path, "i.txt", "text\nhello\n")) == ["text", "hello"]
     monkeypatch.setattr("sys.stdin", io.StringIO("s1\ns2\n"))
     assert read_texts("-") == ["s1", "s2"]
     with pytest.raises(DataError, match=r"e\.jsonl:2: invalid JSON"):

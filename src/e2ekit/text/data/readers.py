@@ -668,7 +668,8 @@ def read_texts(path_or_dash: str | Path) -> list[str | tuple[str, str]]:
     - ``.json``: a list of strings or of objects with ``text``/``text_a`` (+ ``text_b``).
     - ``.jsonl``: one such string or object per line.
     - anything else: one text per line; if the first line is a TSV header naming
-      ``text_a``, that column is used (plus ``text_b`` for pairs).
+      ``text_a`` (or, with several columns, any name train reads for it: ``sentence1``,
+      ``sentence``, ``text``), that column is used (plus ``text_b`` / ``sentence2``).
     """
     name = str(path_or_dash)
     if name == "-":
@@ -701,10 +702,13 @@ def read_texts(path_or_dash: str | Path) -> list[str | tuple[str, str]]:
                         f"{name}:{n}: invalid JSON at column {e.colno}: {e.msg}"
                     ) from None
             return out
-    if lines and "text_a" in lines[0][1].split("\t"):
-        columns = lines[0][1].split("\t")
-        ia = columns.index("text_a")
-        ib = columns.index("text_b") if "text_b" in columns else None
+    columns = lines[0][1].split("\t") if lines else []
+    # a header as train reads it: text_a alone, or with a tab, any of its aliases (sentence, ...)
+    ia = _find_column(columns, COLUMN_ALIASES["text_a"]) if len(columns) > 1 else None
+    if ia is None and columns == ["text_a"]:
+        ia = 0
+    if ia is not None:
+        ib = _find_column(columns, COLUMN_ALIASES["text_b"])
         out: list[str | tuple[str, str]] = []
         for n, s in lines[1:]:
             fields = s.split("\t")
