@@ -201,6 +201,29 @@ def test_steps_that_slow_down_hit_the_hard_stop_with_a_final_eval(tmp_path: Path
     assert load_checkpoint(run / "last.pt")["step"] == trainer.step
 
 
+class SpeedsUp(Hook):
+    """Steps cost ``slow_s`` until ``until`` (warm caches, a busy machine), then ``fast_s``."""
+
+    def __init__(self, clock: FakeClock, slow_s: float, fast_s: float, until: int) -> None:
+        self.clock, self.slow_s, self.fast_s, self.until = clock, slow_s, fast_s, until
+
+    def after_step(self, trainer: Trainer) -> None:  # type: ignore[override]
+        self.clock.now += self.slow_s if trainer.step <= self.until else self.fast_s
+
+
+def test_steps_that_speed_up_extend_the_plan_to_use_the_budget(tmp_path: Path) -> None:
+    """The probe times slow steps and plans too few; at that planned end the run re-plans
+    with the faster steps instead of stopping with most of the budget unused."""
+    clock, run = FakeClock(), tmp_path / "run"
+    trainer = budget_trainer(run, clock, "train.time_budget=200", *UNBOUNDED, *COSINE)
+    trainer.hooks.append(SpeedsUp(clock, slow_s=8.0, fast_s=1.0, until=5))
+    trainer.fit()
+    assert clock.now <= 200 and clock.now >= 150  # the budget used, not a third of it
+    assert evals(run)[-1]["step"] == trainer.step
+    ckpt = load_checkpoint(run / "last.pt")
+    assert math.isclose(ckpt["optimizer"]["param_groups"][0]["lr"], 0.1 * LR, rel_tol=1e-6)
+
+
 def test_a_slow_first_step_is_not_taken_for_the_step_time(tmp_path: Path) -> None:
     """Warm-up makes the first step slow: the plan and the hard stop go by later steps."""
     clock, run = FakeClock(), tmp_path / "run"

@@ -12,7 +12,9 @@ few planned points, how many steps the run should have in all:
    the epochs place them) and final evaluation and save fit in what is left of the budget less
    a safety margin; the LR schedule is then re-timed to end at that step;
 3. re-estimates at ``REPLAN_AT`` of the budget (the step time drifts, e.g. multi-scale
-   batches), each measured over the steps since the last plan;
+   batches), each measured over the steps since the last plan, and at the planned end when
+   the steps ran faster than planned and a useful share of the budget is left (the LR
+   schedule is then re-timed to the new end);
 4. a hard stop: when the next step plus the final evaluation and save would overrun the
    budget, this step is the last one (it is evaluated and saved as every last step is).
 
@@ -38,6 +40,7 @@ MARGIN_SHARE = 0.05  # the plan leaves this share of the budget unused ...
 MARGIN_CAP_S = 120.0  # ... but never more than this many seconds
 HARD_MARGIN_SHARE = 0.01  # the hard stop keeps this share of the budget in hand
 EVAL_PER_BATCH = 1 / 3  # an unmeasured eval batch: a forward pass, a third of a training step
+EXTEND_MIN_SHARE = 0.1  # at the planned end, re-plan if this share more steps still fits
 
 ACCEPTED = "a number of seconds or a duration such as 90s, 10m, 1.5h, 1h30m, 2h15m30s"
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
@@ -202,10 +205,16 @@ class TimeBudget:
             return True
         return False
 
-    def plan_due(self, epoch_done: bool) -> bool:
-        """A plan is due at the probe's end, then at each share in ``REPLAN_AT``."""
+    def plan_due(self, epoch_done: bool, step: int | None = None) -> bool:
+        """A plan is due at the probe's end, then at each share in ``REPLAN_AT``, and at the
+        planned last ``step`` when the steps turned out faster than planned and enough of
+        the budget is left for ``EXTEND_MIN_SHARE`` more of them (a probe timed on slow
+        first steps would otherwise end the run with the budget half used)."""
         if self.step_time is None:
             return False
+        if self.plans and step is not None and self.planned is not None and step >= self.planned:
+            spare = self.remaining() - self.margin - self.eval_estimate()
+            return spare > max(EXTEND_MIN_SHARE * self.planned, 2) * max(self.step_time, 1e-9)
         if self.plans == 0:
             spent = (self.elapsed() - self._started_at) / self.seconds
             timed = self._window_steps >= PROBE_MIN_STEPS  # the first step is not enough

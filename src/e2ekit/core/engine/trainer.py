@@ -565,7 +565,7 @@ class Trainer(RunLoop):
                 self.step,
             )
             return self.step, None
-        if not budget.plan_due(epoch_done):
+        if not budget.plan_due(epoch_done, self.step):
             if not budget.horizon_given and self.total_steps == PROVISIONAL_STEPS:
                 # the first step's time (warm-up included: pessimistic) gives the LR a rough
                 # horizon until the probe's plan
