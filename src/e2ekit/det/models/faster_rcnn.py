@@ -71,6 +71,7 @@ from e2ekit.det.models.resnet_fpn import (
     stage_channels,
 )
 from e2ekit.det.models.retinanet import octave_anchor_sizes, prepare_targets
+from e2ekit.det.models.roi_pool import GatherRoIAlign
 from e2ekit.det.registry import MODELS
 
 __all__ = [
@@ -191,7 +192,7 @@ class FasterRCNN(Detector):
             nms_thresh=rpn_nms_thresh,
             score_thresh=rpn_score_thresh,
         )
-        pooler = MultiScaleRoIAlign(list(roi_levels), roi_output_size, roi_sampling_ratio)
+        pooler = GatherRoIAlign(list(roi_levels), roi_output_size, roi_sampling_ratio)
         self.roi_heads = self._make_roi_heads(
             pooler,
             channels * roi_output_size**2,

@@ -30,7 +30,6 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import paste_masks_in_image
-from torchvision.ops import MultiScaleRoIAlign
 
 from e2ekit.core.errors import ConfigError, DataError
 from e2ekit.det.models.base import Detection, Target
@@ -45,6 +44,7 @@ from e2ekit.det.models.faster_rcnn import (
     narrow_resnet_fpn_maker,
     resnet50_fpn_maker,
 )
+from e2ekit.det.models.roi_pool import GatherRoIAlign
 from e2ekit.det.registry import MODELS
 
 __all__ = ["MaskRCNN", "mask_rcnn_r50_fpn", "mask_rcnn_tiny"]
@@ -84,7 +84,7 @@ class MaskRCNN(FasterRCNN):
         if int(mask_roi_output_size) < 1 or int(mask_dilation) < 1:
             raise ConfigError("model.mask_roi_output_size and model.mask_dilation must be >= 1")
         heads = self.roi_heads
-        heads.mask_roi_pool = MultiScaleRoIAlign(
+        heads.mask_roi_pool = GatherRoIAlign(
             list(roi_levels), int(mask_roi_output_size), int(mask_sampling_ratio)
         )
         heads.mask_head = MaskRCNNHeads(int(backbone.out_channels), layers, int(mask_dilation))
