@@ -10,8 +10,6 @@ conversion never leaves a truncated file behind.
 
 from __future__ import annotations
 
-import logging
-import math
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -20,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from e2ekit.core import annotations
+from e2ekit.core.annotations import Item
 from e2ekit.core.errors import DataError, did_you_mean
 from e2ekit.core.fileio import atomic_write
 from e2ekit.core.textio import read_utf8
@@ -37,11 +37,6 @@ __all__ = [
     "voc_to_coco",
 ]
 
-log = logging.getLogger("e2ekit")
-
-# labelme shape types that describe an area (others: point, line, linestrip, mask)
-_AREA_SHAPES = ("rectangle", "polygon", "circle")
-
 
 def _labelme_files(
     sources: str | Path | Sequence[str | Path], out: Path
@@ -49,13 +44,8 @@ def _labelme_files(
     """(the labelme json files in sorted order, the folder file names are relative to)."""
     if isinstance(sources, (str, Path)):
         src = Path(sources).expanduser()
-        if src.is_dir():
-            files = sorted(
-                p for p in src.rglob("*.json") if p.resolve() != out.resolve()
-            )  # the output may live in the same folder
-            if not files:
-                raise DataError(f"no labelme .json files under {src}")
-            return files, src
+        if src.is_dir():  # the output may live in the same folder
+            return annotations.labelme_files(src, exclude=out), src
         sources = [src]
     files = sorted(Path(s).expanduser() for s in sources)
     if not files:
@@ -71,34 +61,15 @@ def _labelme_files(
 _Shape = tuple[list[float], str, int, list[float] | None]
 
 
-def _shape_geometry(
-    shape: dict[str, Any], where: str
-) -> tuple[list[float], list[float] | None] | None:
-    """(bounding box, flat polygon for a polygon shape) of a labelme shape; None without area."""
-    kind = shape.get("shape_type") or "polygon"  # labelme omits it for polygons in old files
-    if kind not in _AREA_SHAPES:
-        return None
-    pts = shape.get("points")
-    try:
-        arr = np.asarray(pts, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: 'points' must be a list of [x, y] pairs, got {pts!r}") from None
-    need = 2 if kind in ("rectangle", "circle") else 3
-    if arr.ndim != 2 or arr.shape[1] != 2 or len(arr) < need:
-        raise DataError(f"{where}: a {kind} needs at least {need} [x, y] points, got {pts!r}")
-    if not np.isfinite(arr).all():
-        raise DataError(f"{where}: 'points' has a non-finite value")
-    if kind == "circle":  # labelme: centre, then a point on the circle
-        (cx, cy), (px, py) = arr[0], arr[1]
-        r = float(np.hypot(px - cx, py - cy))
-        return [cx - r, cy - r, cx + r, cy + r], None
-    polygon = [float(v) for v in arr.reshape(-1)] if kind == "polygon" else None
-    return _polygon_box(arr), polygon
-
-
-def _polygon_box(arr: np.ndarray) -> list[float]:
-    lo, hi = arr.min(axis=0), arr.max(axis=0)
-    return [float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])]
+def _det_shapes(item: Item) -> list[_Shape]:
+    """An item's shapes as boxes; polygons and rotated boxes also keep their vertices (the
+    COCO segmentation), the other kinds are box-only."""
+    found = []
+    for s in item.shapes:
+        poly = s.polygon()
+        flat = None if poly is None else [float(v) for v in poly.reshape(-1)]
+        found.append((s.box(), s.label, s.index, flat))
+    return found
 
 
 def _dataset(
@@ -142,13 +113,29 @@ def _dataset(
     return DetDataset(records=records, class_names=names)
 
 
-def _warn_skipped(who: str, skipped: dict[str, int]) -> None:
-    if skipped:
-        log.warning(
-            "%s: skipped shapes without area: %s",
-            who,
-            ", ".join(f"{n} {k}" for k, n in sorted(skipped.items())),
-        )
+def _to_coco(
+    items: list[Item],
+    image_dir: Path | None,
+    root: Path,
+    class_names: Sequence[str] | None,
+    ref_kind: str,
+    out_file: str | Path,
+    size_keys: str = "",
+) -> Path:
+    """Write ``items`` (ids 1, 2, ... in this order) as COCO, ``file_name`` relative to
+    ``root``. An image is ``image_dir / file`` (None: beside its annotation file); its size
+    the one the annotation states, else its header's (``size_keys`` name the missing one)."""
+    entries: list[tuple[Path, int, int, list[_Shape]]] = []
+    for item in items:
+        base = image_dir if image_dir is not None else item.ann_file.parent
+        image = Path(os.path.normpath(base.absolute() / item.file))
+        if item.width is not None and item.height is not None:
+            w, h = item.width, item.height
+        else:
+            w, h = image_size(image, f"{item.where}{size_keys}")
+        entries.append((image, w, h, _det_shapes(item)))
+    ds = _dataset(entries, [it.where for it in items], class_names, ref_kind)
+    return atomic_write_json(ds.to_coco(image_root=root.absolute(), mask_area=True), out_file)
 
 
 def labelme_to_coco(
@@ -162,7 +149,9 @@ def labelme_to_coco(
     Rectangles and polygons (and circles) become their bounding boxes; a polygon also
     becomes the annotation's ``segmentation`` (``[[x1, y1, x2, y2, ...]]``) with ``area`` the
     pixel area of its mask, as in COCO (rectangles and circles stay box-only, ``area``
-    ``w * h``); points and lines have no area and are skipped with a warning. The image
+    ``w * h``); points and lines have no area and are skipped with a warning, other shape
+    types (a labelme mask) fail naming the file and shape (see
+    :mod:`e2ekit.core.annotations`, which reads the files for both kits). The image
     size comes from ``imageWidth``/``imageHeight`` (else the image header). ``class_names``
     fixes the classes and their order (category ids 1..K); without it the classes are the
     sorted set of labels found. ``file_name`` is the image path relative to ``image_root``
@@ -172,125 +161,14 @@ def labelme_to_coco(
     out = Path(out_file).expanduser()
     files, default_root = _labelme_files(sources, out)
     root = Path(image_root).expanduser() if image_root is not None else default_root
-    entries: list[tuple[Path, int, int, list[_Shape]]] = []
-    skipped: dict[str, int] = {}
-    for f in files:
-        data = load_json(f)
-        if not isinstance(data, dict):
-            raise DataError(f"{f}: expected a labelme JSON object, got {type(data).__name__}")
-        for key in ("shapes", "imagePath"):
-            if key not in data:
-                raise DataError(f"{f}: '{key}' missing; is this a labelme file?")
-        shapes = data["shapes"]
-        if not isinstance(shapes, list):
-            raise DataError(f"{f}: 'shapes' must be a list, got {type(shapes).__name__}")
-        image = Path(os.path.normpath(f.parent.absolute() / str(data["imagePath"])))
-        w, h = data.get("imageWidth"), data.get("imageHeight")
-        if not all(type(v) is int and 0 < v < 2**31 for v in (w, h)):  # else: the header
-            w, h = image_size(image, f"{f} imageWidth/imageHeight")
-        found: list[_Shape] = []
-        for j, shape in enumerate(shapes):
-            where = f"{f} shapes[{j}]"
-            if not isinstance(shape, dict) or "label" not in shape or "points" not in shape:
-                raise DataError(f"{where}: a shape needs 'label' and 'points'")
-            geometry = _shape_geometry(shape, where)
-            if geometry is None:
-                kind = str(shape.get("shape_type"))
-                skipped[kind] = skipped.get(kind, 0) + 1
-                continue
-            found.append((geometry[0], str(shape["label"]), j, geometry[1]))
-        entries.append((image, int(w), int(h), found))
-    _warn_skipped("labelme_to_coco", skipped)
-    ds = _dataset(entries, [str(f) for f in files], class_names, "shapes")
-    return atomic_write_json(ds.to_coco(image_root=root.absolute(), mask_area=True), out)
+    items = annotations.read_labelme(files)
+    for item in items:
+        if not item.file:
+            raise DataError(f"{item.ann_file}: 'imagePath' missing; is this a labelme file?")
+    return _to_coco(items, None, root, class_names, "shapes", out, " imageWidth/imageHeight")
 
 
 # ----------------------------------------------------------------------------- VIA
-
-#: region attribute names tried, in order, when a region has several attributes
-_VIA_LABEL_KEYS = ("label", "class", "category", "name", "type")
-
-
-def _via_images(data: Any, path: Path) -> list[dict[str, Any]]:
-    """The per-image entries of a VIA 2 project (``_via_img_metadata``) or annotation export
-    (``{key: {filename, regions}}``), sorted by file name for deterministic ids."""
-    if isinstance(data, dict) and isinstance(data.get("_via_img_metadata"), dict):
-        data = data["_via_img_metadata"]
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a VIA JSON object, got {type(data).__name__}")
-    items = []
-    for key, item in data.items():
-        if not isinstance(item, dict) or "filename" not in item or "regions" not in item:
-            raise DataError(
-                f"{path} [{key!r}]: a VIA image entry needs 'filename' and 'regions'; export "
-                "the project from VIA with Annotation > Export Annotations (as json)"
-            )
-        items.append(item)
-    return sorted(items, key=lambda it: str(it["filename"]))
-
-
-def _via_label(attrs: Any, where: str, attribute: str | None) -> str:
-    """A region's class: ``attribute`` of its region_attributes, or its only attribute (or
-    one of ``label``/``class``/... ); a checkbox attribute must have one box ticked."""
-    if not isinstance(attrs, dict) or not attrs:
-        raise DataError(f"{where}: no region_attributes; give each region a class attribute")
-    key = attribute
-    if key is None:
-        key = next((k for k in _VIA_LABEL_KEYS if k in attrs), None) if len(attrs) > 1 else None
-        key = key if key is not None else (next(iter(attrs)) if len(attrs) == 1 else None)
-    if key is None or key not in attrs:
-        raise DataError(
-            f"{where}: cannot tell the class attribute among {sorted(attrs)}; name it "
-            f"(via_to_coco(attribute=...)) or call it one of {', '.join(_VIA_LABEL_KEYS)}"
-        )
-    value = attrs[key]
-    if isinstance(value, dict):  # checkbox / multi-select: {"cat": true, "dog": false}
-        ticked = [str(k) for k, v in value.items() if v]
-        if len(ticked) != 1:
-            raise DataError(f"{where}: attribute '{key}' must select one class, got {ticked}")
-        value = ticked[0]
-    label = str(value).strip()
-    if not label:
-        raise DataError(f"{where}: attribute '{key}' is empty; give the region a class")
-    return label
-
-
-def _via_numbers(shape: dict[str, Any], keys: tuple[str, ...], where: str) -> list[float]:
-    values = [shape.get(k) for k in keys]
-    if not all(
-        not isinstance(v, bool) and isinstance(v, (int, float)) and np.isfinite(v) for v in values
-    ):
-        raise DataError(f"{where}: a {shape.get('name')} needs numbers {', '.join(keys)}")
-    return [float(v) for v in values]  # type: ignore[arg-type]
-
-
-def _via_geometry(shape: Any, where: str) -> tuple[list[float], list[float] | None] | None:
-    """(box, flat polygon) of a VIA shape_attributes; None for a shape without area."""
-    if not isinstance(shape, dict):
-        raise DataError(f"{where}: 'shape_attributes' must be an object")
-    name = shape.get("name")
-    if name == "rect":
-        x, y, w, h = _via_numbers(shape, ("x", "y", "width", "height"), where)
-        return [x, y, x + w, y + h], None
-    if name == "circle":
-        cx, cy, r = _via_numbers(shape, ("cx", "cy", "r"), where)
-        return [cx - r, cy - r, cx + r, cy + r], None
-    if name == "ellipse":
-        cx, cy, rx, ry = _via_numbers(shape, ("cx", "cy", "rx", "ry"), where)
-        return [cx - rx, cy - ry, cx + rx, cy + ry], None
-    if name != "polygon":
-        return None
-    xs, ys = shape.get("all_points_x"), shape.get("all_points_y")
-    try:
-        arr = np.stack([np.asarray(xs, np.float64), np.asarray(ys, np.float64)], axis=1)
-    except (TypeError, ValueError):
-        arr = np.zeros((0, 2))
-    if arr.ndim != 2 or len(arr) < 3 or not np.isfinite(arr).all():
-        raise DataError(
-            f"{where}: a polygon needs all_points_x and all_points_y of the same length, "
-            f">= 3 points each, got {xs!r} and {ys!r}"
-        )
-    return _polygon_box(arr), [float(v) for v in arr.reshape(-1)]
 
 
 def via_to_coco(
@@ -303,8 +181,9 @@ def via_to_coco(
     """A VGG Image Annotator (VIA 2) json -> one COCO file; read it back with ``image_dir``.
 
     Polygons become boxes plus ``segmentation`` polygons (``area`` the mask's pixel area);
-    rectangles, circles and ellipses become boxes; points and polylines have no area and
-    are skipped with a warning. The class is the region attribute ``attribute`` (default:
+    rectangles, circles and ellipses become boxes (a turned ellipse: the box of the turned
+    shape); points and polylines have no area and are skipped with a warning, unknown
+    shape types fail. The class is the region attribute ``attribute`` (default:
     the region's only attribute, else one named label/class/category/name/type). Images
     (their sizes come from the headers, VIA stores none) are ``image_dir / filename``,
     ``image_dir`` defaulting to the json's folder. Ids are 1, 2, ... in file-name order.
@@ -312,91 +191,12 @@ def via_to_coco(
     """
     path = Path(via_file).expanduser()
     root = Path(image_dir).expanduser() if image_dir is not None else path.parent
-    entries: list[tuple[Path, int, int, list[_Shape]]] = []
-    sources: list[str] = []
-    skipped: dict[str, int] = {}
-    for item in _via_images(load_json(path), path):
-        name = str(item["filename"])
-        src = f"{path} {name}"
-        regions = item["regions"]
-        if isinstance(regions, dict):  # VIA 1: {"0": region, "1": region}
-            regions = [regions[k] for k in sorted(regions, key=lambda k: int(k))]
-        if not isinstance(regions, list):
-            raise DataError(f"{src}: 'regions' must be a list, got {type(regions).__name__}")
-        image = Path(os.path.normpath(root.absolute() / name))
-        w, h = image_size(image, src)
-        found: list[_Shape] = []
-        for j, region in enumerate(regions):
-            where = f"{src} regions[{j}]"
-            if not isinstance(region, dict):
-                raise DataError(f"{where}: a region must be an object")
-            geometry = _via_geometry(region.get("shape_attributes"), where)
-            if geometry is None:
-                kind = str((region.get("shape_attributes") or {}).get("name"))
-                skipped[kind] = skipped.get(kind, 0) + 1
-                continue
-            label = _via_label(region.get("region_attributes"), where, attribute)
-            found.append((geometry[0], label, j, geometry[1]))
-        entries.append((image, w, h, found))
-        sources.append(src)
-    if not entries:
-        raise DataError(f"{path}: no images in this VIA file")
-    _warn_skipped("via_to_coco", skipped)
-    ds = _dataset(entries, sources, class_names, "regions")
-    return atomic_write_json(ds.to_coco(image_root=root.absolute(), mask_area=True), out_file)
+    items = annotations.read_via(path, attribute, attribute_option="via_to_coco(attribute=...)")
+    items.sort(key=lambda it: it.file)  # ids in file-name order
+    return _to_coco(items, root, root, class_names, "regions", out_file)
 
 
 # ----------------------------------------------------------------------------- CVAT
-
-
-def _cvat_numbers(node: ET.Element, keys: tuple[str, ...], where: str) -> list[float]:
-    try:
-        values = [float(node.get(k, "nan")) for k in keys]
-    except ValueError:
-        values = [math.nan]
-    if not all(math.isfinite(v) for v in values):
-        raise DataError(f"{where}: a <{node.tag}> needs numbers {', '.join(keys)}")
-    return values
-
-
-def _cvat_geometry(node: ET.Element, where: str) -> tuple[list[float], list[float] | None] | None:
-    """(box, flat polygon) of a CVAT shape; None for one without area. A rotated box becomes
-    the polygon of its corners; an ellipse and a mask their bounding boxes."""
-    kind = node.tag
-    if kind == "box":
-        x1, y1, x2, y2 = _cvat_numbers(node, ("xtl", "ytl", "xbr", "ybr"), where)
-        angle = math.radians(float(node.get("rotation") or 0.0))
-        if not angle:
-            return [x1, y1, x2, y2], None
-        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-        c, s = math.cos(angle), math.sin(angle)
-        corners = [(x1, y1), (x2, y1), (x2, y2), (x1, y2)]
-        arr = np.array([(cx + (x - cx) * c - (y - cy) * s, cy + (x - cx) * s + (y - cy) * c)
-                        for x, y in corners])  # fmt: skip
-        return _polygon_box(arr), [float(v) for v in arr.reshape(-1)]
-    if kind == "polygon":
-        text = node.get("points", "")
-        try:
-            arr = np.array([p.split(",") for p in text.split(";") if p.strip()], np.float64)
-        except ValueError:
-            arr = np.zeros((0, 2))
-        if arr.ndim != 2 or arr.shape[1:] != (2,) or len(arr) < 3 or not np.isfinite(arr).all():
-            raise DataError(
-                f"{where}: a polygon needs at least 3 'x,y' points separated by ';', got "
-                f"{text!r}; fix or delete it in CVAT"
-            )
-        return _polygon_box(arr), [float(v) for v in arr.reshape(-1)]
-    if kind == "ellipse":
-        cx, cy, rx, ry = _cvat_numbers(node, ("cx", "cy", "rx", "ry"), where)
-        return [cx - rx, cy - ry, cx + rx, cy + ry], None
-    if kind == "mask":
-        left, top, w, h = _cvat_numbers(node, ("left", "top", "width", "height"), where)
-        return [left, top, left + w, top + h], None
-    if kind in ("points", "polyline", "skeleton", "tag"):
-        return None
-    raise DataError(
-        f"{where}: unknown shape <{kind}>; cvat_to_coco reads box, polygon, ellipse and mask"
-    )
 
 
 def cvat_to_coco(
@@ -409,56 +209,22 @@ def cvat_to_coco(
 
     Boxes become boxes; polygons become boxes plus ``segmentation`` polygons (``area`` the
     mask's pixel area), so Mask R-CNN trains on them; a rotated box becomes the polygon of
-    its corners; ellipses and masks keep their bounding boxes; points and polylines have no
-    area and are skipped with a warning. Image sizes come from the XML. The classes are
-    ``class_names``, else the labels the XML's meta lists, in its order, else the sorted
-    labels found. ``image_dir`` defaults to ``images/`` beside the XML (CVAT's export
-    layout) when it exists, else the XML's folder. Returns the path written.
+    its corners; ellipses (turned ones too) and masks keep their bounding boxes (a mask's
+    ``rle`` is checked); points and polylines have no area and are skipped with a warning.
+    Image sizes come from the XML. The classes are ``class_names``, else the labels the
+    XML's meta lists, in its order, else the sorted labels found. ``image_dir`` defaults
+    to ``images/`` beside the XML (CVAT's export layout) when it exists, else the XML's
+    folder. Returns the path written.
     """
     path = Path(xml_file).expanduser()
-    if not path.is_file():
-        raise DataError(f"annotation file not found: {path}")
-    try:
-        root_node = ET.fromstring(read_utf8(path, DataError))
-    except ET.ParseError as exc:
-        raise DataError(f"{path}: not valid XML: {exc}") from None
-    if root_node.tag != "annotations":
-        raise DataError(
-            f"{path}: expected <annotations> (CVAT for images 1.1), got <{root_node.tag}>"
-        )
+    items, meta = annotations.read_cvat(path)
     if image_dir is not None:
         root = Path(image_dir).expanduser()
     else:
         root = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
-    meta = [str(n.text).strip() for n in root_node.iterfind("meta/*/labels/label/name")]
-    entries: list[tuple[Path, int, int, list[_Shape]]] = []
-    sources: list[str] = []
-    skipped: dict[str, int] = {}
-    for node in sorted(root_node.iter("image"), key=lambda n: str(n.get("name"))):
-        name = node.get("name")
-        if not name:
-            raise DataError(f"{path}: an <image> without a name attribute")
-        src = f"{path} image '{name}'"
-        w, h = (int(v) for v in _cvat_numbers(node, ("width", "height"), src))
-        found: list[_Shape] = []
-        for j, child in enumerate(node):
-            where = f"{src} <{child.tag}> #{j}"
-            geometry = _cvat_geometry(child, where)
-            if geometry is None:
-                skipped[child.tag] = skipped.get(child.tag, 0) + 1
-                continue
-            label = child.get("label")
-            if not label:
-                raise DataError(f"{where}: no label attribute")
-            found.append((geometry[0], label, j, geometry[1]))
-        entries.append((Path(os.path.normpath(root.absolute() / name)), w, h, found))
-        sources.append(src)
-    if not entries:
-        raise DataError(f"{path}: no <image> elements; export as 'CVAT for images 1.1'")
-    _warn_skipped("cvat_to_coco", skipped)
+    items.sort(key=lambda it: it.file)  # ids in file-name order
     names = class_names if class_names is not None else (meta or None)
-    ds = _dataset(entries, sources, names, "shapes")
-    return atomic_write_json(ds.to_coco(image_root=root.absolute(), mask_area=True), out_file)
+    return _to_coco(items, root, root, names, "shapes", out_file)
 
 
 def voc_to_coco(
