@@ -1,5 +1,5 @@
 """Detection backbones: each returns its feature maps at ``strides`` with ``out_channels``."""
 
-from e2ekit.det.backbones import blazenet, darknet, mobilenet
+from e2ekit.det.backbones import blazenet, cspresnet, darknet, mobilenet
 
-__all__ = ["blazenet", "darknet", "mobilenet"]
+__all__ = ["blazenet", "cspresnet", "darknet", "mobilenet"]
