@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from e2ekit.core.errors import ConfigError
 from e2ekit.det.assigners import alignment_metric, atss_assign, task_aligned_assign
 from e2ekit.det.backbones.cspresnet import RepVggBlock
 from e2ekit.det.losses import distribution_focal_loss, integral, varifocal_loss
-from e2ekit.det.models.ppyoloe import PPYOLOE, AssignerEpoch, ppyoloe_tiny
+from e2ekit.det.models.ppyoloe import PPYOLOE, ppyoloe_tiny
 from e2ekit.det.registry import MODELS
 from e2ekit.det.task import DetTrainModel
 
@@ -288,22 +287,19 @@ def test_bad_model_keys_are_refused() -> None:
 # --------------------------------------------------------------------- assigner epoch
 
 
-def test_static_assigner_needs_the_epoch_and_the_hook_gives_it() -> None:
+def test_static_assigner_needs_the_epoch_and_the_trainer_gives_it() -> None:
+    from e2ekit.core.engine.trainer import announce_epoch
+
     model = _tiny(static_assigner_epoch=2).train()
     targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "labels": torch.tensor([1])}]
-    with pytest.raises(ConfigError, match="AssignerEpoch"):
+    with pytest.raises(ConfigError, match="not told the epoch"):
         model(torch.randn(1, 3, 64, 64), targets)
-    wrapped = DetTrainModel(model)
-    trainer = SimpleNamespace(model=wrapped, micro=0, batches_per_epoch=125)
-    hook = AssignerEpoch()
-    hook.before_train(trainer)
+    wrapped = DetTrainModel(model)  # through the kit's train model, as the Trainer holds it
+    announce_epoch(wrapped, 0)
     assert model.epoch == 0 and model.uses_static_assigner()
-    trainer.micro = 250
-    hook.after_step(trainer)
+    announce_epoch(wrapped, 2)
     assert model.epoch == 2 and not model.uses_static_assigner()
     assert all(torch.isfinite(v) for v in model(torch.randn(1, 3, 64, 64), targets).values())
-    with pytest.raises(ConfigError, match="PP-YOLOE"):
-        hook.after_step(SimpleNamespace(model=torch.nn.Linear(1, 1), micro=0, batches_per_epoch=1))
 
 
 # -------------------------------------------------------------------------- end to end
@@ -320,7 +316,6 @@ def test_cli_train_export_predict(cli, tmp_path: Path) -> None:
         "  max_steps: 6\n"
         "  eval_interval: 6\n"
         "  ema: {enabled: true, decay: 0.9, warmup_steps: 2}\n"
-        "  hooks: [{type: 'e2ekit.det.models.ppyoloe:AssignerEpoch'}]\n"
     )
     run = tmp_path / "run"
     code, out, err = cli("det", "train", "-c", config, "--out", run)

@@ -65,6 +65,15 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def announce_epoch(model: nn.Module, epoch: int) -> None:
+    """Tell every submodule that declares ``tracks_epoch = True`` the epoch being trained (a
+    schedule inside the model, e.g. a detector switching its target assigner), through any
+    wrapper (DDP, the kit's train model)."""
+    for module in model.modules():
+        if getattr(type(module), "tracks_epoch", False):
+            module.epoch = epoch
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
@@ -383,6 +392,7 @@ class Trainer(RunLoop):
         while self.step < self.total_steps and not self.stop_reason:
             epoch, within = divmod(self.micro, self.batches_per_epoch)
             self.sampler.set_epoch(epoch, within)
+            announce_epoch(self.model, epoch)
             for batch in self.loader:
                 seen += self._micro_step(batch) * self.world
                 if self.micro % tc.grad_accum:

@@ -19,8 +19,8 @@ PaddleDetection's ``PPYOLOEHead`` does.
   scores), GIoU and distribution focal loss on positives weighted by their target score;
   weights class 1.0, iou 2.5, dfl 0.5.
 
-The epoch reaches the model through :class:`AssignerEpoch`, a training hook the configs list
-(``train.hooks: [{type: e2ekit.det.models.ppyoloe:AssignerEpoch}]``); without it, a model with
+The engine's Trainer sets ``PPYOLOE.epoch`` at each epoch (the model declares
+``tracks_epoch``); trained outside it without setting the epoch, a model with
 ``static_assigner_epoch > 0`` refuses to train rather than silently skip the ATSS phase.
 
 Eval mode runs each RepVGG block as one fused 3x3 conv (see the backbone), so exports carry
@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import generalized_box_iou_loss
 
-from e2ekit.core.engine.hooks import Hook
 from e2ekit.core.errors import ConfigError
 from e2ekit.det.assigners import atss_assign, task_aligned_assign
 from e2ekit.det.backbones.cspresnet import BasicBlock, ConvBNAct, fuse_repvgg
@@ -46,12 +45,8 @@ from e2ekit.det.losses import distribution_focal_loss, integral, varifocal_loss
 from e2ekit.det.models.base import Detector, Target, build_backbone, clip_boxes
 from e2ekit.det.registry import MODELS
 
-if TYPE_CHECKING:
-    from e2ekit.core.engine.trainer import Trainer
-
 __all__ = [
     "PPYOLOE",
-    "AssignerEpoch",
     "CustomCSPPAN",
     "ESEAttn",
     "ppyoloe_m",
@@ -190,6 +185,9 @@ class PPYOLOE(Detector):
         **kwargs: post-processing options of :class:`Detector`.
     """
 
+    #: the Trainer sets ``epoch`` at each epoch (``core.engine.trainer.announce_epoch``)
+    tracks_epoch: ClassVar[bool] = True
+
     def __init__(
         self,
         num_classes: int,
@@ -229,7 +227,7 @@ class PPYOLOE(Detector):
         self.tal_alpha, self.tal_beta = float(tal_alpha), float(tal_beta)
         self.grid_cell_scale = float(grid_cell_scale)
         self.loss_weights = weights
-        #: the epoch being trained, set by :class:`AssignerEpoch` (None: not told)
+        #: the epoch being trained, set by the Trainer (None: not told); see ``tracks_epoch``
         self.epoch: int | None = None
         chans = self.neck.out_channels
         self.stem_cls = nn.ModuleList(ESEAttn(c) for c in chans)
@@ -322,9 +320,9 @@ class PPYOLOE(Detector):
         if self.epoch is None:
             raise ConfigError(
                 f"{type(self).__name__} trains with ATSS for its first static_assigner_epoch "
-                f"({self.static_assigner_epoch}) epochs but was not told the epoch: add "
-                "'train.hooks: [{type: e2ekit.det.models.ppyoloe:AssignerEpoch}]' to the "
-                "config, or set model.static_assigner_epoch: 0"
+                f"({self.static_assigner_epoch}) epochs but was not told the epoch: train it "
+                "with e2ekit's Trainer (which sets model.epoch each epoch), set .epoch "
+                "yourself, or set model.static_assigner_epoch: 0"
             )
         return self.epoch < self.static_assigner_epoch
 
@@ -385,30 +383,6 @@ class PPYOLOE(Detector):
             "loss_iou": w["iou"] * loss_iou,
             "loss_dfl": w["dfl"] * loss_dfl,
         }
-
-
-class AssignerEpoch(Hook):
-    """Training hook telling a PP-YOLOE the epoch it trains in, which switches its assigner
-    from ATSS to task-aligned after ``static_assigner_epoch`` epochs. List it in the config:
-    ``train.hooks: [{type: e2ekit.det.models.ppyoloe:AssignerEpoch}]``.
-    """
-
-    def before_train(self, trainer: Trainer) -> None:
-        self._tell(trainer)
-
-    def after_step(self, trainer: Trainer) -> None:
-        self._tell(trainer)
-
-    @staticmethod
-    def _tell(trainer: Trainer) -> None:
-        epoch = trainer.micro // max(trainer.batches_per_epoch, 1)
-        found = False
-        for module in trainer.model.modules():  # through the engine's wrappers (DDP too)
-            if isinstance(module, PPYOLOE):
-                module.epoch = epoch
-                found = True
-        if not found:
-            raise ConfigError("train.hooks: AssignerEpoch needs a PP-YOLOE model (ppyoloe_*)")
 
 
 def _create_ppyoloe(
