@@ -74,6 +74,9 @@ from _alternate import (  # noqa: E402
 )
 from _paddle_env import DEFAULT_VENV, ensure_venv  # noqa: E402
 
+sys.path.insert(0, str(HERE.parent))
+from _bench_common import cpu_flags, cpu_model  # noqa: E402
+
 NUM_CLASSES = 80
 NETS: dict[str, dict[str, Any]] = {
     "yolov3": {"model": {"type": "yolov3_darknet53"}, "torchvision": False},
@@ -516,6 +519,8 @@ def main() -> None:
 
     env: dict[str, Any] = {
         "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
