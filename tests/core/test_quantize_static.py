@@ -187,3 +187,27 @@ def test_padded_outputs_are_compared_by_their_counts() -> None:
     _accumulate_counts(diff, "boxes", np.array([2]), np.array([2]))
     entry = diff.per_output["boxes"]
     assert (entry["cases"], entry["length_changed"], entry["length_diff_sum"]) == (4, 2, 2)
+
+
+def test_a_failed_preprocess_leaves_nothing_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime's symbolic shape inference saves a debug model into the working directory
+    when it fails; the export runs it elsewhere and quantizes the raw model, warning."""
+    import onnxruntime.quantization.shape_inference as shape_inference
+
+    from e2ekit.core.export.quantize_build import preprocess
+
+    def failing(model: str, out: str) -> None:
+        Path("sym_shape_infer_temp.onnx").write_bytes(b"debug")  # as onnxruntime does
+        raise RuntimeError("Incomplete symbolic shape inference")
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", failing)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    model = tmp_path / "model.onnx"
+    with pytest.warns(RuntimeWarning, match="quant_pre_process failed"):
+        used, done = preprocess(model, tmp_path / "pre.onnx")
+    assert used == model.resolve() and not done
+    assert Path.cwd() == work and not any(work.iterdir())

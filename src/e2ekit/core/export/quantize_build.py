@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +66,17 @@ def build_int8(
     return Int8Build(q_path, exclude, preprocessed, seconds)
 
 
+@contextlib.contextmanager
+def working_dir(path: str | Path) -> Iterator[None]:
+    """``os.chdir`` into ``path`` for the block (the export is one step of one process)."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def preprocess(fp32_path: Path, out_path: Path) -> tuple[Path, bool]:
     """onnxruntime's recommended pre-pass (shape inference, folding), when the graph allows.
 
@@ -73,8 +86,12 @@ def preprocess(fp32_path: Path, out_path: Path) -> tuple[Path, bool]:
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    fp32_path, out_path = Path(fp32_path).resolve(), Path(out_path).resolve()
     try:
-        quant_pre_process(str(fp32_path), str(out_path))
+        # its symbolic shape inference saves a debug model (and external-data files) into the
+        # working directory when it fails: run it from a scratch folder that is then removed
+        with tempfile.TemporaryDirectory(prefix="e2ekit-quant-") as scratch, working_dir(scratch):
+            quant_pre_process(str(fp32_path), str(out_path))
     except Exception as e:
         warnings.warn(
             f"quant_pre_process failed, quantizing the raw model: {e}",
