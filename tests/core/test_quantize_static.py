@@ -198,7 +198,7 @@ def test_a_failed_preprocess_leaves_nothing_in_the_working_directory(
 
     from e2ekit.core.export.quantize_build import preprocess
 
-    def failing(model: str, out: str) -> None:
+    def failing(model: str, out: str, skip_symbolic_shape: bool = False) -> None:
         Path("sym_shape_infer_temp.onnx").write_bytes(b"debug")  # as onnxruntime does
         raise RuntimeError("Incomplete symbolic shape inference")
 
@@ -211,3 +211,26 @@ def test_a_failed_preprocess_leaves_nothing_in_the_working_directory(
         used, done = preprocess(model, tmp_path / "pre.onnx")
     assert used == model.resolve() and not done
     assert Path.cwd() == work and not any(work.iterdir())
+
+
+def test_preprocess_retries_without_symbolic_shapes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graph symbolic inference cannot take (a detector's data-dependent counts) is still
+    pre-processed with ONNX's shape inference, so its convolutions pair with Q/DQ nodes."""
+    import onnxruntime.quantization.shape_inference as shape_inference
+
+    from e2ekit.core.export.quantize_build import preprocess
+
+    calls = []
+
+    def picky(model: str, out: str, skip_symbolic_shape: bool = False) -> None:
+        calls.append(skip_symbolic_shape)
+        if not skip_symbolic_shape:
+            raise RuntimeError("Incomplete symbolic shape inference")
+        Path(out).write_bytes(b"pre-processed")
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", picky)
+    out = tmp_path / "pre.onnx"
+    used, done = preprocess(tmp_path / "model.onnx", out)
+    assert calls == [False, True] and done and used == out.resolve() and out.is_file()

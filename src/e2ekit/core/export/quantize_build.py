@@ -80,26 +80,35 @@ def working_dir(path: str | Path) -> Iterator[None]:
 def preprocess(fp32_path: Path, out_path: Path) -> tuple[Path, bool]:
     """onnxruntime's recommended pre-pass (shape inference, folding), when the graph allows.
 
-    Symbolic shape inference fails on some graphs; the step is optional, so the raw model is
-    quantized then, with a warning. Returns the model to quantize and whether it was
-    pre-processed.
+    Symbolic shape inference fails on some graphs (a two-stage detector's data-dependent
+    proposal counts); the pass is then retried with ONNX's own shape inference only, which
+    still gives the quantizer the shapes and folded graph it needs to pair every Conv with
+    its Q/DQ nodes (without it, most of Faster R-CNN's convolutions stayed float). If that
+    fails too, the raw model is quantized, with a warning. Returns the model to quantize and
+    whether it was pre-processed.
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32_path, out_path = Path(fp32_path).resolve(), Path(out_path).resolve()
-    try:
-        # its symbolic shape inference saves a debug model (and external-data files) into the
-        # working directory when it fails: run it from a scratch folder that is then removed
-        with tempfile.TemporaryDirectory(prefix="e2ekit-quant-") as scratch, working_dir(scratch):
-            quant_pre_process(str(fp32_path), str(out_path))
-    except Exception as e:
-        warnings.warn(
-            f"quant_pre_process failed, quantizing the raw model: {e}",
-            RuntimeWarning,
-            stacklevel=4,  # the caller of quantize_int8
-        )
-        return fp32_path, False
-    return out_path, True
+    errors = []
+    for skip_symbolic in (False, True):
+        try:
+            # symbolic shape inference saves a debug model (and external-data files) into
+            # the working directory when it fails: run from a scratch folder, then removed
+            with (
+                tempfile.TemporaryDirectory(prefix="e2ekit-quant-") as scratch,
+                working_dir(scratch),
+            ):
+                quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=skip_symbolic)
+            return out_path, True
+        except Exception as e:
+            errors.append(str(e))
+    warnings.warn(
+        f"quant_pre_process failed, quantizing the raw model: {'; '.join(errors)}",
+        RuntimeWarning,
+        stacklevel=4,  # the caller of quantize_int8
+    )
+    return fp32_path, False
 
 
 def final_weighted_nodes(model: onnx.ModelProto) -> list[str]:
