@@ -381,3 +381,17 @@ def test_box_confusion_matrix_counts_matches_misses_and_false_alarms() -> None:
         ]
     )
     np.testing.assert_array_equal(mat, want)
+
+
+@pytest.mark.parametrize("verb", ["eval", "export"])
+def test_a_missing_weights_flag_fails_before_any_data_is_read(cli, tmp_path, verb) -> None:
+    """The data point nowhere: the only error possible before reading it is the flag's."""
+    code, _, err = cli(
+        "det", verb, "-c", "quick",
+        "-o", f"data.train_ann={tmp_path}/nope/train.json",
+        "-o", f"data.val_ann={tmp_path}/nope/val.json",
+    )  # fmt: skip
+    assert code == 1 and err.strip() == (
+        "error: --weights is required: a checkpoint (best.pt/last.pt) or a run folder"
+    )
+    assert not list(tmp_path.iterdir())  # nothing written
