@@ -40,10 +40,13 @@ def test_voc_split_counts_pairs_determinism(cli, tmp_path: Path) -> None:
     lines = sorted(ln for text in lists.values() for ln in text.splitlines())
     assert lines == [f"images/s{i:02d}.jpg annotations/s{i:02d}.xml" for i in range(12)]
     assert (root / "label_list.txt").read_text() == "cat\ndog\n"
-    assert cli("det", "split", "--input", root, "--val", "0.25", "--test", "0.1")[0] == 0
+    code, _, err = cli("det", "split", "--input", root, "--seed", "3")  # a split exists
+    assert code == 1 and "holds a split already; pass --overwrite" in err
+    assert _lists(root, ("train", "val", "test")) == lists  # untouched
+    again = ("--val", "0.25", "--test", "0.1", "--overwrite")
+    assert cli("det", "split", "--input", root, *again)[0] == 0
     assert _lists(root, ("train", "val", "test")) == lists  # same seed, same lists
-    args = ("--val", "0.25", "--test", "0.1", "--seed", "3")
-    assert cli("det", "split", "--input", root, *args)[0] == 0
+    assert cli("det", "split", "--input", root, *again, "--seed", "3")[0] == 0
     assert _lists(root, ("train", "val", "test")) != lists
 
 
@@ -102,7 +105,8 @@ def test_coco_split_by_image(cli, tmp_path: Path) -> None:
         assert part["categories"] == coco["categories"] and part["info"] == coco["info"]
     assert len(train["annotations"]) + len(val["annotations"]) == 25
     first = (out / "val.json").read_bytes()
-    assert cli("det", "split", "--input", ann, "--out", out)[0] == 0
+    assert cli("det", "split", "--input", ann, "--out", out)[0] == 1  # a split exists
+    assert cli("det", "split", "--input", ann, "--out", out, "--overwrite")[0] == 0
     assert (out / "val.json").read_bytes() == first
 
     named = tmp_path / "train.json"

@@ -278,11 +278,12 @@ def test_split_counts_determinism_pairing(cli, tmp_path: Path) -> None:
     lists = {s: (root / f"{s}.txt").read_text() for s in ("train", "val", "test")}
     lines = [ln for text in lists.values() for ln in text.splitlines()]
     assert sorted(lines) == [f"images/im{i:02d}.png labels/im{i:02d}.png" for i in range(10)]
-    assert cli("seg", "split", "--input", root, "--val", "0.2", "--test", "0.1")[0] == 0
+    code, _, err = cli("seg", "split", "--input", root, "--seed", "5")  # a split exists
+    assert code == 1 and "holds a split already; pass --overwrite" in err
+    again = ("--val", "0.2", "--test", "0.1", "--overwrite")
+    assert cli("seg", "split", "--input", root, *again)[0] == 0
     assert {s: (root / f"{s}.txt").read_text() for s in lists} == lists  # same seed, same lists
-    assert (
-        cli("seg", "split", "--input", root, "--val", "0.2", "--test", "0.1", "--seed", "5")[0] == 0
-    )
+    assert cli("seg", "split", "--input", root, *again, "--seed", "5")[0] == 0
     assert {s: (root / f"{s}.txt").read_text() for s in lists} != lists
 
     (root / "labels" / "im03.png").unlink()

@@ -21,6 +21,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "files_by_stem",
     "pair_by_stem",
+    "refuse_existing_split",
     "split_counts",
     "split_items",
     "write_list_files",
@@ -130,3 +131,19 @@ def write_list_files(
         atomic_write(out / f"{split}.txt", "".join(lines))
         counts[split] = len(lines)
     return counts
+
+
+def refuse_existing_split(out: Path, suffix: str, overwrite: bool) -> None:
+    """A split made before (``val`` or ``test`` lists in ``out``) is someone's work: replaced
+    only with ``--overwrite``. A lone ``train`` list (``convert`` writes one of every image)
+    is not a split and is replaced."""
+    if overwrite:
+        return
+    made = [
+        out / f"{name}{suffix}" for name in ("val", "test") if (out / f"{name}{suffix}").exists()
+    ]
+    if made:
+        raise DataError(
+            f"{made[0]} exists: {out} holds a split already; pass --overwrite to replace it, "
+            "or --out another folder"
+        )

@@ -91,6 +91,7 @@ def cmd_convert(kit: Kit[DetConfig], args: Namespace) -> dict[str, Any]:
 
 def cmd_split(kit: Kit[DetConfig], args: Namespace) -> dict[str, Any]:
     """``det split --input DIR|ann.json``: seeded train/val(/test) lists or COCO files."""
+    from e2ekit.core.split import refuse_existing_split
     from e2ekit.det.data.convert import split_coco, split_voc_folder
 
     if not args.input:
@@ -98,9 +99,11 @@ def cmd_split(kit: Kit[DetConfig], args: Namespace) -> dict[str, Any]:
     source = Path(args.input).expanduser()
     if source.is_file() and source.suffix.lower() == ".json":
         out = Path(args.out).expanduser() if args.out else source.parent
+        refuse_existing_split(out, ".json", args.overwrite)
         counts = split_coco(source, out, args.val, args.test, args.seed)
     elif source.is_dir():
         out = Path(args.out).expanduser() if args.out else source
+        refuse_existing_split(out, ".txt", args.overwrite)
         counts = split_voc_folder(source, out, args.val, args.test, args.seed)
     else:
         raise E2EError(f"--input {source}: not a folder or a .json file")
@@ -257,6 +260,7 @@ def _split_flags(p: ArgumentParser) -> None:
     p.add_argument("--val", type=float, default=0.2, help="fraction for val (0.2)")
     p.add_argument("--test", type=float, default=0.0, help="fraction for test (0: none)")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier split's files")
 
 
 def _anchors_flags(p: ArgumentParser) -> None:

@@ -65,6 +65,7 @@ def cmd_split(kit: Kit[SegConfig], args: Namespace) -> dict[str, Any]:
         IMAGE_SUFFIXES,
         files_by_stem,
         pair_by_stem,
+        refuse_existing_split,
         split_items,
         write_list_files,
     )
@@ -77,6 +78,7 @@ def cmd_split(kit: Kit[SegConfig], args: Namespace) -> dict[str, Any]:
     pairs = pair_by_stem(images, labels, "image(s)", "label(s)")
     parts = split_items(pairs, args.val, args.test, args.seed)
     out = Path(args.out).expanduser() if args.out else root
+    refuse_existing_split(out, ".txt", args.overwrite)
     counts = write_list_files(root, pairs, parts, out)
     return {**counts, "seed": args.seed, "output": str(out)}
 
@@ -104,6 +106,7 @@ def _split_flags(p: ArgumentParser) -> None:
     p.add_argument("--val", type=float, default=0.2, help="fraction for val.txt (0.2)")
     p.add_argument("--test", type=float, default=0.0, help="fraction for test.txt (0: none)")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier split's lists")
 
 
 class SegKit(Kit[SegConfig]):
