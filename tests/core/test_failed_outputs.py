@@ -4,6 +4,7 @@ there before is touched (exports onto a file, predictions cut short by a bad inp
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,19 @@ def test_a_full_disk_at_metrics_jsonl_names_the_file(tmp_path, monkeypatch) -> N
     writer.truncate_after(1)
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "loss": 0.5}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+def test_staged_outputs_replace_a_file_with_a_link_to_itself(tmp_path) -> None:
+    """Converting again into the same folder stages hard links of the same images: the
+    merge keeps them (rename(2) of a link onto its twin does nothing) and cleans up."""
+    from e2ekit.core.fileio import staged_outputs
+
+    source = tmp_path / "a.jpg"
+    source.write_bytes(b"jpeg")
+    out = tmp_path / "out"
+    for _ in range(2):
+        with staged_outputs(out) as staged:
+            (staged / "images").mkdir()
+            os.link(source, staged / "images" / "a.jpg")
+    assert (out / "images" / "a.jpg").read_bytes() == b"jpeg"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "out"]  # no staged folder left

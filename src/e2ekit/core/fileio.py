@@ -145,4 +145,6 @@ def _merge_into(staged: Path, target: Path) -> None:
             raise IsADirectoryError(f"{str(dest)!r} is a folder; the output {entry.name} is not")
         else:
             os.replace(entry, dest)
+            if entry.exists():  # rename(2) does nothing when both are links to one file
+                entry.unlink()
     staged.rmdir()
