@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["bars_png", "confusion_png", "pr_curves_png"]
+__all__ = ["bars_png", "confusion_png", "pr_curves_png", "pyplot", "save_figure"]
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on a server
@@ -25,8 +26,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
-    plt = _pyplot()
+def save_figure(fig: Any, path: Path) -> Path:
+    """``fig`` as a PNG at ``path``, written whole or not at all, then closed."""
+    plt = pyplot()
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, dpi=90, format="png")
@@ -40,7 +42,7 @@ def confusion_png(
 ) -> Path:
     """``matrix[t, p]`` counts (true class t, predicted p), drawn row-normalised (each true
     class's share per prediction) with the counts' shares written in the cells that fit."""
-    plt = _pyplot()
+    plt = pyplot()
     m = np.asarray(matrix, dtype=np.float64)
     share = m / np.clip(m.sum(1, keepdims=True), 1, None)
     n = len(names)
@@ -60,13 +62,13 @@ def confusion_png(
                             fontsize=7, color=colour)  # fmt: skip
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def bars_png(values: Mapping[str, float | None], path: Path, title: str, xlabel: str) -> Path:
     """One horizontal bar per class (None: no ground truth, drawn as an empty row), the
     mean of the defined values as a dashed line."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(values)
     vals = [v if v is not None and np.isfinite(v) else np.nan for v in values.values()]
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.3 * len(names) + 1)))
@@ -83,7 +85,7 @@ def bars_png(values: Mapping[str, float | None], path: Path, title: str, xlabel:
     ax.set_xlim(0, 1.08)
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pr_curves_png(
@@ -91,7 +93,7 @@ def pr_curves_png(
 ) -> Path:
     """Precision at each ``recall`` point per class (COCO's interpolated curve; negative
     entries, for classes without ground truth, are left out) and their mean, bold."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 5.5))
     curves = []
     for name, p in precision.items():
@@ -111,4 +113,4 @@ def pr_curves_png(
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=7, ncol=1 + len(curves) // 12)
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -58,11 +58,9 @@ def write_curves(
     file, or None when there is nothing to draw."""
     if not scalars and not evals:
         return None
-    import matplotlib
+    from e2ekit.core.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")  # files only: no display on a server
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     loss_ax, lr_ax, metric_ax = axes
     steps, loss = _series(scalars, "loss")
@@ -84,13 +82,7 @@ def write_curves(
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = out_dir / CURVES_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, out_dir / CURVES_FILE)
 
 
 def _metrics_panel(ax: Any, evals: Sequence[dict[str, Any]], metric: str | None, mode: str) -> None:
