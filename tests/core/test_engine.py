@@ -217,7 +217,15 @@ def test_amp_bf16_trains_on_cpu(tmp_path: Path) -> None:
     assert trainer.amp_dtype == torch.bfloat16
     trainer.fit()
     assert resolve_amp("off", torch.device("cpu")) is None
-    assert resolve_amp("auto", torch.device("cuda")) == torch.float16
+
+
+@pytest.mark.parametrize(("major", "dtype"), [(9, torch.bfloat16), (7, torch.float16)])
+def test_amp_auto_on_gpus_picks_bf16_where_the_gpu_has_it(
+    monkeypatch: pytest.MonkeyPatch, major: int, dtype: torch.dtype
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 0))
+    assert resolve_amp("auto", torch.device("cuda")) == dtype
 
 
 @pytest.mark.parametrize("kind", ["constant", "linear", "cosine", "poly"])

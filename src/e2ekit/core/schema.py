@@ -66,7 +66,8 @@ class TrainConfig(Strict):
     grad_accum: int = Field(1, ge=1)
     clip_grad_norm: float | None = Field(None, gt=0)
     amp: Literal["off", "auto", "fp16", "bf16"] = Field(
-        "off", description="auto: fp16 on CUDA, bf16 on CPUs with bf16 support, else off"
+        "off",
+        description="auto: bf16 on GPUs and CPUs with bf16 units, fp16 on older GPUs, else off",
     )
     eval_interval: int = Field(0, ge=0, description="steps between evaluations; 0 = each epoch")
     log_interval: int = Field(10, ge=1)

@@ -23,13 +23,21 @@ def cpu_has_bf16() -> bool:
     return False
 
 
+def cuda_has_bf16(device: torch.device) -> bool:
+    """True on GPUs with bf16 units (Ampere and later): bf16 needs no loss scaling."""
+    with contextlib.suppress(Exception):
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_capability(device)[0] >= 8
+    return False
+
+
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``train.amp`` on this device, or None for full fp32."""
     if mode == "off":
         return None
     if mode == "auto":
         if device.type == "cuda":
-            return torch.float16
+            return torch.bfloat16 if cuda_has_bf16(device) else torch.float16
         return torch.bfloat16 if cpu_has_bf16() else None
     if mode == "fp16":
         if device.type != "cuda":
