@@ -82,7 +82,7 @@ def run(name: str, work: Path, budget: Budget, peer_py: Path, mach: dict, args: 
         "batch_size": BATCH,
         "budget_s": budget.seconds,
         "threads": budget.threads,
-        "calib_steps": 6,
+        "calib_steps": 20,
         "seed": 0,
         "work": str(work / "peer"),
         "pred_file": str(work / "peer" / "pred.txt"),
