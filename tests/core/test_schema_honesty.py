@@ -838,6 +838,14 @@ CTR: dict[str, Evidence] = {
     ),
     "data.shuffle_buffer": Changes(500, ctr_streams),
     "data.prefetch": Changes(0, ctr_streams),
+    # the cache changes where batches come from, never their values: a run shows it
+    "data.cache": CoveredBy(
+        "tests/ctr/test_parsed_cache.py::test_training_from_the_cache_gives_the_same_weights"
+    ),
+    "data.cache_dir": CoveredBy(
+        "tests/ctr/test_parsed_cache.py::"
+        "test_entry_holds_columns_and_is_reused_until_file_or_settings_change"
+    ),
     "data.builtin.train_rows": CTR_BUILTIN,
     "data.builtin.val_rows": CTR_BUILTIN,
     "data.builtin.test_rows": CTR_BUILTIN,

@@ -80,6 +80,17 @@ with warnings.catch_warnings():
         )
         shuffle_buffer: int = Field(0, ge=0, description="rows held for shuffling; 0 = file order")
         prefetch: int = Field(2, ge=0, description="batches parsed ahead in a background thread")
+        cache: bool = Field(
+            False,
+            description="parse each file of the splits once into .npy columns (train parses "
+            "them before the first pass; later passes and runs memory-map them); not with "
+            "train --stream, whose partitions are each read once",
+        )
+        cache_dir: str | None = Field(
+            None,
+            description="where data.cache keeps parsed files; default: ctr-parsed in the "
+            "data cache ($E2EKIT_DATA or ~/.cache/e2ekit/data)",
+        )
         builtin: BuiltinCriteo = BuiltinCriteo()
 
         @field_validator("schema", mode="before")

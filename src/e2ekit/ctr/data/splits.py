@@ -9,6 +9,7 @@ from typing import Any
 from e2ekit.core.errors import DataError
 from e2ekit.ctr.config import CtrConfig
 from e2ekit.ctr.data.builtin import resolve_split
+from e2ekit.ctr.data.cache import CachedReader, cached_reader
 from e2ekit.ctr.data.criteo import CriteoReader, list_files
 from e2ekit.ctr.data.formats import CriteoCSVReader, open_reader
 from e2ekit.ctr.data.loader import BatchStream
@@ -23,9 +24,11 @@ def split_paths(cfg: CtrConfig, split: str) -> str | None:
     return resolve_split(value, cfg.data.builtin.model_dump())
 
 
-def open_schema_reader(cfg: CtrConfig, paths: str | list[str], **kw: Any) -> CriteoReader:
-    """The reader ``data.schema`` calls for (Criteo columns: the ``data.format`` reader),
-    with the schema's crosses appended to every chunk."""
+def open_schema_reader(
+    cfg: CtrConfig, paths: str | list[str], *, format: str | None = None, **kw: Any
+) -> CriteoReader:
+    """The reader ``data.schema`` calls for (Criteo columns: the ``data.format`` reader, or
+    ``format`` when given), with the schema's crosses appended to every chunk."""
     schema, layout = schema_of(cfg), layout_of(cfg)
     kw.setdefault("max_bad_rows", cfg.data.max_bad_rows)
     reader: CriteoReader
@@ -34,7 +37,8 @@ def open_schema_reader(cfg: CtrConfig, paths: str | list[str], **kw: Any) -> Cri
 
         reader = DelimitedReader(paths, schema=schema, layout=layout, **kw)
     else:
-        reader = open_reader(paths, format=cfg.data.format, hash_size=cfg.model.hash_size, **kw)
+        fmt = format or cfg.data.format
+        reader = open_reader(paths, format=fmt, hash_size=cfg.model.hash_size, **kw)
     if schema.crosses:
         reader.add_slots = partial(add_crosses, schema=schema, layout=layout)
     return reader
@@ -53,11 +57,15 @@ def make_stream(
     """Batches of ``paths`` as the config says (format, hashing, bad-row policy, shuffling).
 
     ``drop_last``: DDP ranks exchange equal-sized gradients, so they drop a short last batch.
+    With ``data.cache`` the batches come from the files' parsed copies (parsed here first
+    where missing; the trainer parses them before training starts).
     """
-    reader = open_schema_reader(cfg, paths)
+    reader: CriteoReader | CachedReader
+    reader = cached_reader(cfg, paths) if cfg.data.cache else open_schema_reader(cfg, paths)
     batch_shard = shard
     if shard is not None and shard[1] > 1 and not isinstance(reader, CriteoCSVReader):
-        # line readers split every file into byte ranges: each process parses only its part
+        # line readers split every file into byte ranges, parsed copies into row ranges:
+        # each process reads only its part
         reader.shard = shard
         batch_shard = None
     size = batch_size or (

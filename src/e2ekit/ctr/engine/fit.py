@@ -11,6 +11,7 @@ shuffled order of an epoch is a function of (seed, epoch).
 from __future__ import annotations
 
 import functools
+import json
 import math
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from e2ekit.core.engine.env import resolve_device, seed_everything, set_determin
 from e2ekit.core.engine.hooks import Hook, build_hooks
 from e2ekit.core.engine.run import RunLoop, RunOptions
 from e2ekit.core.errors import CheckpointError, ConfigError, E2EError
+from e2ekit.core.fileio import atomic_write_json
 from e2ekit.core.logs import jsonable, log
 from e2ekit.core.progress import progress
 from e2ekit.ctr.config import CtrConfig
@@ -119,6 +121,7 @@ class CtrTrainer(RunLoop):
         self._window_loss = torch.zeros((), device=self.device)
         self._window_n = 0
         self.from_weights = bool(weights) and not resume  # a trained model from the start
+        self.parse_seconds: float | None = None  # data.cache: seconds spent parsing or finding
         if resume:
             self._load_resume()
         elif weights:
@@ -257,6 +260,7 @@ class CtrTrainer(RunLoop):
         finished = False
         try:
             self._log_start(self.train_paths)
+            self.prepare_data()  # before any worker starts and before any pass is timed
             if self.tc.mode in ("async", "ps"):
                 self.start_pool()  # spawn once, before any timing
             epochs = self.tc.epochs or 1
@@ -277,6 +281,8 @@ class CtrTrainer(RunLoop):
                 self.evaluate_and_save()
             self.publish()  # a pass cut short by max_steps
             result = self._finish()
+            if self.parse_seconds is not None:
+                result = self._record_parse_seconds(result)
             for hook in self.hooks:
                 hook.after_train(self)
             finished = True
@@ -290,6 +296,39 @@ class CtrTrainer(RunLoop):
             self.close()
             if not finished:
                 self.run.discard_if_unsaved()
+
+    def prepare_data(self) -> None:
+        """``data.cache``: parse every file of the train, val and test splits into the cache
+        (or find it there), once, in the main process, before workers start and before the
+        first pass's clock; ``parse_seconds`` records the time it took."""
+        if not self.cfg.data.cache:
+            return
+        from e2ekit.ctr.data.cache import cached_entries
+
+        t0 = time.perf_counter()
+        if self.is_main:
+            for split in ("train", "val", "test"):
+                paths = split_paths(self.cfg, split)
+                if paths is not None:
+                    cached_entries(self.cfg, paths, announce=True)
+        if self.distributed:
+            dist.barrier()  # the other ranks read the entries rank 0 published
+        self.parse_seconds = time.perf_counter() - t0
+        if self.is_main:
+            log.info("data.cache: data ready in %.1fs (parse_seconds)", self.parse_seconds)
+
+    def _record_parse_seconds(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Add ``parse_seconds`` to the run's summary and ``metrics.json``, beside the
+        training speed a benchmark reads, so parsing is never mistaken for training time."""
+        seconds = round(float(self.parse_seconds or 0.0), 3)
+        if not self.is_main:
+            return result
+        path = self.out_dir / "metrics.json"
+        if path.is_file():
+            record = json.loads(path.read_text())
+            record["parse_seconds"] = seconds
+            atomic_write_json(path, record)
+        return {**result, "parse_seconds": seconds}
 
     def _steps_done(self) -> bool:
         return self.tc.max_steps is not None and self.step >= self.tc.max_steps

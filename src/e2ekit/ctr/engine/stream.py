@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from e2ekit.core.errors import DataError
+from e2ekit.core.errors import ConfigError, DataError
 from e2ekit.core.fileio import atomic_write_json
 from e2ekit.core.logs import jsonable, log
 from e2ekit.ctr.data.criteo import list_files
@@ -60,6 +60,13 @@ def fit_stream(trainer: CtrTrainer, root: str | Path) -> dict[str, Any]:
     """Train partitions as they complete; returns a summary of this invocation."""
     cfg = trainer.cfg
     sc = cfg.stream
+    if cfg.data.cache:
+        raise ConfigError(
+            "data.cache: streaming reads each partition once (progressive validation, then "
+            "one training pass) and never returns to it, so a parsed copy would only add a "
+            "write per partition and a cache that grows without end; set data.cache=false "
+            "with --stream"
+        )
     trainer.open_run_dir()
     state = trainer.stream_state
     state.setdefault("trained", [])
