@@ -23,6 +23,8 @@ from deepctr_torch.models import DeepFM
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     torch.set_num_threads(spec["threads"])
+    seed = int(spec.get("seed", 1024))
+    torch.manual_seed(seed)
     t0 = time.perf_counter()
     train, test = worker.read_tsv(spec["train"]), worker.read_tsv(spec["test"])
     vocab = worker.preprocess(train, test)
@@ -35,7 +37,7 @@ def main() -> None:
     preprocess_wall = time.perf_counter() - t0
 
     model = DeepFM(
-        columns, columns, dnn_hidden_units=(256, 128), task="binary", seed=1024, device="cpu"
+        columns, columns, dnn_hidden_units=(256, 128), task="binary", seed=seed, device="cpu"
     )
     model.compile("adam", "binary_crossentropy")
     for group in model.optim.param_groups:

@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         "or a short calibration run that sizes train.max_steps",
     )
     ap.add_argument("--ctr-epochs", type=int, default=1, help="passes over the ctr train rows")
+    ap.add_argument(
+        "--ctr-seeds", type=int, default=3, help="ctr runs per side (seeds 0..N-1), AUC averaged"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the runs when --out is not given")
     args = ap.parse_args(argv)
 

@@ -264,8 +264,21 @@ class CtrTrainer(RunLoop):
             if self.tc.mode in ("async", "ps"):
                 self.start_pool()  # spawn once, before any timing
             epochs = self.tc.epochs or 1
+            pass_rows, pass_seconds = 0, 0.0
             while self.epoch < epochs and not self._steps_done() and not self.stop_reason:
-                self.train_pass(self.train_paths, epoch=self.epoch, skip=self.batch_in_epoch)
+                stats = self.train_pass(
+                    self.train_paths, epoch=self.epoch, skip=self.batch_in_epoch
+                )
+                pass_rows += int(stats["rows"])
+                pass_seconds += float(stats["seconds"])
+                if self.is_main:
+                    log.info(
+                        "pass %d: %d rows in %.1fs, %.0f samples/s",
+                        self.epoch + 1,
+                        stats["rows"],
+                        stats["seconds"],
+                        stats["rows"] / max(float(stats["seconds"]), 1e-9),
+                    )
                 if self.step == 0:  # before any checkpoint: an untrained model is no run
                     raise E2EError(self._no_rows_message())
                 if self._steps_done() and self.batch_in_epoch:
@@ -281,8 +294,13 @@ class CtrTrainer(RunLoop):
                 self.evaluate_and_save()
             self.publish()  # a pass cut short by max_steps
             result = self._finish()
+            facts: dict[str, float] = {
+                "train_seconds": round(pass_seconds, 3),
+                "train_samples_per_s": round(pass_rows / max(pass_seconds, 1e-9), 1),
+            }
             if self.parse_seconds is not None:
-                result = self._record_parse_seconds(result)
+                facts["parse_seconds"] = round(float(self.parse_seconds), 3)
+            result = self._record_run_facts(result, facts)
             for hook in self.hooks:
                 hook.after_train(self)
             finished = True
@@ -317,18 +335,17 @@ class CtrTrainer(RunLoop):
         if self.is_main:
             log.info("data.cache: data ready in %.1fs (parse_seconds)", self.parse_seconds)
 
-    def _record_parse_seconds(self, result: dict[str, Any]) -> dict[str, Any]:
-        """Add ``parse_seconds`` to the run's summary and ``metrics.json``, beside the
-        training speed a benchmark reads, so parsing is never mistaken for training time."""
-        seconds = round(float(self.parse_seconds or 0.0), 3)
+    def _record_run_facts(self, result: dict[str, Any], facts: dict[str, float]) -> dict[str, Any]:
+        """Add the passes' training time and rate (parsing with ``data.cache`` apart) to the
+        run's summary and ``metrics.json``, where a benchmark reads them."""
         if not self.is_main:
             return result
         path = self.out_dir / "metrics.json"
         if path.is_file():
             record = json.loads(path.read_text())
-            record["parse_seconds"] = seconds
+            record.update(facts)
             atomic_write_json(path, record)
-        return {**result, "parse_seconds": seconds}
+        return {**result, **facts}
 
     def _steps_done(self) -> bool:
         return self.tc.max_steps is not None and self.step >= self.tc.max_steps
