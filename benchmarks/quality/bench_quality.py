@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     known = {d for k in kits for d in _datasets(k)}
     if wanted - known:
         ap.error(f"unknown data {sorted(wanted - known)}; choose from {sorted(known)}")
-    out = args.out or Path(tempfile.mkdtemp(prefix="e2ekit-quality-"))
+    # absolute: the kits resolve list files against data.root, which is under out
+    out = (args.out or Path(tempfile.mkdtemp(prefix="e2ekit-quality-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     budget = Budget(args.minutes, args.threads, args.sizing)
     mach = machine(args.threads)

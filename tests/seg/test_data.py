@@ -457,3 +457,32 @@ def test_voc_split_not_utf8_or_too_long_names_file_and_line(tmp_path: Path) -> N
     split.write_text("y" * 300 + "\n")
     with pytest.raises(DataError, match=r"2 file\(s\) listed in .*train\.txt:1: .*yyyy"):
         VOCSegDataset(tmp_path, split="train")
+
+
+def test_relative_list_is_found_under_data_root_or_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`-o data.root=d -o data.train_list=d/train.txt` from the folder above d works, as does
+    `data.train_list=train.txt` (under the root); a list in neither place names both."""
+    from e2ekit.core.config import load_config
+    from e2ekit.seg.config import SegConfig
+    from e2ekit.seg.task import SegTask
+
+    from ..conftest import ROOT
+
+    _pairs(tmp_path / "d", [np.zeros((4, 4), np.uint8)], "train.txt")
+    monkeypatch.chdir(tmp_path)
+    for listed in ("d/train.txt", "train.txt"):
+        cfg = load_config(
+            ROOT / "configs" / "seg" / "tiny.yaml",
+            SegConfig,
+            ["data.root=d", f"data.train_list={listed}", "data.num_classes=2"],
+        )
+        assert len(SegTask(cfg).build_dataset("train")) == 1
+    cfg = load_config(
+        ROOT / "configs" / "seg" / "tiny.yaml",
+        SegConfig,
+        ["data.root=d", "data.train_list=nowhere.txt", "data.num_classes=2"],
+    )
+    with pytest.raises(DataError, match=r"list file not found: nowhere\.txt \(looked in"):
+        SegTask(cfg).build_dataset("train")

@@ -159,9 +159,10 @@ class SegTask(Task):
             list_file = {"train": d.train_list, "val": d.val_list, "test": d.test_list}.get(split)
             if not list_file:
                 return None
+            # a relative list is looked up under data.root first, then from the working
+            # directory (the dataset does both and names both when neither has it)
             root = self.data_root()
-            path = Path(list_file) if Path(list_file).is_absolute() else root / list_file
-            spec = {"type": "file_list", "root": str(root), "list_file": str(path), **common}
+            spec = {"type": "file_list", "root": str(root), "list_file": str(list_file), **common}
         else:
             name = {"train": d.train_split, "val": d.val_split}.get(split)
             if name is None:
