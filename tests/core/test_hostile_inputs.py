@@ -262,3 +262,27 @@ def test_label_bomb_and_bad_list_files_are_errors(tmp_path: Path) -> None:
     listing.write_text("x" * 300 + ".png\n")
     with pytest.raises(DataError, match=r"list\.txt:1: image not found"):
         list_inputs(listing)
+
+
+def test_image_list_entries_resolve_beside_the_list_then_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`predict --input out/val.txt` whose lines say `out/images/a.png` (paths from the
+    working directory, as a script writes them) finds the images; so do lines relative to
+    the list's own folder; a missing one names both places."""
+    from PIL import Image
+
+    from e2ekit.core.errors import DataError
+    from e2ekit.core.imageio import list_inputs
+
+    images = tmp_path / "out" / "images"
+    images.mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(images / "a.png")
+    monkeypatch.chdir(tmp_path)
+    listing = Path("out") / "val.txt"
+    listing.write_text("out/images/a.png\nimages/a.png\n")
+    found = list_inputs(listing)
+    assert [p.resolve() for p in found] == [(images / "a.png").resolve()] * 2
+    listing.write_text("images/b.png\n")
+    with pytest.raises(DataError, match=r"val\.txt:1: image not found: out/images/b\.png or"):
+        list_inputs(listing)

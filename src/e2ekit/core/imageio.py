@@ -360,7 +360,8 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def list_inputs(path: Path) -> list[Path]:
-    """An image file, a folder of images (recursive) or a list file (first column per line)."""
+    """An image file, a folder of images (recursive) or a list file (first column per line;
+    a relative entry is looked up beside the list, then from the working directory)."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
         if not files:
@@ -372,15 +373,20 @@ def list_inputs(path: Path) -> list[Path]:
     for line_no, line in enumerate(read_utf8(path, DataError).splitlines(), start=1):
         if not line.strip():
             continue
-        item = Path(line.split()[0])
-        item = item if item.is_absolute() else path.parent / item
-        try:
-            found = item.is_file()
-        except OSError:  # a name too long for the file system
-            found = False
-        if not found:
-            raise DataError(f"{path}:{line_no}: image not found: {item}")
+        entry = Path(line.split()[0])
+        places = [entry] if entry.is_absolute() else [path.parent / entry, entry]
+        item = next((p for p in places if _is_file(p)), None)
+        if item is None:
+            where = " or ".join(str(p) for p in places)
+            raise DataError(f"{path}:{line_no}: image not found: {where}")
         files.append(item)
     if not files:
         raise DataError(f"--input {path}: the list file names no images")
     return files
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the file system
+        return False
