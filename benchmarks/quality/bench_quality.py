@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="folder for runs and results.jsonl")
     ap.add_argument("--seg-config", default="configs/seg/quick.yaml")
     ap.add_argument("--text-config", default="configs/text/quick.yaml")
-    ap.add_argument("--det-config", default="configs/det/yolov3_tiny_shapes.yaml")
+    ap.add_argument("--det-config", default="configs/det/ppyoloe_tiny_shapes.yaml")
     ap.add_argument("--ctr-config", default="configs/ctr/quick.yaml")
     ap.add_argument(
         "--det-score-thresh",
