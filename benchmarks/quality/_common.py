@@ -197,6 +197,19 @@ def run_peer(python: Path, script: str, spec: dict[str, Any], out: Path, budget:
     return result
 
 
+def mean_of(runs: list[dict], metric: str) -> dict:
+    """The first run's details, with each number averaged over the seeds and the metric kept
+    per seed: one fine-tune's score moves by a few thousandths between seeds, so a single seed
+    cannot say which side is ahead."""
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            vals = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+            out[key] = round(sum(vals) / len(vals), 4 if key == metric else 1)
+    out[f"{metric}_per_seed"] = [r[metric] for r in runs]
+    return out
+
+
 def ratio(ours: float | None, peer: float | None) -> float | None:
     if ours is None or peer is None or peer == 0:
         return None

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import Budget, log, result_line, run_cli, run_ours, run_peer
+from _common import Budget, log, mean_of, result_line, run_cli, run_ours, run_peer
 
 DATASETS = ("criteo_gen",)
 SEED = 20261204
@@ -69,7 +69,7 @@ def run(name: str, work: Path, budget: Budget, peer_py: Path, mach: dict, args: 
         runs["ours"].append(_ours_once(d, work / f"ours-{seed}", overrides, seed, budget, args))
         log(f"ctr/{name}: peer DeepCTR-Torch DeepFM, seed {seed}")
         runs["peer"].append(_peer_once(d, work / f"peer-{seed}", seed, budget, peer_py, args))
-    ours, peer = _mean_of(runs["ours"]), _mean_of(runs["peer"])
+    ours, peer = mean_of(runs["ours"], "auc"), mean_of(runs["peer"], "auc")
     line = result_line("ctr", name, "auc", ours, peer, mach, budget)
     line["bayes_auc"] = d["bayes_auc"]
     line["seeds"] = seeds
@@ -130,16 +130,3 @@ def _peer_once(d: dict, out: Path, seed: int, budget: Budget, peer_py: Path, arg
     peer["eval_wall_s"] = round(peer["predict_wall_s"] + time.perf_counter() - t0, 1)
     peer["wall_s"] = round(peer["train_wall_s"] + peer["eval_wall_s"], 1)
     return peer
-
-
-def _mean_of(runs: list[dict]) -> dict:
-    """The first run's details, with each number averaged over the seeds (one AUC differs by
-    a few thousandths between seeds: a single seed cannot say which side is ahead) and the
-    per-seed AUCs kept."""
-    out = dict(runs[0])
-    for key, value in runs[0].items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            vals = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
-            out[key] = round(sum(vals) / len(vals), 4 if key == "auc" else 1)
-    out["auc_per_seed"] = [r["auc"] for r in runs]
-    return out

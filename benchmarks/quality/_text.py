@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import SHARED_DATA, Budget, log, result_line, run_cli, run_ours, run_peer
+from _common import SHARED_DATA, Budget, log, mean_of, result_line, run_cli, run_ours, run_peer
 
 DATASETS = ("sst2",)
 MAX_LEN = 64
@@ -43,16 +43,31 @@ def accuracy(pred: list[int], gold: list[int]) -> float:
 def run(name: str, work: Path, budget: Budget, peer_py: Path, mach: dict, args: Any) -> dict:
     log(f"text/{name}: preparing data ({args.text_train_rows} train rows)")
     d = prepare(work / "data", args.text_train_rows)
+    seeds = list(range(args.text_seeds))
+    runs: dict[str, list[dict]] = {"ours": [], "peer": []}
+    for seed in seeds:
+        tag = f"-{seed}" if len(seeds) > 1 else ""
+        log(f"text/{name}: ours, seed {seed}")
+        runs["ours"].append(_ours_once(d, work / f"ours{tag}", seed, budget, args))
+        log(f"text/{name}: peer Hugging Face Trainer, seed {seed}")
+        runs["peer"].append(_peer_once(d, work / f"peer{tag}", seed, budget, peer_py))
+    ours, peer = mean_of(runs["ours"], "accuracy"), mean_of(runs["peer"], "accuracy")
+    line = result_line("text", name, "accuracy", ours, peer, mach, budget)
+    line["seeds"] = seeds
+    return line
+
+
+def _ours_once(d: dict, out: Path, seed: int, budget: Budget, args: Any) -> dict:
     overrides = [
         f"data.train={d['train']}",
         "data.dev=null",  # scored afterwards from predictions, as the peer is
         "data.test=null",
         f"data.max_seq_len={MAX_LEN}",
         f"train.batch_size={BATCH}",
+        f"seed={seed}",
     ]
-    log(f"text/{name}: ours")
-    ours = run_ours("text", args.text_config, overrides, work / "ours", budget, BATCH, 6)
-    pred_dir = work / "ours" / "pred"
+    ours = run_ours("text", args.text_config, overrides, out, budget, BATCH, 6)
+    pred_dir = out / "pred"
     t = run_cli(
         [
             "text",
@@ -66,15 +81,17 @@ def run(name: str, work: Path, budget: Budget, peer_py: Path, mach: dict, args: 
             "--threads",
             str(budget.threads),
         ],
-        work / "ours" / "predict.log",
+        out / "predict.log",
         budget,
     )
     rows = [json.loads(x) for x in (pred_dir / "predictions.jsonl").read_text().splitlines()]
     ours["accuracy"] = accuracy([int(r["label"]) for r in rows], d["labels"])
     ours["eval_wall_s"] = round(t, 1)
     ours["wall_s"] = round(ours["train_wall_s"] + ours["eval_wall_s"], 1)
+    return ours
 
-    log(f"text/{name}: peer Hugging Face Trainer")
+
+def _peer_once(d: dict, out: Path, seed: int, budget: Budget, peer_py: Path) -> dict:
     spec = {
         "train": str(d["train"]),
         "dev": str(d["dev"]),
@@ -83,14 +100,14 @@ def run(name: str, work: Path, budget: Budget, peer_py: Path, mach: dict, args: 
         "budget_s": budget.seconds,
         "threads": budget.threads,
         "calib_steps": 20,
-        "seed": 0,
-        "work": str(work / "peer"),
-        "pred_file": str(work / "peer" / "pred.txt"),
+        "seed": seed,
+        "work": str(out),
+        "pred_file": str(out / "pred.txt"),
     }
-    peer = run_peer(peer_py, "_peer_text.py", spec, work / "peer", budget)
+    peer = run_peer(peer_py, "_peer_text.py", spec, out, budget)
     t0 = time.perf_counter()
-    pred = [int(x) for x in (work / "peer" / "pred.txt").read_text().split()]
+    pred = [int(x) for x in (out / "pred.txt").read_text().split()]
     peer["accuracy"] = accuracy(pred, d["labels"])
     peer["eval_wall_s"] = round(peer["predict_wall_s"] + time.perf_counter() - t0, 1)
     peer["wall_s"] = round(peer["train_wall_s"] + peer["eval_wall_s"], 1)
-    return result_line("text", name, "accuracy", ours, peer, mach, budget)
+    return peer

@@ -78,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--ctr-seeds", type=int, default=3, help="ctr runs per side (seeds 0..N-1), AUC averaged"
     )
+    ap.add_argument(
+        "--text-seeds",
+        type=int,
+        default=1,
+        help="text runs per side (seeds 0..N-1), accuracy averaged; 3 to separate sides "
+        "closer than one fine-tune's seed-to-seed spread",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the runs when --out is not given")
     args = ap.parse_args(argv)
 
