@@ -371,3 +371,22 @@ def test_cases_cover_every_registered_loss() -> None:
     covered = {c[0] if isinstance(c[0], str) else c[0]["type"] for c in ALL_CASES}
     expected = {"cross_entropy", "ohem_cross_entropy", "dice", "lovasz_softmax", "focal"}
     assert expected | {"bce", "bce_dice", "mixed"} <= covered
+
+
+@pytest.mark.parametrize("ignored", [True, False])
+def test_dice_gradient_matches_one_hot_formula(ignored: bool) -> None:
+    """The gather/histogram form gives the one-hot formula's value and gradient."""
+    logits, label = make_batch(k=4, seed=11)
+    if not ignored:
+        label = torch.where(label == IGNORE, torch.zeros_like(label), label)
+    logits.requires_grad_(True)
+    valid = (label != IGNORE).unsqueeze(1).float()
+    onehot = F.one_hot(torch.where(label == IGNORE, 0, label), 4).permute(0, 3, 1, 2) * valid
+    prob = logits.softmax(1) * valid
+    inter, card = (prob * onehot).sum((0, 2, 3)), (prob + onehot).sum((0, 2, 3))
+    expected = (1 - (2 * inter + 1.0) / (card + 1.0)).mean()
+    (g_expected,) = torch.autograd.grad(expected, logits)
+    got = build("dice")(logits, label)
+    (g_got,) = torch.autograd.grad(got, logits)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(g_got, g_expected)

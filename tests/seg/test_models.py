@@ -291,3 +291,24 @@ def test_full_size_networks(name: str, backbone: dict | None) -> None:
         outs = net(torch.randn(1, 3, 128, 128))
     assert len(outs) == 1 and outs[0].shape == (1, 19, 128, 128)
     assert torch.isfinite(outs[0]).all() and outs[0].std() > 0
+
+
+def test_pp_liteseg_stride4_decoder() -> None:
+    """Four decoder channel counts add a stride-4 fusion: the main head sees 1/4 resolution."""
+    spec = {"backbone": {"type": "resnet_tiny"}, "head_channels": 8}
+    three = build("pp_liteseg", decoder_channels=[8, 12, 16], **spec)
+    four = build("pp_liteseg", decoder_channels=[6, 8, 12, 16], **spec).train()
+    seen: list[tuple[int, int]] = []
+    four.heads[0].register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[2:])))
+    x, label = torch.randn(2, 3, 64, 64), torch.randint(0, K, (2, 64, 64))
+    outs = four(x)
+    assert len(outs) == 4 and all(o.shape == (2, K, 64, 64) for o in outs)
+    assert seen == [(16, 16)]
+    sum(F.cross_entropy(o, label) for o in outs).backward()
+    assert all(p.grad is not None for p in four.parameters())
+    assert len(three.fusions) == 3 and len(four.fusions) == 4
+    four.eval()
+    with torch.no_grad():
+        assert [o.shape for o in four(torch.randn(1, 3, 50, 70))] == [(1, K, 50, 70)]
+    with pytest.raises(ConfigError, match="model.decoder_channels"):
+        build("pp_liteseg", decoder_channels=[8, 16], **spec)

@@ -2,12 +2,16 @@
 2022).
 
 Encoder maps at strides 8/16/32 feed a Flexible and Lightweight Decoder (FLD) whose channels
-shrink as resolution grows (``decoder_channels`` for 1/8, 1/16, 1/32). The stride-32 map goes
+shrink as resolution grows (``decoder_channels`` for 1/8, 1/16, 1/32). Four channel counts
+(1/4, 1/8, 1/16, 1/32) add one more fusion with the stride-4 encoder map, so the main head
+predicts at 1/4 instead of 1/8: structures a few pixels wide (membranes, vessels, cracks) survive
+the decoder, for about a third more compute at the finest level. The stride-32 map goes
 through the Simple Pyramid Pooling Module (SPPM: summed pooled branches, one 3x3 conv), then
 Unified Attention Fusion Modules (UAFM, spatial attention) merge each coarser decoder output into
 the next finer encoder map. The paper's STDC encoder is replaced by any ``BACKBONES`` entry
 (default ResNet-18, output stride 32). In training, heads on the 1/16 and 1/32 decoder outputs
-give auxiliary logits: ``[main, aux_1/16, aux_1/32]``.
+give auxiliary logits: ``[main, aux_1/16, aux_1/32]`` (with the stride-4 level, ``[main,
+aux_1/8, aux_1/16, aux_1/32]``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from e2ekit.core.errors import ConfigError
 from e2ekit.seg.models.layers import SPPM, UAFM, SegHead, build_backbone, resize_to
 from e2ekit.seg.registry import MODELS
 
@@ -37,28 +42,35 @@ class PPLiteSeg(nn.Module):
         aux: bool = True,
     ) -> None:
         super().__init__()
+        if len(decoder_channels) not in (3, 4):
+            raise ValueError(
+                "decoder_channels takes 3 channel counts (strides 8, 16, 32) or 4 (strides 4, 8,"
+                f" 16, 32), got {list(decoder_channels)}"
+            )
         self.backbone = backbone
-        enc = list(backbone.out_channels[1:])  # strides 8, 16, 32
-        self.sppm = SPPM(enc[2], sppm_inter_channels, sppm_out_channels, sppm_bins)
-        # Coarse to fine: 1/32 fuses the SPPM output, 1/16 and 1/8 the previous UAFM output.
-        high = [sppm_out_channels, decoder_channels[2], decoder_channels[1]]
-        self.fusions = nn.ModuleList(
-            UAFM(enc[i], high[2 - i], decoder_channels[i]) for i in (2, 1, 0)
-        )
+        levels = len(decoder_channels)
+        self.first = 4 - levels  # index of the finest backbone map used (strides 4, 8, 16, 32)
+        enc = list(backbone.out_channels[self.first :])
+        self.sppm = SPPM(enc[-1], sppm_inter_channels, sppm_out_channels, sppm_bins)
+        # Coarse to fine: the coarsest level fuses the SPPM output, each finer one the previous
+        # UAFM output.
+        order = range(levels - 1, -1, -1)
+        high = {i: decoder_channels[i + 1] if i + 1 < levels else sppm_out_channels for i in order}
+        self.fusions = nn.ModuleList(UAFM(enc[i], high[i], decoder_channels[i]) for i in order)
         self.heads = nn.ModuleList(
-            SegHead(decoder_channels[i], head_channels, num_classes, dropout=0.0) for i in (0, 1, 2)
+            SegHead(c, head_channels, num_classes, dropout=0.0) for c in decoder_channels
         )
         self.aux = aux
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = self.backbone(x)[1:]  # strides 8, 16, 32
-        y = self.sppm(feats[2])
+        feats = self.backbone(x)[self.first :]  # finest first
+        y = self.sppm(feats[-1])
         decoded = []
-        for fusion, low in zip(self.fusions, (feats[2], feats[1], feats[0]), strict=True):
+        for fusion, low in zip(self.fusions, reversed(feats), strict=True):
             y = fusion(low, y)
             decoded.append(y)
-        decoded.reverse()  # strides 8, 16, 32
-        n_out = 3 if self.training and self.aux else 1
+        decoded.reverse()  # finest first
+        n_out = len(decoded) if self.training and self.aux else 1
         return [resize_to(self.heads[i](decoded[i]), x) for i in range(n_out)]
 
 
@@ -73,7 +85,14 @@ def pp_liteseg(
     head_channels: int = 64,
     aux: bool = True,
 ) -> PPLiteSeg:
-    """PP-LiteSeg; default backbone ResNet-18 at output stride 32."""
+    """PP-LiteSeg; default backbone ResNet-18 at output stride 32; four ``decoder_channels``
+    decode down to stride 4."""
+    if len(decoder_channels) not in (3, 4):
+        raise ConfigError(
+            "config key 'model.decoder_channels': give 3 channel counts (decoder at strides 8,"
+            " 16, 32) or 4 (strides 4, 8, 16, 32, for thin structures), e.g. [32, 48, 64];"
+            f" got {list(decoder_channels)}"
+        )
     net = build_backbone(backbone, {"type": "resnet18", "output_stride": 32})
     return PPLiteSeg(
         num_classes,
