@@ -310,5 +310,5 @@ def test_pp_liteseg_stride4_decoder() -> None:
     four.eval()
     with torch.no_grad():
         assert [o.shape for o in four(torch.randn(1, 3, 50, 70))] == [(1, K, 50, 70)]
-    with pytest.raises(ConfigError, match="model.decoder_channels"):
+    with pytest.raises(ConfigError, match=r"model\.decoder_channels"):
         build("pp_liteseg", decoder_channels=[8, 16], **spec)
