@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import SHARED_DATA, Budget, log, result_line, run_cli, run_ours, run_peer
+from _common import (
+    SHARED_DATA,
+    Budget,
+    log,
+    mean_of,
+    result_line,
+    run_cli,
+    run_ours,
+    run_peer,
+)
 from PIL import Image, ImageDraw, ImageFilter
 
 DATASETS = ("camvid_mini", "membrane", "blobs")
@@ -129,9 +138,27 @@ def miou(pred_dir: Path, pairs: list[tuple[Path, Path]], k: int, binary: bool) -
 def run(name: str, work: Path, budget: Budget, peer_py: Path, mach: dict, args: Any) -> dict:
     log(f"seg/{name}: preparing data")
     d = prepare(name, work / "data")
-    k, binary = d["num_classes"], d["binary"]
-    n_train = len(d["pairs"]["train"])
-    batch = min(16, max(2, n_train // 2))
+    seeds = list(range(args.seg_seeds))
+    runs: dict[str, list[dict]] = {"ours": [], "peer": []}
+    for seed in seeds:
+        tag = f"-{seed}" if len(seeds) > 1 else ""
+        runs["ours"].append(_ours_once(name, d, work, work / f"ours{tag}", seed, budget, args))
+        log(f"seg/{name}: peer smp U-Net ResNet-18, seed {seed}")
+        runs["peer"].append(_peer_once(d, work / f"peer{tag}", seed, budget, peer_py))
+    ours, peer = mean_of(runs["ours"], "mIoU"), mean_of(runs["peer"], "mIoU")
+    line = result_line("seg", name, "mIoU", ours, peer, mach, budget)
+    line["seeds"] = seeds
+    return line
+
+
+def _batch(d: dict) -> int:
+    return min(16, max(2, len(d["pairs"]["train"]) // 2))
+
+
+def _ours_once(
+    name: str, d: dict, work: Path, out: Path, seed: int, budget: Budget, args: Any
+) -> dict:
+    k, binary, batch = d["num_classes"], d["binary"], _batch(d)
     overrides = [
         f"data.root={work / 'data'}",
         f"data.train_list={d['train_list']}",
@@ -141,10 +168,11 @@ def run(name: str, work: Path, budget: Budget, peer_py: Path, mach: dict, args: 
         f"data.binary_255_to_1={str(binary).lower()}",
         f"train.batch_size={batch}",
         f"train.eval_batch_size={batch}",
+        f"seed={seed}",
     ]
-    log(f"seg/{name}: ours ({n_train} train images, batch {batch})")
-    ours = run_ours("seg", args.seg_config, overrides, work / "ours", budget, batch, 8)
-    pred_dir = work / "ours" / "pred"
+    log(f"seg/{name}: ours ({len(d['pairs']['train'])} train images, batch {batch}), seed {seed}")
+    ours = run_ours("seg", args.seg_config, overrides, out, budget, batch, 8)
+    pred_dir = out / "pred"
     t = run_cli(
         [
             "seg",
@@ -158,29 +186,31 @@ def run(name: str, work: Path, budget: Budget, peer_py: Path, mach: dict, args: 
             "--threads",
             str(budget.threads),
         ],
-        work / "ours" / "predict.log",
+        out / "predict.log",
         budget,
     )
     t0 = time.perf_counter()
     ours.update(miou(pred_dir / "label", d["pairs"]["test"], k, binary))
     ours["eval_wall_s"] = round(t + time.perf_counter() - t0, 1)
     ours["wall_s"] = round(ours["train_wall_s"] + ours["eval_wall_s"], 1)
+    return ours
 
-    log(f"seg/{name}: peer smp U-Net ResNet-18")
+
+def _peer_once(d: dict, out: Path, seed: int, budget: Budget, peer_py: Path) -> dict:
     spec = {
         "train": [[str(i), str(lab)] for i, lab in d["pairs"]["train"]],
         "test": [str(i) for i, _ in d["pairs"]["test"]],
-        "num_classes": k,
-        "binary": binary,
-        "batch_size": batch,
+        "num_classes": d["num_classes"],
+        "binary": d["binary"],
+        "batch_size": _batch(d),
         "budget_s": budget.seconds,
         "threads": budget.threads,
-        "pred_dir": str(work / "peer" / "pred"),
-        "seed": 0,
+        "pred_dir": str(out / "pred"),
+        "seed": seed,
     }
-    peer = run_peer(peer_py, "_peer_seg.py", spec, work / "peer", budget)
+    peer = run_peer(peer_py, "_peer_seg.py", spec, out, budget)
     t0 = time.perf_counter()
-    peer.update(miou(work / "peer" / "pred", d["pairs"]["test"], k, binary))
+    peer.update(miou(out / "pred", d["pairs"]["test"], d["num_classes"], d["binary"]))
     peer["eval_wall_s"] = round(peer["predict_wall_s"] + time.perf_counter() - t0, 1)
     peer["wall_s"] = round(peer["train_wall_s"] + peer["eval_wall_s"], 1)
-    return result_line("seg", name, "mIoU", ours, peer, mach, budget)
+    return peer
