@@ -736,6 +736,7 @@ TEXT: dict[str, Evidence] = {
     "model.pooling": Changes("cls", sentence_scores),
     "model.dropout": Changes(0.3, network),
     "model.crf": Changes(True, network, ("task.type=ner",)),
+    "model.rdrop": CoveredBy("tests/text/test_rdrop.py::test_rdrop_loss_terms"),
     "model.extend_vocab": Changes(True, network, ZH),
     "model.extend_vocab_min_freq": Changes(1, network, (*ZH, "model.extend_vocab=true")),
     "model.added_tokens": Changes(["qqzzxx"], network),

@@ -30,6 +30,12 @@ class TextModel(Strict):
     )
     dropout: float | None = Field(None, ge=0, lt=1, description="head dropout; default: model's")
     crf: bool = Field(False, description="ner: a CRF layer over the token scores")
+    rdrop: float = Field(
+        0.0,
+        ge=0,
+        description="cls/pair: R-Drop weight; each batch runs twice under different dropout and "
+        "the symmetric KL between the two predictions, times this, joins the loss (0 = off)",
+    )
     extend_vocab: bool = Field(
         False,
         description="add the train words the tokenizer maps entirely to the unknown token "
@@ -233,6 +239,15 @@ class TextConfig(RunConfig):
     export: TextExport = TextExport()
     serve: TextServe = TextServe()
     distill: DistillConfig = DistillConfig()
+
+    @model_validator(mode="after")
+    def _rdrop_task(self) -> TextConfig:
+        if self.model.rdrop and self.task.type not in ("cls", "pair"):
+            raise ValueError(
+                f"model.rdrop={self.model.rdrop} is for task.type cls or pair (sentence "
+                f"predictions), not {self.task.type}; remove model.rdrop"
+            )
+        return self
 
     @model_validator(mode="after")
     def _mrc_lengths(self) -> TextConfig:

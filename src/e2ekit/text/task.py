@@ -87,6 +87,7 @@ def build_text_model(
         pooling=model.get("pooling", "mean"),
         dropout=model.get("dropout"),
         crf=bool(model.get("crf")),
+        rdrop=float(model.get("rdrop") or 0.0),
     )
 
 
