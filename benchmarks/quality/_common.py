@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,26 @@ def mean_of(runs: list[dict], metric: str) -> dict:
             out[key] = round(sum(vals) / len(vals), 4 if key == metric else 1)
     out[f"{metric}_per_seed"] = [r[metric] for r in runs]
     return out
+
+
+def over_seeds(
+    where: str,
+    peer_name: str,
+    metric: str,
+    seeds: int,
+    ours_once: Callable[[str, int], dict],
+    peer_once: Callable[[str, int], dict],
+) -> tuple[dict, dict, list[int]]:
+    """Each side once per seed (ours first, folders ``ours-S`` / ``peer-S`` when there are
+    several), then both averaged with :func:`mean_of`."""
+    runs: dict[str, list[dict]] = {"ours": [], "peer": []}
+    for seed in range(seeds):
+        tag = f"-{seed}" if seeds > 1 else ""
+        log(f"{where}: ours, seed {seed}")
+        runs["ours"].append(ours_once(f"ours{tag}", seed))
+        log(f"{where}: peer {peer_name}, seed {seed}")
+        runs["peer"].append(peer_once(f"peer{tag}", seed))
+    return mean_of(runs["ours"], metric), mean_of(runs["peer"], metric), list(range(seeds))
 
 
 def ratio(ours: float | None, peer: float | None) -> float | None:

@@ -13,7 +13,7 @@ from _common import (
     SHARED_DATA,
     Budget,
     log,
-    mean_of,
+    over_seeds,
     result_line,
     run_cli,
     run_ours,
@@ -138,14 +138,14 @@ def miou(pred_dir: Path, pairs: list[tuple[Path, Path]], k: int, binary: bool) -
 def run(name: str, work: Path, budget: Budget, peer_py: Path, mach: dict, args: Any) -> dict:
     log(f"seg/{name}: preparing data")
     d = prepare(name, work / "data")
-    seeds = list(range(args.seg_seeds))
-    runs: dict[str, list[dict]] = {"ours": [], "peer": []}
-    for seed in seeds:
-        tag = f"-{seed}" if len(seeds) > 1 else ""
-        runs["ours"].append(_ours_once(name, d, work, work / f"ours{tag}", seed, budget, args))
-        log(f"seg/{name}: peer smp U-Net ResNet-18, seed {seed}")
-        runs["peer"].append(_peer_once(d, work / f"peer{tag}", seed, budget, peer_py))
-    ours, peer = mean_of(runs["ours"], "mIoU"), mean_of(runs["peer"], "mIoU")
+    ours, peer, seeds = over_seeds(
+        f"seg/{name}",
+        "smp U-Net ResNet-18",
+        "mIoU",
+        args.seg_seeds,
+        lambda sub, seed: _ours_once(name, d, work, work / sub, seed, budget, args),
+        lambda sub, seed: _peer_once(d, work / sub, seed, budget, peer_py),
+    )
     line = result_line("seg", name, "mIoU", ours, peer, mach, budget)
     line["seeds"] = seeds
     return line
@@ -170,7 +170,7 @@ def _ours_once(
         f"train.eval_batch_size={batch}",
         f"seed={seed}",
     ]
-    log(f"seg/{name}: ours ({len(d['pairs']['train'])} train images, batch {batch}), seed {seed}")
+    log(f"seg/{name}: {len(d['pairs']['train'])} train images, batch {batch}")
     ours = run_ours("seg", args.seg_config, overrides, out, budget, batch, 8)
     pred_dir = out / "pred"
     t = run_cli(

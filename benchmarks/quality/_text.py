@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import SHARED_DATA, Budget, log, mean_of, result_line, run_cli, run_ours, run_peer
+from _common import SHARED_DATA, Budget, log, over_seeds, result_line, run_cli, run_ours, run_peer
 
 DATASETS = ("sst2",)
 MAX_LEN = 64
@@ -43,15 +43,14 @@ def accuracy(pred: list[int], gold: list[int]) -> float:
 def run(name: str, work: Path, budget: Budget, peer_py: Path, mach: dict, args: Any) -> dict:
     log(f"text/{name}: preparing data ({args.text_train_rows} train rows)")
     d = prepare(work / "data", args.text_train_rows)
-    seeds = list(range(args.text_seeds))
-    runs: dict[str, list[dict]] = {"ours": [], "peer": []}
-    for seed in seeds:
-        tag = f"-{seed}" if len(seeds) > 1 else ""
-        log(f"text/{name}: ours, seed {seed}")
-        runs["ours"].append(_ours_once(d, work / f"ours{tag}", seed, budget, args))
-        log(f"text/{name}: peer Hugging Face Trainer, seed {seed}")
-        runs["peer"].append(_peer_once(d, work / f"peer{tag}", seed, budget, peer_py))
-    ours, peer = mean_of(runs["ours"], "accuracy"), mean_of(runs["peer"], "accuracy")
+    ours, peer, seeds = over_seeds(
+        f"text/{name}",
+        "Hugging Face Trainer",
+        "accuracy",
+        args.text_seeds,
+        lambda sub, seed: _ours_once(d, work / sub, seed, budget, args),
+        lambda sub, seed: _peer_once(d, work / sub, seed, budget, peer_py),
+    )
     line = result_line("text", name, "accuracy", ours, peer, mach, budget)
     line["seeds"] = seeds
     return line
