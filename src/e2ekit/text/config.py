@@ -245,7 +245,8 @@ class TextConfig(RunConfig):
         if self.model.rdrop and self.task.type not in ("cls", "pair"):
             raise ValueError(
                 f"model.rdrop={self.model.rdrop} is for task.type cls or pair (sentence "
-                f"predictions), not {self.task.type}; remove model.rdrop"
+                f"predictions), not {self.task.type}; set model.rdrop: 0 (-o model.rdrop=0; "
+                "the quick config turns it on)"
             )
         return self
 
