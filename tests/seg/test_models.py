@@ -312,3 +312,40 @@ def test_pp_liteseg_stride4_decoder() -> None:
         assert [o.shape for o in four(torch.randn(1, 3, 50, 70))] == [(1, K, 50, 70)]
     with pytest.raises(ConfigError, match=r"model\.decoder_channels"):
         build("pp_liteseg", decoder_channels=[8, 16], **spec)
+
+
+def test_pp_liteseg_detail_branch() -> None:
+    """detail_channels adds a stride-2 branch fused into a new main head; the old main head
+    turns auxiliary, and the network still exports with dynamic sizes."""
+    spec = {"backbone": {"type": "resnet_tiny"}, "decoder_channels": [8, 12, 16]}
+    net = build("pp_liteseg", detail_channels=6, head_channels=8, **spec).train()
+    seen: list[tuple[int, int]] = []
+    net.heads[0].register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[2:])))
+    x, label = torch.randn(2, 3, 64, 64), torch.randint(0, K, (2, 64, 64))
+    outs = net(x)
+    assert len(outs) == 4 and all(o.shape == (2, K, 64, 64) for o in outs)
+    assert seen == [(32, 32)]
+    sum(F.cross_entropy(o, label) for o in outs).backward()
+    assert all(p.grad is not None for p in net.parameters())
+    net.eval()
+    odd = torch.randn(1, 3, 50, 70)
+    with torch.no_grad():
+        (main,) = net(odd)
+    assert main.shape == (1, K, 50, 70)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            FirstOutput(net),
+            (torch.randn(1, 3, 64, 64),),
+            buf,
+            opset_version=17,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}},
+            dynamo=False,
+        )
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {"x": odd.numpy()})
+    np.testing.assert_allclose(got, main.numpy(), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match=r"model\.detail_channels"):
+        build("pp_liteseg", detail_channels=-1, **spec)

@@ -12,6 +12,12 @@ the next finer encoder map. The paper's STDC encoder is replaced by any ``BACKBO
 (default ResNet-18, output stride 32). In training, heads on the 1/16 and 1/32 decoder outputs
 give auxiliary logits: ``[main, aux_1/16, aux_1/32]`` (with the stride-4 level, ``[main,
 aux_1/8, aux_1/16, aux_1/32]``).
+
+``detail_channels > 0`` adds a detail branch in the spirit of BiSeNet's spatial path: two
+3x3 convs on the image at stride 2 (no backbone in between, so edges stay sharp), fused with the
+finest decoder output by one more UAFM; the main head then predicts at 1/2 and the former main
+head becomes an auxiliary one. Boundaries a few pixels wide (EM membranes, cracks) are placed
+by the stride-2 features instead of a 4x or 8x bilinear upsampling of coarse logits.
 """
 
 from __future__ import annotations
@@ -23,7 +29,14 @@ import torch
 from torch import nn
 
 from e2ekit.core.errors import ConfigError
-from e2ekit.seg.models.layers import SPPM, UAFM, SegHead, build_backbone, resize_to
+from e2ekit.seg.models.layers import (
+    SPPM,
+    UAFM,
+    ConvBNReLU,
+    SegHead,
+    build_backbone,
+    resize_to,
+)
 from e2ekit.seg.registry import MODELS
 
 __all__ = ["PPLiteSeg", "pp_liteseg", "pp_liteseg_tiny"]
@@ -40,6 +53,7 @@ class PPLiteSeg(nn.Module):
         sppm_bins: Sequence[int] = (1, 2, 4),
         head_channels: int = 64,
         aux: bool = True,
+        detail_channels: int = 0,
     ) -> None:
         super().__init__()
         if len(decoder_channels) not in (3, 4):
@@ -60,6 +74,12 @@ class PPLiteSeg(nn.Module):
         self.heads = nn.ModuleList(
             SegHead(c, head_channels, num_classes, dropout=0.0) for c in decoder_channels
         )
+        self.detail: nn.Module | None = None
+        if detail_channels > 0:
+            d = detail_channels
+            self.detail = nn.Sequential(ConvBNReLU(3, d, 3, stride=2), ConvBNReLU(d, d, 3))
+            self.detail_fusion = UAFM(d, decoder_channels[0], d)
+            self.heads.insert(0, SegHead(d, head_channels, num_classes, dropout=0.0))
         self.aux = aux
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -70,6 +90,8 @@ class PPLiteSeg(nn.Module):
             y = fusion(low, y)
             decoded.append(y)
         decoded.reverse()  # finest first
+        if self.detail is not None:
+            decoded.insert(0, self.detail_fusion(self.detail(x), decoded[0]))
         n_out = len(decoded) if self.training and self.aux else 1
         return [resize_to(self.heads[i](decoded[i]), x) for i in range(n_out)]
 
@@ -84,14 +106,20 @@ def pp_liteseg(
     sppm_bins: Sequence[int] = (1, 2, 4),
     head_channels: int = 64,
     aux: bool = True,
+    detail_channels: int = 0,
 ) -> PPLiteSeg:
     """PP-LiteSeg; default backbone ResNet-18 at output stride 32; four ``decoder_channels``
-    decode down to stride 4."""
+    decode down to stride 4; ``detail_channels`` adds a stride-2 detail branch."""
     if len(decoder_channels) not in (3, 4):
         raise ConfigError(
             "config key 'model.decoder_channels': give 3 channel counts (decoder at strides 8,"
             " 16, 32) or 4 (strides 4, 8, 16, 32, for thin structures), e.g. [32, 48, 64];"
             f" got {list(decoder_channels)}"
+        )
+    if detail_channels < 0:
+        raise ConfigError(
+            "config key 'model.detail_channels': give 0 (no detail branch) or a channel count"
+            f" such as 16; got {detail_channels}"
         )
     net = build_backbone(backbone, {"type": "resnet18", "output_stride": 32})
     return PPLiteSeg(
@@ -103,6 +131,7 @@ def pp_liteseg(
         sppm_bins,
         head_channels,
         aux,
+        detail_channels,
     )
 
 
