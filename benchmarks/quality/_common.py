@@ -206,7 +206,9 @@ def mean_of(runs: list[dict], metric: str) -> dict:
     for key, value in runs[0].items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             vals = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
-            out[key] = round(sum(vals) / len(vals), 4 if key == metric else 1)
+            # scores (mIoU, acc, AUC, ...) keep 4 decimals, times and rates 1
+            timed = key.endswith(("_s", "_per_s")) or key == "steps"
+            out[key] = round(sum(vals) / len(vals), 1 if timed else 4)
     out[f"{metric}_per_seed"] = [r[metric] for r in runs]
     return out
 
