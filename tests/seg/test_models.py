@@ -293,19 +293,25 @@ def test_full_size_networks(name: str, backbone: dict | None) -> None:
     assert torch.isfinite(outs[0]).all() and outs[0].std() > 0
 
 
+def _main_head_input_size(net: nn.Module, outputs: int) -> tuple[int, int]:
+    """Train-mode forward/backward on 64x64 inputs: every output at input size, a gradient for
+    every parameter; returns the spatial size the main head saw."""
+    seen: list[tuple[int, int]] = []
+    net.heads[0].register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[2:])))
+    x, label = torch.randn(2, 3, 64, 64), torch.randint(0, K, (2, 64, 64))
+    outs = net(x)
+    assert len(outs) == outputs and all(o.shape == (2, K, 64, 64) for o in outs)
+    sum(F.cross_entropy(o, label) for o in outs).backward()
+    assert all(p.grad is not None for p in net.parameters())
+    return seen[0]
+
+
 def test_pp_liteseg_stride4_decoder() -> None:
     """Four decoder channel counts add a stride-4 fusion: the main head sees 1/4 resolution."""
     spec = {"backbone": {"type": "resnet_tiny"}, "head_channels": 8}
     three = build("pp_liteseg", decoder_channels=[8, 12, 16], **spec)
     four = build("pp_liteseg", decoder_channels=[6, 8, 12, 16], **spec).train()
-    seen: list[tuple[int, int]] = []
-    four.heads[0].register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[2:])))
-    x, label = torch.randn(2, 3, 64, 64), torch.randint(0, K, (2, 64, 64))
-    outs = four(x)
-    assert len(outs) == 4 and all(o.shape == (2, K, 64, 64) for o in outs)
-    assert seen == [(16, 16)]
-    sum(F.cross_entropy(o, label) for o in outs).backward()
-    assert all(p.grad is not None for p in four.parameters())
+    assert _main_head_input_size(four, outputs=4) == (16, 16)
     assert len(three.fusions) == 3 and len(four.fusions) == 4
     four.eval()
     with torch.no_grad():
@@ -319,14 +325,7 @@ def test_pp_liteseg_detail_branch() -> None:
     turns auxiliary, and the network still exports with dynamic sizes."""
     spec = {"backbone": {"type": "resnet_tiny"}, "decoder_channels": [8, 12, 16]}
     net = build("pp_liteseg", detail_channels=6, head_channels=8, **spec).train()
-    seen: list[tuple[int, int]] = []
-    net.heads[0].register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[2:])))
-    x, label = torch.randn(2, 3, 64, 64), torch.randint(0, K, (2, 64, 64))
-    outs = net(x)
-    assert len(outs) == 4 and all(o.shape == (2, K, 64, 64) for o in outs)
-    assert seen == [(32, 32)]
-    sum(F.cross_entropy(o, label) for o in outs).backward()
-    assert all(p.grad is not None for p in net.parameters())
+    assert _main_head_input_size(net, outputs=4) == (32, 32)
     net.eval()
     odd = torch.randn(1, 3, 50, 70)
     with torch.no_grad():
