@@ -348,3 +348,36 @@ def test_pp_liteseg_detail_branch() -> None:
     np.testing.assert_allclose(got, main.numpy(), atol=1e-4, rtol=1e-4)
     with pytest.raises(ConfigError, match=r"model\.detail_channels"):
         build("pp_liteseg", detail_channels=-1, **spec)
+
+
+def test_pp_liteseg_image_norm_ignores_lighting() -> None:
+    """image_norm standardises each image per channel inside the network: a global gain,
+    offset and colour cast (another light) leave the prediction unchanged, and the
+    standardisation exports with the graph."""
+    spec = {"backbone": {"type": "resnet_tiny"}, "decoder_channels": [8, 12, 16]}
+    torch.manual_seed(0)
+    net = build("pp_liteseg", image_norm=True, detail_channels=4, head_channels=8, **spec)
+    net.eval()
+    x = torch.rand(2, 3, 48, 64) * 2 - 1  # Normalize's -1..1 units
+    cast = torch.tensor([1.3, 0.9, 0.6]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        (day,) = net(x)
+        (dusk,) = net(x * 0.4 * cast - 0.2)
+        (plain,) = build("pp_liteseg", head_channels=8, **spec).eval()(x)
+    torch.testing.assert_close(dusk, day, atol=1e-3, rtol=1e-3)
+    assert plain.shape == day.shape
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            FirstOutput(net),
+            (x,),
+            buf,
+            opset_version=17,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}},
+            dynamo=False,
+        )
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {"x": (x * 0.4 * cast - 0.2).numpy()})
+    np.testing.assert_allclose(got, day.numpy(), atol=1e-3, rtol=1e-3)

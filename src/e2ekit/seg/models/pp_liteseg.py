@@ -18,6 +18,12 @@ aux_1/8, aux_1/16, aux_1/32]``).
 finest decoder output by one more UAFM; the main head then predicts at 1/2 and the former main
 head becomes an auxiliary one. Boundaries a few pixels wide (EM membranes, cracks) are placed
 by the stride-2 features instead of a 4x or 8x bilinear upsampling of coarse logits.
+
+``image_norm=True`` standardises each image's channels (zero mean, unit variance per image
+and channel, no learned scale) before everything else, inside the network: a gray-world white
+balance plus contrast normalisation, so a model trained under one light (dusk, a dim
+microscope) still reads images taken under another. Being part of the graph, it travels with
+the exported model; sliding-window inference standardises each window.
 """
 
 from __future__ import annotations
@@ -54,8 +60,10 @@ class PPLiteSeg(nn.Module):
         head_channels: int = 64,
         aux: bool = True,
         detail_channels: int = 0,
+        image_norm: bool = False,
     ) -> None:
         super().__init__()
+        self.image_norm = nn.InstanceNorm2d(3) if image_norm else None
         if len(decoder_channels) not in (3, 4):
             raise ValueError(
                 "decoder_channels takes 3 channel counts (strides 8, 16, 32) or 4 (strides 4, 8,"
@@ -83,6 +91,8 @@ class PPLiteSeg(nn.Module):
         self.aux = aux
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.image_norm is not None:
+            x = self.image_norm(x)
         feats = self.backbone(x)[self.first :]  # finest first
         y = self.sppm(feats[-1])
         decoded = []
@@ -107,9 +117,11 @@ def pp_liteseg(
     head_channels: int = 64,
     aux: bool = True,
     detail_channels: int = 0,
+    image_norm: bool = False,
 ) -> PPLiteSeg:
     """PP-LiteSeg; default backbone ResNet-18 at output stride 32; four ``decoder_channels``
-    decode down to stride 4; ``detail_channels`` adds a stride-2 detail branch."""
+    decode down to stride 4; ``detail_channels`` adds a stride-2 detail branch;
+    ``image_norm`` standardises each input image (robust to lighting)."""
     if len(decoder_channels) not in (3, 4):
         raise ConfigError(
             "config key 'model.decoder_channels': give 3 channel counts (decoder at strides 8,"
@@ -132,6 +144,7 @@ def pp_liteseg(
         head_channels,
         aux,
         detail_channels,
+        bool(image_norm),
     )
 
 
