@@ -30,6 +30,7 @@ __all__ = [
     "UAFM",
     "ConvBN",
     "ConvBNReLU",
+    "ImageStandardize",
     "PoolConv",
     "SegHead",
     "SeparableConvBNReLU",
@@ -250,6 +251,23 @@ class UAFM(nn.Module):
         )  # (B, 4, H, W)
         alpha = torch.sigmoid(self.attention(stats))  # (B, 1, H, W)
         return self.out(up * alpha + low * (1 - alpha))
+
+
+class ImageStandardize(nn.Module):
+    """Per-image, per-channel ``(x - mean) / sqrt(var + eps)`` over the spatial axes.
+
+    Written out rather than ``nn.InstanceNorm2d`` so the ONNX export is plain reductions
+    (no training-mode instance norm, no warning) and the statistics are always the input's.
+    """
+
+    def __init__(self, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        var = (x - mean).pow(2).mean(dim=(2, 3), keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps)
 
 
 class SegHead(nn.Sequential):

@@ -39,6 +39,7 @@ from e2ekit.seg.models.layers import (
     SPPM,
     UAFM,
     ConvBNReLU,
+    ImageStandardize,
     SegHead,
     build_backbone,
     resize_to,
@@ -63,7 +64,7 @@ class PPLiteSeg(nn.Module):
         image_norm: bool = False,
     ) -> None:
         super().__init__()
-        self.image_norm = nn.InstanceNorm2d(3) if image_norm else None
+        self.image_norm = ImageStandardize() if image_norm else None
         if len(decoder_channels) not in (3, 4):
             raise ValueError(
                 "decoder_channels takes 3 channel counts (strides 8, 16, 32) or 4 (strides 4, 8,"
