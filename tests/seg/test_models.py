@@ -320,6 +320,23 @@ def test_pp_liteseg_stride4_decoder() -> None:
         build("pp_liteseg", decoder_channels=[8, 16], **spec)
 
 
+def _onnx_dynamic(net: nn.Module, example: torch.Tensor) -> ort.InferenceSession:
+    """The main output exported with dynamic batch and size, in an onnxruntime session."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            FirstOutput(net),
+            (example,),
+            buf,
+            opset_version=17,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}},
+            dynamo=False,
+        )
+    return ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+
+
 def test_pp_liteseg_detail_branch() -> None:
     """detail_channels adds a stride-2 branch fused into a new main head; the old main head
     turns auxiliary, and the network still exports with dynamic sizes."""
@@ -331,20 +348,7 @@ def test_pp_liteseg_detail_branch() -> None:
     with torch.no_grad():
         (main,) = net(odd)
     assert main.shape == (1, K, 50, 70)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            FirstOutput(net),
-            (torch.randn(1, 3, 64, 64),),
-            buf,
-            opset_version=17,
-            input_names=["x"],
-            dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}},
-            dynamo=False,
-        )
-    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
-    (got,) = sess.run(None, {"x": odd.numpy()})
+    (got,) = _onnx_dynamic(net, torch.randn(1, 3, 64, 64)).run(None, {"x": odd.numpy()})
     np.testing.assert_allclose(got, main.numpy(), atol=1e-4, rtol=1e-4)
     with pytest.raises(ConfigError, match=r"model\.detail_channels"):
         build("pp_liteseg", detail_channels=-1, **spec)
@@ -366,18 +370,5 @@ def test_pp_liteseg_image_norm_ignores_lighting() -> None:
         (plain,) = build("pp_liteseg", head_channels=8, **spec).eval()(x)
     torch.testing.assert_close(dusk, day, atol=1e-3, rtol=1e-3)
     assert plain.shape == day.shape
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            FirstOutput(net),
-            (x,),
-            buf,
-            opset_version=17,
-            input_names=["x"],
-            dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}},
-            dynamo=False,
-        )
-    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
-    (got,) = sess.run(None, {"x": (x * 0.4 * cast - 0.2).numpy()})
+    (got,) = _onnx_dynamic(net, x).run(None, {"x": (x * 0.4 * cast - 0.2).numpy()})
     np.testing.assert_allclose(got, day.numpy(), atol=1e-3, rtol=1e-3)
