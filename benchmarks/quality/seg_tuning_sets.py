@@ -238,6 +238,8 @@ def main() -> None:
     ap.add_argument("name", choices=sorted(SETS))
     ap.add_argument("--out", type=Path, required=True, help="folder to write the set into")
     args = ap.parse_args()
+    if args.out.exists() and any(args.out.iterdir()):
+        ap.error(f"--out {args.out} is not empty; give a new folder (a set is never mixed in)")
     k = SETS[args.name](args.out)
     print(f"{args.name}: {k} classes, lists {args.out / 'train.txt'} and {args.out / 'val.txt'}")
 

@@ -364,11 +364,16 @@ def test_pp_liteseg_image_norm_ignores_lighting() -> None:
     net.eval()
     x = torch.rand(2, 3, 48, 64) * 2 - 1  # Normalize's -1..1 units
     cast = torch.tensor([1.3, 0.9, 0.6]).view(1, 3, 1, 1)
+    plain = build("pp_liteseg", detail_channels=4, head_channels=8, **spec).eval()
     with torch.no_grad():
         (day,) = net(x)
         (dusk,) = net(x * 0.4 * cast - 0.2)
-        (plain,) = build("pp_liteseg", head_channels=8, **spec).eval()(x)
+        plain_day = plain(x)[0]
+        plain_shift = (plain(x * 0.4 * cast - 0.2)[0] - plain_day).abs().max()
     torch.testing.assert_close(dusk, day, atol=1e-3, rtol=1e-3)
-    assert plain.shape == day.shape
+    # without image_norm the same light moves the logits hundreds of times further
+    assert plain_shift > 100 * (dusk - day).abs().max()
+    with pytest.raises(ConfigError, match=r"model\.image_norm"):
+        build("pp_liteseg", image_norm="yes", **spec)
     (got,) = _onnx_dynamic(net, x).run(None, {"x": (x * 0.4 * cast - 0.2).numpy()})
     np.testing.assert_allclose(got, day.numpy(), atol=1e-3, rtol=1e-3)

@@ -134,6 +134,8 @@ def pp_liteseg(
             "config key 'model.detail_channels': give 0 (no detail branch) or a channel count"
             f" such as 16; got {detail_channels}"
         )
+    if not isinstance(image_norm, bool):
+        raise ConfigError(f"config key 'model.image_norm': give true or false; got {image_norm!r}")
     net = build_backbone(backbone, {"type": "resnet18", "output_stride": 32})
     return PPLiteSeg(
         num_classes,
@@ -145,7 +147,7 @@ def pp_liteseg(
         head_channels,
         aux,
         detail_channels,
-        bool(image_norm),
+        image_norm,
     )
 
 
